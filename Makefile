@@ -1,0 +1,32 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv
+# when it is missing and installs the project into it; the install re-runs only
+# when pyproject.toml changes (a stamp file), so a second run starts in seconds.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.vitkit-installed
+# The PyTorch build to install when the venv has none (override on other machines,
+# e.g. `make test TORCH_SPEC="torch torchvision"`).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# pytest workers: the suite is CPU-bound and sized for a 2-core machine
+TEST_WORKERS ?= 2
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vitkit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

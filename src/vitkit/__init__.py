@@ -1,0 +1,15 @@
+"""vitkit: Vision Transformers (ViT) on PyTorch, from building to training to serving.
+
+>>> import vitkit
+>>> model = vitkit.create_model("vit_base_patch16_224")
+>>> vitkit.list_models()[:3]
+"""
+
+from .config import VARIANTS, ViTConfig, list_models, parse_model_name
+from .layers import resample_pos_embed
+from .models import VisionTransformer, create_model
+
+__version__ = "0.1.0"
+
+__all__ = ["VARIANTS", "ViTConfig", "VisionTransformer", "create_model", "list_models", "parse_model_name",
+           "resample_pos_embed", "__version__"]

@@ -1,0 +1,1 @@
+"""The `vitkit` command line: one module per subcommand, listed in main.COMMANDS."""

@@ -1,0 +1,54 @@
+"""`vitkit` entry point. Each subcommand lives in its own module with
+``register(subparsers)`` (adds its parser, sets ``func``); add new ones to COMMANDS.
+
+Expected mistakes (bad names, missing files, bad input) print one line,
+``vitkit: error: ...``, and exit 2 — no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["models"]  # module names under vitkit.cli
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed without a traceback."""
+
+
+EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                   PermissionError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers: build, train, load, explain.")
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"vitkit.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vitkit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m vitkit.cli.main
+    sys.exit(main())

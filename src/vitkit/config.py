@@ -1,0 +1,314 @@
+"""ViTConfig, the table of ViT sizes, and model-name parsing.
+
+Sizes are data: one table (``VARIANTS``) and a parser that turns
+``"vit_base_patch16_224"``, ``"B/16"`` or ``"vit_tiny_patch4_32"`` into a
+:class:`ViTConfig`. Every module of the model takes this one typed object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Widths, depths, heads and MLP ratios of the published variants
+# (Dosovitskiy et al. 2020 for B/L/H; Touvron et al. 2021 for Ti/S).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=192, depth=12, heads=3, mlp_ratio=4.0),
+    "small": dict(width=384, depth=12, heads=6, mlp_ratio=4.0),
+    "base": dict(width=768, depth=12, heads=12, mlp_ratio=4.0),
+    "large": dict(width=1024, depth=24, heads=16, mlp_ratio=4.0),
+    "huge": dict(width=1280, depth=32, heads=16, mlp_ratio=4.0),
+}
+# Short names used in the papers ("B/16") and by timm ("vit_base_...").
+SIZE_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge"}
+PATCH_SIZES = (8, 14, 16, 32)  # the patch sizes list_models() enumerates
+DEFAULT_RESOLUTION = 224
+
+POOLINGS = ("cls", "gap")
+POS_EMBEDS = ("learned", "sincos2d", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+# Refuse configurations that could only come from a corrupt or hostile file
+# before anything is allocated (see RELIABILITY.md item 6).
+MAX_WIDTH = 16384
+MAX_DEPTH = 256
+MAX_TOKENS_SIDE = 1024  # grid side in patches: 16384 px at P=16
+MAX_CLASSES = 1_000_000
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        return (int(v[0]), int(v[1]))
+    raise ValueError(f"image_size must be an int or a pair (H, W) of ints, got {v!r}")
+
+
+@dataclass
+class ViTConfig:
+    """Everything that decides a Vision Transformer's shape and numerics."""
+
+    image_size: int | tuple[int, int] = 224  # H = W, or (H, W)
+    patch_size: int = 16
+    channels: int = 3
+    num_classes: int = 1000  # 0: no head, forward returns pooled features
+    width: int = 768  # token width D
+    depth: int = 12  # number of encoder blocks L
+    heads: int = 12
+    mlp_ratio: float = 4.0  # MLP hidden width = round(width * mlp_ratio)
+    qkv_bias: bool = True
+    pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens
+    class_token: bool = True
+    reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [CLS]
+    distilled: bool = False  # DeiT distillation token + second head
+    pos_embed: str = "learned"  # "learned" | "sincos2d" (fixed, big_vision) | "none"
+    # True: the position embedding has rows for the prefix tokens too and is
+    # added after they are joined (original ViT, DeiT). False: rows for patches
+    # only, added before the prefix is joined (timm's no_embed_class).
+    pos_embed_prefix: bool = True
+    layer_scale_init: float | None = None  # LayerScale (CaiT/DeiT-III); None = off
+    dropout: float = 0.0  # after position embedding, in MLP/attention output, before head
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth, rising linearly to this rate at the last block
+    norm_eps: float = 1e-6  # timm/JAX 1e-6; HF google/vit-* 1e-12
+    act: str = "gelu"  # "gelu" (exact erf) | "gelu_tanh" (JAX original)
+    representation_size: int | None = None  # pre-logits Linear + tanh (ViT in21k)
+    fc_norm: bool | None = None  # norm after pooling instead of before; None = on for "gap"
+    patch_bias: bool = True
+    dynamic_img_size: bool = False  # accept other input sizes, resampling pos-embed per call
+    dynamic_img_pad: bool = False  # pad inputs up to a multiple of the patch size
+    labels: list[str] | None = field(default=None, compare=False)  # class names, index order
+
+    def __post_init__(self) -> None:
+        self.image_size = _pair(self.image_size)
+        if self.image_size[0] == self.image_size[1]:
+            self.image_size = self.image_size[0]
+        self.validate()
+
+    # --- derived sizes -------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.image_hw
+        p = self.patch_size
+        return (math.ceil(h / p), math.ceil(w / p)) if self.dynamic_img_pad else (h // p, w // p)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return round(self.width * self.mlp_ratio)
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.pooling == "gap" if self.fc_norm is None else self.fc_norm
+
+    @property
+    def num_features(self) -> int:
+        return self.representation_size or self.width
+
+    # --- checks -------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the configuration is impossible."""
+
+        def pos_int(name: str, hi: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise ValueError(f"ViTConfig.{name} must be an integer in [1, {hi}], got {v!r}")
+
+        for name, hi in (("patch_size", 4096), ("channels", 4096), ("width", MAX_WIDTH),
+                         ("depth", MAX_DEPTH), ("heads", 4096)):
+            pos_int(name, hi)
+        h, w = self.image_hw
+        if not (1 <= h and 1 <= w):
+            raise ValueError(f"ViTConfig.image_size must be positive, got {self.image_size!r}")
+        if max(h, w) / self.patch_size > MAX_TOKENS_SIDE:
+            raise ValueError(f"ViTConfig.image_size {h}x{w} gives more than {MAX_TOKENS_SIDE} patches "
+                             f"per side at patch_size {self.patch_size}; refusing")
+        if not self.dynamic_img_pad and (h % self.patch_size or w % self.patch_size):
+            raise ValueError(f"ViTConfig.image_size {h}x{w} is not divisible by patch_size "
+                             f"{self.patch_size}; use a multiple of {self.patch_size} or dynamic_img_pad=True")
+        if not isinstance(self.num_classes, int) or not 0 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"ViTConfig.num_classes must be an integer in [0, {MAX_CLASSES}], got {self.num_classes!r}")
+        if self.width % self.heads:
+            raise ValueError(f"ViTConfig.width {self.width} is not divisible by heads {self.heads}")
+        if not (isinstance(self.mlp_ratio, (int, float)) and 0 < self.mlp_ratio <= 64):
+            raise ValueError(f"ViTConfig.mlp_ratio must be in (0, 64], got {self.mlp_ratio!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ViTConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "cls" and not self.class_token:
+            raise ValueError("ViTConfig.pooling='cls' needs class_token=True; use pooling='gap' without a class token")
+        if self.distilled and not self.class_token:
+            raise ValueError("ViTConfig.distilled=True needs class_token=True")
+        if not isinstance(self.reg_tokens, int) or not 0 <= self.reg_tokens <= 1024:
+            raise ValueError(f"ViTConfig.reg_tokens must be an integer in [0, 1024], got {self.reg_tokens!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"ViTConfig.pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
+        if self.pos_embed == "sincos2d" and self.width % 4:
+            raise ValueError(f"ViTConfig.pos_embed='sincos2d' needs width divisible by 4, got {self.width}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"ViTConfig.act must be one of {ACTIVATIONS}, got {self.act!r}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {v!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ValueError(f"ViTConfig.norm_eps must be in (0, 1), got {self.norm_eps!r}")
+        if self.representation_size is not None:
+            if not isinstance(self.representation_size, int) or not 1 <= self.representation_size <= MAX_WIDTH:
+                raise ValueError(f"ViTConfig.representation_size must be None or in [1, {MAX_WIDTH}], "
+                                 f"got {self.representation_size!r}")
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ValueError(f"ViTConfig.labels has {len(self.labels)} names for {self.num_classes} classes")
+
+    # --- (de)serialisation ---------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(d["image_size"], tuple):
+            d["image_size"] = list(d["image_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        """Build from a plain dict (a JSON file); unknown keys are an error, never ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a ViT config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s) {unknown}; accepted: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("image_size"), list):
+            d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> "ViTConfig":
+        """A copy with some fields changed; an unknown field is an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s) {unknown}; accepted: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    # --- cost ----------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameter count, computed from the sizes (equals the built model's)."""
+        d, c, p = self.width, self.channels, self.patch_size
+        n = c * p * p * d + (d if self.patch_bias else 0)  # patch embedding
+        n += d * self.num_prefix_tokens  # cls / dist / register tokens
+        if self.pos_embed == "learned":
+            n += d * (self.num_patches + (self.num_prefix_tokens if self.pos_embed_prefix else 0))
+        m = self.mlp_dim
+        block = 2 * 2 * d  # two LayerNorms
+        block += 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d  # qkv + proj
+        block += d * m + m + m * d + d  # MLP
+        if self.layer_scale_init is not None:
+            block += 2 * d
+        n += self.depth * block + 2 * d  # blocks + final norm (or fc_norm)
+        if self.representation_size:
+            n += d * self.representation_size + self.representation_size
+        if self.num_classes:
+            heads = 2 if self.distilled else 1
+            n += heads * (self.num_features * self.num_classes + self.num_classes)
+        return n
+
+    def flops(self) -> int:
+        """Forward FLOPs for one image (2 x multiply-adds of the matrix products and attention)."""
+        d, m, t = self.width, self.mlp_dim, self.num_tokens
+        macs = self.num_patches * self.channels * self.patch_size ** 2 * d
+        per_block = t * d * 3 * d + t * d * d + 2 * t * m * d  # qkv, proj, MLP
+        per_block += 2 * t * t * d  # QK^T and AV
+        macs += self.depth * per_block
+        if self.representation_size:
+            macs += d * self.representation_size
+        macs += self.num_features * self.num_classes * (2 if self.distilled else 1)
+        return 2 * macs
+
+
+# --- names ---------------------------------------------------------------
+
+_NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
+              "optional tokens 'reg{N}', 'gap', 'distilled'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
+
+
+def parse_model_name(name: str) -> ViTConfig:
+    """Turn a model name into a config: ``vit_base_patch16_224``, ``B/16``, ``vit_tiny_patch4_32``...
+
+    Anything after a '.' (a timm pretrained tag such as ``.augreg2_in21k_ft_in1k``) is ignored here.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}; {_NAME_HELP}")
+    raw = name
+    name = name.strip().split(".", 1)[0].lower()
+
+    short = re.fullmatch(r"(ti|s|b|l|h)/(\d+)(?:@(\d+)(?:x(\d+))?)?", name)
+    if short:
+        size, patch = SIZE_ALIASES[short.group(1)], int(short.group(2))
+        h = int(short.group(3)) if short.group(3) else DEFAULT_RESOLUTION
+        w = int(short.group(4)) if short.group(4) else h
+        return _build(raw, size, patch, (h, w), {})
+
+    parts = name.split("_")
+    if len(parts) < 3 or parts[0] not in ("vit", "deit"):
+        raise ValueError(f"unknown model name {raw!r}; {_NAME_HELP}")
+    family, size = parts[0], SIZE_ALIASES.get(parts[1], parts[1])
+    if size not in VARIANTS:
+        raise ValueError(f"unknown model size {parts[1]!r} in {raw!r}; sizes: {list(VARIANTS)} "
+                         f"(or {list(SIZE_ALIASES)}); {_NAME_HELP}")
+    patch, res, extra = None, None, {}
+    for tok in parts[2:]:
+        if m := re.fullmatch(r"patch(\d+)", tok):
+            patch = int(m.group(1))
+        elif m := re.fullmatch(r"(\d+)(?:x(\d+))?", tok):
+            res = (int(m.group(1)), int(m.group(2) or m.group(1)))
+        elif m := re.fullmatch(r"reg(\d+)", tok):
+            extra["reg_tokens"] = int(m.group(1))
+        elif tok == "gap":
+            extra.update(pooling="gap", class_token=False)
+        elif tok == "distilled":
+            extra["distilled"] = True
+        else:
+            raise ValueError(f"unknown token {tok!r} in model name {raw!r}; {_NAME_HELP}")
+    if patch is None:
+        raise ValueError(f"model name {raw!r} has no patch size ('patch16'); {_NAME_HELP}")
+    if family == "deit" and size in ("large", "huge"):
+        raise ValueError(f"DeiT comes in tiny, small and base sizes, not {size!r} ({raw!r})")
+    if extra.get("reg_tokens") and family == "vit":
+        extra.setdefault("pos_embed_prefix", False)  # timm's register models: no pos-embed on prefix
+    return _build(raw, size, patch, res or (DEFAULT_RESOLUTION, DEFAULT_RESOLUTION), extra)
+
+
+def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[str, Any]) -> ViTConfig:
+    try:
+        return ViTConfig(image_size=res, patch_size=patch, **VARIANTS[size], **extra)
+    except ValueError as e:
+        raise ValueError(f"model name {raw!r}: {e}") from None
+
+
+def list_models() -> list[str]:
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT."""
+    names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
+    names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
+    return names

@@ -1,0 +1,1 @@
+"""Data: built-in data sets (and, later, image decoding and preprocessing)."""

@@ -1,0 +1,245 @@
+"""The Vision Transformer (Dosovitskiy et al. 2020), with DeiT's distillation token and registers.
+
+Image (B, C, H, W) -> patches (B, N, D) -> [CLS] (+ dist, + registers) joined and
+position embedding added -> L pre-norm blocks -> final norm -> head on [CLS] or
+on the mean of patch tokens. Parameter names follow the timm layout, so a state
+dict is readable by anyone who knows that one (DESIGN.md, "Checkpoint layouts").
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ViTConfig
+from ..layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed, resample_pos_embed, sincos_2d_pos_embed
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ls1 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        self.ls2 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, attn_impl: str = "fused") -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(self.norm1(x), attn_impl)
+        x = x + self.drop_path1(self.ls1(y))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights  # (B, N, D), (B, heads, N, N) or None
+
+
+class PreLogits(nn.Module):
+    """The representation layer of the original ViT's in21k models: Linear + tanh."""
+
+    def __init__(self, width: int, size: int):
+        super().__init__()
+        self.fc = nn.Linear(width, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(x))
+
+
+class VisionTransformer(nn.Module):
+    """A ViT built from a :class:`ViTConfig`.
+
+    The interface every vitkit tool uses: ``forward_features`` (tokens after the
+    final norm), ``forward_head`` (pool + head), ``forward_intermediates`` (per-block
+    tokens) and ``get_attention_maps`` (per-layer attention probabilities).
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d = cfg.width
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None
+        # rows of the position embedding that belong to prefix tokens (0 with timm's no_embed_class)
+        self.pos_prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_prefix + cfg.num_patches, d))
+        elif cfg.pos_embed == "sincos2d":  # fixed, recomputed for other grids; not saved
+            self.register_buffer("pos_embed", sincos_2d_pos_embed(cfg.grid_size, d), persistent=False)
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth per block
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()
+        self.pre_logits = PreLogits(d, cfg.representation_size) if cfg.representation_size else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        if cfg.distilled:
+            self.head_dist = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
+        self.init_weights()
+
+    # --- set-up ---------------------------------------------------------
+    def init_weights(self) -> None:
+        """Truncated normal (std 0.02, cut at ±2 std as in JAX) for Linear/conv and the learned
+        position embedding; zero head (paper ports). timm passes absolute bounds (±2), which
+        leaves its normal effectively uncut; the difference only matters for fresh models."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        for tok in (self.cls_token, self.dist_token, self.reg_token):
+            if tok is not None:
+                nn.init.normal_(tok, std=1e-6)
+        for head in (self.head, getattr(self, "head_dist", None)):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int, labels: list[str] | None = None) -> None:
+        """Replace the head(s) with fresh zero-initialised ones for ``num_classes`` classes."""
+        self.cfg = self.cfg.replace(num_classes=num_classes, labels=labels)
+        p = next(self.parameters())
+        for name in ("head", "head_dist") if self.cfg.distilled else ("head",):
+            head = nn.Linear(self.cfg.num_features, num_classes) if num_classes else nn.Identity()
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+            setattr(self, name, head.to(device=p.device, dtype=p.dtype))
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.cfg.labels
+
+    # --- embedding --------------------------------------------------------
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The position embedding for a patch grid, resampled when it differs from the built one."""
+        if self.pos_embed is None:
+            return None
+        if grid == self.patch_embed.grid_size:
+            return self.pos_embed
+        if self.cfg.pos_embed == "sincos2d":
+            return sincos_2d_pos_embed(grid, self.cfg.width, device=self.pos_embed.device).to(self.pos_embed.dtype)
+        return resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.pos_prefix)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> tokens (B, prefix + gh*gw, D), position embedding added."""
+        x, grid = self.patch_embed(x)  # (B, N, D)
+        B = x.shape[0]
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        pos = self._pos_embed_for(grid)
+        if pos is not None and not self.pos_prefix:
+            x = x + pos  # patches only (no_embed_class, registers models)
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)
+        if pos is not None and self.pos_prefix:
+            x = x + pos
+        return self.pos_drop(x)
+
+    # --- the uniform interface ------------------------------------------
+    def _run_block(self, blk: Block, x: torch.Tensor, attn_impl: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(blk, x, attn_impl, use_reentrant=False)
+        return blk(x, attn_impl)
+
+    def forward_features(self, x: torch.Tensor, attn_impl: str = "fused") -> torch.Tensor:
+        """(B, C, H, W) -> final tokens (B, T, D) after the last norm."""
+        x = self.embed(x)
+        for blk in self.blocks:
+            x, _ = self._run_block(blk, x, attn_impl)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of patch tokens."""
+        if self.cfg.pooling == "gap":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, D) -> logits (B, classes), or the pooled features when ``pre_logits``."""
+        feats = self.pre_logits(self.fc_norm(self.pool(x)))  # (B, num_features)
+        if pre_logits:
+            return feats
+        logits = self.head(self.head_drop(feats))
+        if self.cfg.distilled:  # DeiT: average of the class and distillation heads at inference
+            dist = self.head_dist(self.head_drop(self.pre_logits(self.fc_norm(x[:, 1]))))
+            logits = (logits + dist) / 2
+        return logits
+
+    def forward(self, x: torch.Tensor, attn_impl: str = "fused") -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, attn_impl))
+
+    def forward_distilled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeiT training: (class-head logits, distillation-head logits), each (B, classes)."""
+        if not self.cfg.distilled:
+            raise ValueError("forward_distilled needs a model built with distilled=True")
+        t = self.forward_features(x)
+        cls = self.head(self.head_drop(self.pre_logits(self.fc_norm(t[:, 0]))))
+        dist = self.head_dist(self.head_drop(self.pre_logits(self.fc_norm(t[:, 1]))))
+        return cls, dist
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if indices is None:
+            return list(range(depth))
+        if isinstance(indices, int):
+            if not 1 <= indices <= depth:
+                raise ValueError(f"indices={indices}: ask for the last 1..{depth} blocks")
+            return list(range(depth - indices, depth))
+        out = []
+        for i in indices:
+            if not -depth <= i < depth:
+                raise ValueError(f"block index {i} out of range for a model of depth {depth}")
+            out.append(i % depth)
+        return out
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              norm: bool = False, attn_impl: str = "fused") -> list[torch.Tensor]:
+        """Per-block token outputs (B, T, D) for the chosen blocks.
+
+        ``indices``: None = every block; an int n = the last n blocks; a list =
+        those blocks (negative counts from the end). ``norm`` applies the final norm.
+        """
+        take = self._block_indices(indices)
+        x = self.embed(x)
+        out = []
+        for i, blk in enumerate(self.blocks[: max(take) + 1]):
+            x, _ = self._run_block(blk, x, attn_impl)
+            if i in take:
+                out.append(self.norm(x) if norm else x)
+        return out
+
+    @torch.no_grad()
+    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every layer, each (B, heads, T, T), through the plain path."""
+        x = self.embed(x)
+        maps = []
+        for blk in self.blocks:
+            x, w = blk(x, "plain")
+            maps.append(w)
+        return maps
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that weight decay should skip (embeddings and tokens)."""
+        return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+

@@ -1,0 +1,93 @@
+import pytest
+
+import vitkit
+from vitkit import ViTConfig, parse_model_name
+from vitkit.config import PATCH_SIZES, VARIANTS
+
+
+@pytest.mark.parametrize("name", vitkit.list_models())
+def test_every_listed_name_parses(name):
+    cfg = parse_model_name(name)
+    assert cfg.image_hw == (224, 224)
+    assert cfg.num_tokens == cfg.num_patches + cfg.num_prefix_tokens
+
+
+@pytest.mark.parametrize("size", list(VARIANTS))
+@pytest.mark.parametrize("patch", PATCH_SIZES)
+def test_long_and_short_names_agree(size, patch):
+    short = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}[size]
+    assert parse_model_name(f"vit_{size}_patch{patch}_224") == parse_model_name(f"{short}/{patch}")
+
+
+def test_any_patch_and_resolution_in_a_name():
+    cfg = parse_model_name("vit_tiny_patch4_32")
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.image_hw) == (192, 12, 3, 4, (32, 32))
+    assert cfg.num_patches == 64
+    assert parse_model_name("B/16@384").image_hw == (384, 384)
+    assert parse_model_name("vit_small_patch16_384x256").image_hw == (384, 256)
+    assert parse_model_name("vit_base_patch16_224.augreg2_in21k_ft_in1k") == parse_model_name("B/16")
+
+
+def test_name_tokens_registers_gap_distilled():
+    cfg = parse_model_name("vit_base_patch16_reg4_gap_256")
+    assert cfg.reg_tokens == 4 and cfg.pooling == "gap" and not cfg.class_token and cfg.image_hw == (256, 256)
+    d = parse_model_name("deit_small_distilled_patch16_224")
+    assert d.distilled and d.width == 384 and d.num_prefix_tokens == 2
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("resnet50", "unknown model name"),
+    ("vit_giant_patch14_224", "unknown model size"),
+    ("vit_base_224", "no patch size"),
+    ("vit_base_patch16_foo_224", "unknown token 'foo'"),
+    ("vit_base_patch16_100", "not divisible by patch_size 16"),
+    ("", "non-empty"),
+])
+def test_bad_names_name_the_problem_and_the_accepted_values(bad, needle):
+    with pytest.raises(ValueError) as e:
+        parse_model_name(bad)
+    assert needle in str(e.value)
+    if bad:
+        assert "accepted names" in str(e.value) or "sizes:" in str(e.value) or "divisible" in str(e.value)
+
+
+# Published parameter counts (1000 classes, 224², P=16 unless noted).
+@pytest.mark.parametrize("name, published_m, tol_m", [
+    ("vit_tiny_patch16_224", 5.7, 0.1),
+    ("vit_small_patch16_224", 22.1, 0.1),
+    ("vit_base_patch16_224", 86.6, 0.1),
+    ("vit_large_patch16_224", 304.3, 0.5),
+    ("vit_huge_patch14_224", 632.0, 1.5),
+])
+def test_parameter_counts_match_the_papers(name, published_m, tol_m):
+    assert abs(parse_model_name(name).num_params() / 1e6 - published_m) <= tol_m
+
+
+def test_flops_of_base16():
+    # ViT-B/16 at 224²: 17.6 GMACs (DeiT table) = 35.1 GFLOPs
+    assert abs(parse_model_name("B/16").flops() / 1e9 - 35.1) < 0.2
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(width=100, heads=3), "not divisible by heads"),
+    (dict(pooling="max"), "pooling must be one of"),
+    (dict(pos_embed="rope"), "pos_embed must be one of"),
+    (dict(act="relu"), "act must be one of"),
+    (dict(image_size=30, patch_size=16), "not divisible by patch_size"),
+    (dict(width=10**9), "width must be an integer"),
+    (dict(class_token=False), "needs class_token=True"),
+    (dict(drop_path=1.5), "drop_path must be in"),
+])
+def test_config_validation(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        ViTConfig(**kw)
+
+
+def test_config_round_trip_and_unknown_fields():
+    cfg = ViTConfig(image_size=(32, 48), patch_size=8, width=64, depth=2, heads=4, reg_tokens=2,
+                    layer_scale_init=1e-5, labels=None, num_classes=3)
+    assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown ViTConfig field"):
+        ViTConfig.from_dict({**cfg.to_dict(), "hidden_size": 3})
+    with pytest.raises(ValueError, match="unknown ViTConfig field"):
+        cfg.replace(embed_dim=3)

@@ -1,0 +1,180 @@
+import pytest
+import torch
+
+import vitkit
+from vitkit import ViTConfig, create_model, parse_model_name
+from vitkit.layers import resample_pos_embed
+
+from helpers import tiny_cfg
+
+
+def shrink(name: str) -> ViTConfig:
+    """The named variant's structure with a tiny width/depth, so every name can run."""
+    cfg = parse_model_name(name)
+    return cfg.replace(width=cfg.heads * 8, depth=2, num_classes=7)
+
+
+@pytest.mark.parametrize("name", vitkit.list_models())
+def test_every_variant_runs_with_the_right_shapes(name):
+    cfg = shrink(name)
+    m = create_model(cfg).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = m.forward_features(x)
+        assert tokens.shape == (2, cfg.num_tokens, cfg.width)
+        assert m.forward_head(tokens).shape == (2, 7)
+        assert m.forward_head(tokens, pre_logits=True).shape == (2, cfg.width)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"])
+def test_built_parameter_count_equals_the_formula(name):
+    m = create_model(name)
+    assert sum(p.numel() for p in m.parameters()) == m.cfg.num_params()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", class_token=False), dict(reg_tokens=3),
+                                dict(layer_scale_init=1e-5), dict(distilled=True), dict(representation_size=24),
+                                dict(pos_embed="sincos2d"), dict(reg_tokens=2, pos_embed_prefix=False)])
+def test_formula_counts_configs(kw):
+    m = create_model(tiny_cfg(**kw))
+    assert sum(p.numel() for p in m.parameters()) == m.cfg.num_params()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", reg_tokens=4, layer_scale_init=0.1),
+                                dict(distilled=True), dict(act="gelu_tanh", qkv_bias=False)])
+def test_fused_and_plain_attention_agree(kw):
+    m = create_model(tiny_cfg(**kw)).eval()
+    for p in m.parameters():  # move off the zero head so logits are not trivially equal
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b = m(x, attn_impl="fused"), m(x, attn_impl="plain")
+    assert a.abs().max() > 0
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_attention_maps_are_probabilities():
+    cfg = tiny_cfg(reg_tokens=2)
+    m = create_model(cfg).eval()
+    maps = m.get_attention_maps(torch.randn(2, 3, 32, 32))
+    assert len(maps) == cfg.depth
+    for a in maps:
+        assert a.shape == (2, cfg.heads, cfg.num_tokens, cfg.num_tokens)
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, cfg.heads, cfg.num_tokens))
+
+
+def test_forward_intermediates():
+    cfg = tiny_cfg(depth=4)
+    m = create_model(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = m.forward_intermediates(x)
+        last2 = m.forward_intermediates(x, indices=2)
+        picked = m.forward_intermediates(x, indices=[0, -1], norm=True)
+        final = m.forward_features(x)
+    assert len(every) == 4 and all(t.shape == (2, cfg.num_tokens, cfg.width) for t in every)
+    torch.testing.assert_close(last2[1], every[3])
+    torch.testing.assert_close(picked[1], final)  # last block + final norm = forward_features
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward_intermediates(x, indices=[4])
+
+
+def test_pos_embed_resampling_identity_and_shapes():
+    pe = torch.randn(1, 1 + 14 * 14, 64)
+    assert resample_pos_embed(pe, (14, 14)) is pe
+    assert resample_pos_embed(pe, (24, 24)).shape == (1, 1 + 24 * 24, 64)  # 224 -> 384 at P=16
+    out = resample_pos_embed(pe, (32, 32))  # 224 -> 512
+    assert out.shape == (1, 1 + 32 * 32, 64)
+    torch.testing.assert_close(out[:, :1], pe[:, :1])  # the [CLS] row is kept as it is
+
+
+def test_dynamic_img_size_any_resolution_and_non_square():
+    m = create_model("vit_tiny_patch16_224", depth=1, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 3, 512, 512)).shape == (1, 1 + 1024, 192)
+        assert m.forward_features(torch.randn(1, 3, 224, 320)).shape == (1, 1 + 14 * 20, 192)
+        # at the built size the stored embedding is used as it is
+        x = torch.randn(1, 3, 224, 224)
+        static = create_model(m.cfg.replace(dynamic_img_size=False))
+        static.load_state_dict(m.state_dict())
+        torch.testing.assert_close(m(x), static.eval()(x))
+
+
+def test_non_square_model():
+    cfg = tiny_cfg(image_size=(32, 64))
+    m = create_model(cfg).eval()
+    assert m(torch.randn(2, 3, 32, 64)).shape == (2, 5)
+    assert cfg.num_patches == 4 * 8
+
+
+def test_padding_when_asked():
+    m = create_model(tiny_cfg(dynamic_img_size=True, dynamic_img_pad=True)).eval()
+    assert m.forward_features(torch.randn(1, 3, 30, 35)).shape == (1, 1 + 4 * 5, 32)
+
+
+@pytest.mark.parametrize("x, needle", [
+    (torch.randn(3, 32, 32), "4-D image batch"),
+    (torch.randn(1, 1, 32, 32), "expected 3 input channels"),
+    (torch.randn(1, 3, 30, 30), "does not match the model's image size"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating-point"),
+])
+def test_bad_input_errors(x, needle):
+    m = create_model(tiny_cfg())
+    with pytest.raises(ValueError, match=needle):
+        m(x)
+
+
+def test_non_divisible_input_on_a_dynamic_model():
+    m = create_model(tiny_cfg(dynamic_img_size=True))
+    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
+        m(torch.randn(1, 3, 30, 32))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = tiny_cfg(depth=3)
+    a = create_model(cfg)
+    for p in a.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    b = create_model(cfg)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    a(x).square().sum().backward()
+    b(x).square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_stochastic_depth_is_random_in_training_and_off_in_eval():
+    m = create_model(tiny_cfg(drop_path=0.5, depth=4))
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(4, 3, 32, 32)
+    m.train()
+    outs = [m(x) for _ in range(4)]
+    assert any((outs[0] - o).abs().max() > 1e-6 for o in outs[1:])
+    m.eval()
+    torch.testing.assert_close(m(x), m(x))
+
+
+def test_init_truncated_normal_and_zero_head():
+    m = create_model("vit_small_patch16_224")
+    assert m.head.weight.abs().max() == 0 and m.head.bias.abs().max() == 0
+    w = m.blocks[0].mlp.fc1.weight
+    # a normal(0, 0.02) cut at ±2 std has std 0.02 * 0.880
+    assert abs(w.std().item() - 0.0176) < 0.001 and w.abs().max() <= 0.04 + 1e-6
+
+
+def test_reset_classifier():
+    m = create_model(tiny_cfg(distilled=True))
+    m.reset_classifier(2, labels=["a", "b"])
+    assert m.head.out_features == 2 and m.head_dist.out_features == 2 and m.labels == ["a", "b"]
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_torch_compile_fullgraph():
+    m = create_model(tiny_cfg(reg_tokens=1)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
