@@ -7,9 +7,11 @@
 
 from .config import VARIANTS, ViTConfig, list_models, parse_model_name
 from .layers import resample_pos_embed
+from .data.preprocess import PreprocessConfig, preprocess
 from .models import VisionTransformer, create_model
+from .weights.api import load, save
 
 __version__ = "0.1.0"
 
-__all__ = ["VARIANTS", "ViTConfig", "VisionTransformer", "create_model", "list_models", "parse_model_name",
-           "resample_pos_embed", "__version__"]
+__all__ = ["VARIANTS", "PreprocessConfig", "ViTConfig", "VisionTransformer", "create_model", "list_models", "load",
+           "parse_model_name", "preprocess", "resample_pos_embed", "save", "__version__"]

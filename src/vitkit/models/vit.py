@@ -87,6 +87,7 @@ class VisionTransformer(nn.Module):
         if cfg.distilled:
             self.head_dist = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
+        self.preprocess_cfg = None  # a PreprocessConfig: how this model wants its pixels (set by loaders)
         self.init_weights()
 
     # --- set-up ---------------------------------------------------------

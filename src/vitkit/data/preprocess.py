@@ -1,0 +1,107 @@
+"""Preprocessing: the resize, crop and normalisation a checkpoint expects.
+
+A :class:`PreprocessConfig` travels with every checkpoint (``model.preprocess_cfg``);
+:func:`preprocess` turns PIL images into the (B, C, H, W) float tensor the model takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+RESIZE_MODES = ("squash", "shortest")
+
+
+@dataclass
+class PreprocessConfig:
+    """How a checkpoint wants its pixels.
+
+    ``resize="squash"`` resizes straight to ``size`` (HF ``google/vit-*``);
+    ``resize="shortest"`` resizes the shortest edge to ``size / crop_pct`` and centre-crops
+    ``size`` (timm, DeiT).
+    """
+
+    size: tuple[int, int] = (224, 224)  # (H, W) of the model input
+    resize: str = "squash"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    rescale: float = 1 / 255  # pixel values 0..255 -> 0..1 before mean/std
+    mode: str = "RGB"  # PIL mode the images are converted to ("RGB" or "L")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, int):
+            self.size = (self.size, self.size)
+        self.size = tuple(int(s) for s in self.size)
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"PreprocessConfig.size must be (H, W) of positive ints, got {self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"PreprocessConfig.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"PreprocessConfig.interpolation must be one of {list(INTERPOLATIONS)}, "
+                             f"got {self.interpolation!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"PreprocessConfig.crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if self.mode not in ("RGB", "L"):
+            raise ValueError(f"PreprocessConfig.mode must be 'RGB' or 'L', got {self.mode!r}")
+        channels = 3 if self.mode == "RGB" else 1
+        if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
+            raise ValueError(f"PreprocessConfig mean/std must have {channels} values (std > 0), "
+                             f"got mean={self.mean} std={self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(size=list(self.size), mean=list(self.mean), std=list(self.std))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig field(s) {unknown}; accepted: {sorted(known)}")
+        return cls(**d)
+
+
+def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    h, w = cfg.size
+    interp = INTERPOLATIONS[cfg.interpolation]
+    if cfg.resize == "squash":
+        return img.resize((w, h), interp)
+    # shortest edge to size / crop_pct, keeping the aspect ratio, then centre crop (H, W)
+    scale_h, scale_w = math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct)
+    iw, ih = img.size
+    if iw / ih >= scale_w / scale_h:  # wider than the target: height is the short side
+        nh, nw = scale_h, max(1, round(iw * scale_h / ih))
+    else:
+        nw, nh = scale_w, max(1, round(ih * scale_w / iw))
+    img = img.resize((nw, nh), interp)
+    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+    return img.crop((left, top, left + w, top + h))
+
+
+def preprocess(images: Image.Image | Sequence[Image.Image], cfg: PreprocessConfig) -> torch.Tensor:
+    """PIL image(s) -> (B, C, H, W) float32, resized, cropped, rescaled and normalised."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    out = []
+    for img in images:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"preprocess takes PIL images, got {type(img).__name__}; "
+                            "open files with vitkit's image decoder first")
+        img = _resize_crop(img.convert(cfg.mode), cfg)
+        a = np.asarray(img, dtype=np.float32) * cfg.rescale  # (H, W, C) or (H, W)
+        a = a[..., None] if a.ndim == 2 else a
+        a = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+        out.append(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))))
+    return torch.stack(out)
