@@ -1,0 +1,38 @@
+import json
+
+import vitkit
+from vitkit.cli.main import main
+
+
+def test_models_lists_every_name_with_params_and_gflops(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in vitkit.list_models():
+        assert name in out
+    assert "86.6M" in out and "35.13" in out  # B/16: params and GFLOPs
+
+
+def test_models_json_for_given_names(capsys):
+    assert main(["models", "--json", "vit_tiny_patch4_32", "B/16@384"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["tokens"] for r in rows] == [65, 577]
+
+
+def test_unknown_name_is_a_clear_error_without_traceback(capsys):
+    assert main(["models", "vit_enormous_patch16_224"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitkit: error: unknown model size 'enormous'") and "Traceback" not in err
+
+
+def test_demo_runs_saves_and_classifies(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", "--epochs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "validation top-1:" in text and "true " in text and "predicted " in text
+    model = vitkit.load(out)
+    assert model.labels == [str(i) for i in range(10)] and model.cfg.channels == 1
+
+
+def test_demo_rejects_bad_epochs(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
