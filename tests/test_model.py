@@ -41,7 +41,9 @@ def test_formula_counts_configs(kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", reg_tokens=4, layer_scale_init=0.1),
-                                dict(distilled=True), dict(act="gelu_tanh", qkv_bias=False)])
+                                dict(distilled=True), dict(act="gelu_tanh", qkv_bias=False),
+                                dict(pos_embed="sincos2d", reg_tokens=1), dict(pos_embed="none"),
+                                dict(representation_size=24, fc_norm=True)])
 def test_fused_and_plain_attention_agree(kw):
     m = create_model(tiny_cfg(**kw)).eval()
     for p in m.parameters():  # move off the zero head so logits are not trivially equal
@@ -178,3 +180,22 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_set_image_size_matches_dynamic_resampling():
+    m = create_model(tiny_cfg(dynamic_img_size=True, reg_tokens=1)).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        expected = m(x)
+        m.set_image_size((48, 64))
+        assert m.pos_embed.shape == (1, 2 + 6 * 8, 32) and m.cfg.image_hw == (48, 64)
+        torch.testing.assert_close(m(x), expected)
+
+
+def test_set_image_size_keeps_sincos_fixed():
+    m = create_model(tiny_cfg(pos_embed="sincos2d")).eval()
+    m.set_image_size(64)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    assert "pos_embed" not in m.state_dict()  # fixed, recomputed, never saved

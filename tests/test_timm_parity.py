@@ -67,3 +67,16 @@ def test_dynamic_size_resampling_matches_timm():
     theirs = timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
                                          num_classes=5, dynamic_img_size=True)
     check(ours, theirs, torch.randn(2, 3, 48, 64))
+
+
+@pytest.mark.parametrize("new_grid", [(24, 24), (32, 32), (7, 7), (20, 28)])
+def test_pos_embed_resampling_matches_timm(new_grid):
+    from timm.layers import resample_abs_pos_embed
+
+    from vitkit.layers import resample_pos_embed
+
+    pe = torch.randn(1, 1 + 14 * 14, 64)
+    ours = resample_pos_embed(pe, new_grid, (14, 14), num_prefix_tokens=1)
+    theirs = resample_abs_pos_embed(pe, list(new_grid), (14, 14), num_prefix_tokens=1)
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() <= 1e-5

@@ -69,7 +69,8 @@ class VisionTransformer(nn.Module):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.distilled else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None
         # rows of the position embedding that belong to prefix tokens (0 with timm's no_embed_class)
-        self.pos_prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0
+        # (fixed sin-cos covers patches only: the prefix tokens get no position, as in MAE/big_vision)
+        self.pos_prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix and cfg.pos_embed == "learned" else 0
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_prefix + cfg.num_patches, d))
         elif cfg.pos_embed == "sincos2d":  # fixed, recomputed for other grids; not saved
@@ -127,6 +128,20 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
             setattr(self, name, head.to(device=p.device, dtype=p.dtype))
+
+    def set_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """Rebuild for another input size, resampling the learned position embedding to the new grid
+        (float32, bicubic, prefix rows kept) — what fine-tuning at a new resolution needs."""
+        cfg = self.cfg.replace(image_size=image_size)
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.image_hw, self.patch_embed.grid_size = cfg.image_hw, cfg.grid_size
+        if self.cfg.pos_embed == "learned":
+            with torch.no_grad():
+                new = resample_pos_embed(self.pos_embed.data, cfg.grid_size, old_grid, self.pos_prefix)
+            self.pos_embed = nn.Parameter(new.contiguous())
+        elif self.cfg.pos_embed == "sincos2d":
+            self.pos_embed = sincos_2d_pos_embed(cfg.grid_size, cfg.width, device=self.pos_embed.device)
+        self.cfg = cfg
 
     @property
     def labels(self) -> list[str] | None:
