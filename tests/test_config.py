@@ -77,6 +77,7 @@ def test_flops_of_base16():
     (dict(width=10**9), "width must be an integer"),
     (dict(class_token=False), "needs class_token=True"),
     (dict(drop_path=1.5), "drop_path must be in"),
+    (dict(width=16384, depth=256, heads=128), "parameters .* is refused"),
 ])
 def test_config_validation(kw, needle):
     with pytest.raises(ValueError, match=needle):

@@ -37,6 +37,7 @@ MAX_WIDTH = 16384
 MAX_DEPTH = 256
 MAX_TOKENS_SIDE = 1024  # grid side in patches: 16384 px at P=16
 MAX_CLASSES = 1_000_000
+MAX_PARAMS = 50_000_000_000  # ViT-22B is the largest published ViT
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -179,6 +180,9 @@ class ViTConfig:
             if not isinstance(self.representation_size, int) or not 1 <= self.representation_size <= MAX_WIDTH:
                 raise ValueError(f"ViTConfig.representation_size must be None or in [1, {MAX_WIDTH}], "
                                  f"got {self.representation_size!r}")
+        if self.num_params() > MAX_PARAMS:
+            raise ValueError(f"ViTConfig describes {self.num_params() / 1e9:.0f}B parameters "
+                             f"(width {self.width}, depth {self.depth}); more than {MAX_PARAMS / 1e9:.0f}B is refused")
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"ViTConfig.labels has {len(self.labels)} names for {self.num_classes} classes")
 
