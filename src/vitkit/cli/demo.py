@@ -30,18 +30,18 @@ DEMO_CONFIG = dict(image_size=16, patch_size=4, channels=1, num_classes=10, widt
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a small ViT on scikit-learn's digits (CPU, a few minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
     p.add_argument("--out", default="demo-run", help="folder the trained model is saved to (default demo-run)")
     p.add_argument("--seed", type=int, default=0, help="random seed for initialisation and augmentation")
     p.set_defaults(func=run)
 
 
 def random_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per-sample rotation (±15°), scale (±10 %) and shift (±10 % of the side) of (B, C, H, W) images."""
+    """Per-sample rotation (±7.5°), scale (±5 %) and shift (±5 % of the side) of (B, C, H, W) images."""
     B = x.shape[0]
-    angle = (torch.rand(B, generator=g) * 2 - 1) * math.radians(15)
-    scale = 1 + (torch.rand(B, generator=g) * 2 - 1) * 0.1
-    shift = (torch.rand(B, 2, generator=g) * 2 - 1) * 0.2  # affine_grid's coordinates span [-1, 1]
+    angle = (torch.rand(B, generator=g) * 2 - 1) * math.radians(7.5)
+    scale = 1 + (torch.rand(B, generator=g) * 2 - 1) * 0.05
+    shift = (torch.rand(B, 2, generator=g) * 2 - 1) * 0.1  # affine_grid's coordinates span [-1, 1]
     theta = torch.zeros(B, 2, 3)  # output -> input sampling matrix
     theta[:, 0, 0], theta[:, 0, 1] = angle.cos() / scale, -angle.sin() / scale
     theta[:, 1, 0], theta[:, 1, 1] = angle.sin() / scale, angle.cos() / scale
