@@ -104,7 +104,7 @@ def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
         raise NotADirectoryError(f"{path} exists and is not a folder")
     cfg = model.cfg
     args = timm_model_args(cfg)  # raises when timm cannot build this model
-    arch = f"vit_{_size_name(cfg)}_patch{cfg.patch_size}_{cfg.image_hw[0]}"
+    arch = _timm_name(cfg)
     pcfg = dict(to_timm_cfg(pre or PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)),
                 num_classes=cfg.num_classes, license="unknown", first_conv="patch_embed.proj", classifier="head")
     config = dict(architecture=arch, num_classes=cfg.num_classes, num_features=cfg.num_features,
@@ -117,10 +117,18 @@ def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
     return path
 
 
-def _size_name(cfg: ViTConfig) -> str:
+# (size, patch, resolution) that timm registers under vit_{size}_patch{P}_{res}
+_TIMM_REGISTERED = {(s, p, r) for s in ("tiny", "small", "base", "large") for p, r in ((16, 224), (16, 384), (32, 224))}
+
+
+def _timm_name(cfg: ViTConfig) -> str:
+    """A timm model name for the folder's ``architecture``: the matching registered name when there is one,
+    else ``vit_base_patch16_224`` (``model_args`` carry every size either way, and override the name's)."""
     from ..config import VARIANTS
 
     for name, v in VARIANTS.items():
-        if v["width"] == cfg.width and v["depth"] == cfg.depth and v["heads"] == cfg.heads:
-            return name
-    return "custom"
+        key = (name, cfg.patch_size, cfg.image_hw[0])
+        if (v["width"], v["depth"], v["heads"]) == (cfg.width, cfg.depth, cfg.heads) and key in _TIMM_REGISTERED \
+                and cfg.image_hw[0] == cfg.image_hw[1]:
+            return f"vit_{name}_patch{cfg.patch_size}_{cfg.image_hw[0]}"
+    return "vit_base_patch16_224"
