@@ -59,7 +59,8 @@ def load_hf_folder(folder: Path, hf_cfg: dict[str, Any], image_size=None, map_lo
     elif pre_file.is_file():
         pre, source = from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
     else:
-        pre, source = default_preprocess or PreprocessConfig(size=cfg.image_hw), "default (ViTImageProcessor)"
+        pre, source = ((default_preprocess, "vitkit pretrained table") if default_preprocess else
+                       (PreprocessConfig(size=cfg.image_hw), "default (ViTImageProcessor)"))
     info = dict(format="hf", source=str(folder), weights=str(file), model_type=hf_cfg["model_type"],
                 ignored_keys=ignored, preprocess_source=source)
     return build_model(cfg, ours, pre, info, image_size, map_location)
