@@ -215,3 +215,26 @@ def test_failed_save_keeps_the_earlier_file(tmp_path):
     with pytest.raises(ValueError):  # npz cannot hold LayerScale: refused before writing anything
         vitkit.save(vitkit.create_model(tiny_cfg(layer_scale_init=1e-5)), tmp_path / "x.npz", format="npz")
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(distilled=True, representation_size=16), dict(reg_tokens=3, pooling="gap",
+                                class_token=False, pos_embed_prefix=False, layer_scale_init=0.1, qkv_bias=False),
+                                dict(num_classes=0, pos_embed="sincos2d", patch_bias=False, fc_norm=True)])
+def test_expected_shapes_are_the_built_models(kw):
+    from vitkit.weights.checks import expected_shapes
+
+    model = vitkit.create_model(tiny_cfg(**kw))
+    assert expected_shapes(model.cfg) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_loaded_model_is_trainable_and_independent_of_the_file(tmp_path):
+    model, path = _timm_file(tmp_path)
+    before = path.read_bytes()
+    loaded = vitkit.load(path, heads=4)
+    assert all(p.requires_grad and not p.is_meta for p in loaded.parameters())
+    loaded.train()
+    loaded(torch.randn(2, 3, 32, 32)).sum().backward()
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.add_(1.0)
+    assert path.read_bytes() == before

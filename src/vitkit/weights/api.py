@@ -26,7 +26,10 @@ from .npz_format import load_npz, save_npz
 from .pretrained import find_pretrained
 from .safe_io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from .timm_format import load_timm_folder, load_timm_state, save_timm
-from .vitkit_format import CONFIG_NAME, load_vitkit, save_vitkit
+from .build import build_model
+from .checks import check_state
+from .safe_io import read_safetensors
+from .vitkit_format import CONFIG_NAME, WEIGHTS_NAME, read_vitkit_config, save_vitkit
 
 SAVE_FORMATS = ("vitkit", "hf", "timm", "npz")
 HF_MARKER = "embeddings.patch_embeddings.projection.weight"
@@ -63,16 +66,16 @@ def _load_path(path: Path, hints: dict, image_size, map_location, default_pre: P
             raise FileNotFoundError(f"{path}: a checkpoint folder needs a {CONFIG_NAME}; none found")
         meta = read_json(cfg_file)
         if meta.get("format") == "vitkit":
-            model = load_vitkit(path, map_location)
-            if isinstance(model.preprocess_cfg, dict):
-                model.preprocess_cfg = PreprocessConfig.from_dict(model.preprocess_cfg)
-            model.load_info = dict(format="vitkit", source=str(path), ignored_keys=[], preprocess_source=str(cfg_file))
-            if image_size is not None:
-                from .build import build_model
-
-                return build_model(model.cfg, model.state_dict(), model.preprocess_cfg, model.load_info,
-                                   image_size, map_location)
-            return model
+            cfg, pre = read_vitkit_config(path)
+            weights = path / WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"{path} is not a vitkit checkpoint: {WEIGHTS_NAME} is missing")
+            state = read_safetensors(weights)
+            check_state(state, cfg, str(weights))
+            info = dict(format="vitkit", source=str(path), weights=str(weights), ignored_keys=[],
+                        preprocess_source=str(cfg_file) if pre else "none")
+            return build_model(cfg, state, PreprocessConfig.from_dict(pre) if pre else None, info, image_size,
+                               map_location)
         if "model_type" in meta or "auto_map" in meta:
             return load_hf_folder(path, meta, image_size, map_location, default_pre)
         if "architecture" in meta:

@@ -10,7 +10,7 @@ import torch
 from ..config import ViTConfig
 from ..data.imagenet import imagenet1k_classes
 from ..data.preprocess import PreprocessConfig
-from ..layers import resample_pos_embed
+from ..layers import resample_pos_embed, sincos_2d_pos_embed
 from ..models.vit import VisionTransformer
 
 
@@ -41,8 +41,20 @@ def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: Prep
     if cfg.labels is None and cfg.num_classes == 1000:
         cfg = cfg.replace(labels=imagenet1k_classes())  # every 1k-class ViT uses the ImageNet-1k order
         info["labels"] = "imagenet-1k (shipped with vitkit)"
-    model = VisionTransformer(cfg)
-    model.load_state_dict(state, strict=True)
+    model = _empty_model(cfg)
+    model.load_state_dict(state, strict=True, assign=True)  # the loaded tensors become the parameters
+    if cfg.pos_embed == "sincos2d":  # a fixed buffer, not in the state dict: compute it
+        model.register_buffer("pos_embed", sincos_2d_pos_embed(cfg.grid_size, cfg.width), persistent=False)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"vitkit bug: tensors {left} were not loaded")
     model.preprocess_cfg = preprocess
     model.load_info = info
     return model.to(map_location).eval()
+
+
+def _empty_model(cfg: ViTConfig) -> VisionTransformer:
+    """The model's structure on the meta device: no memory and no random initialisation (which costs
+    seconds at ViT-B size), since every tensor is replaced by a loaded one."""
+    with torch.device("meta"):
+        return VisionTransformer(cfg)
