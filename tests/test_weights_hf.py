@@ -161,3 +161,29 @@ def test_unplaced_tensor_is_listed(tmp_path):
     state["vit.encoder.layer.1.output.dense.bias"] = torch.zeros(32)
     with pytest.raises(ValueError, match=r"does not know how to place: \['encoder.layer.0.extra.weight'\]"):
         hf_to_vitkit(state, json.loads(theirs.config.to_json_string()), "x")
+
+
+def test_hf_weights_file_alone_is_refused_with_a_hint(tmp_path):
+    theirs = transformers.ViTForImageClassification(transformers.ViTConfig(**SMALL, num_labels=3))
+    theirs.save_pretrained(tmp_path / "hf")
+    state = vitkit.weights.safe_io.read_safetensors(tmp_path / "hf" / "model.safetensors")
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    for f in (tmp_path / "hf" / "model.safetensors", tmp_path / "pytorch_model.bin"):
+        with pytest.raises(ValueError, match="load its folder"):
+            vitkit.load(f)
+
+
+def test_pooler_next_to_a_classifier_is_ignored_and_listed(tmp_path):
+    theirs = randomise(transformers.ViTForImageClassification(transformers.ViTConfig(**SMALL, num_labels=3))).eval()
+    theirs.save_pretrained(tmp_path)
+    state = vitkit.weights.safe_io.read_safetensors(tmp_path / "model.safetensors")
+    state.update({"vit.pooler.dense.weight": torch.zeros(32, 32), "vit.pooler.dense.bias": torch.zeros(32)})
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "model.safetensors")
+    ours = vitkit.load(tmp_path)
+    assert ours.load_info["ignored_keys"] == ["pooler.dense.bias", "pooler.dense.weight"]
+    assert ours.cfg.representation_size is None
+    x = _x()
+    with torch.no_grad():
+        assert max_diff(ours(x), theirs(pixel_values=x).logits) <= 1e-5

@@ -32,7 +32,6 @@ from .safe_io import read_safetensors
 from .vitkit_format import CONFIG_NAME, WEIGHTS_NAME, read_vitkit_config, save_vitkit
 
 SAVE_FORMATS = ("vitkit", "hf", "timm", "npz")
-HF_MARKER = "embeddings.patch_embeddings.projection.weight"
 
 
 def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None, heads: int | None = None,
@@ -84,15 +83,6 @@ def _load_path(path: Path, hints: dict, image_size, map_location, default_pre: P
     if path.suffix == ".npz":
         return load_npz(path, hints, image_size, map_location, default_pre)
     if path.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            from .safe_io import check_safetensors_header
-
-            keys = list(check_safetensors_header(path))
-        else:
-            keys = None
-        if keys is not None and any(k.endswith(HF_MARKER) for k in keys):
-            raise ValueError(f"{path} holds a Hugging Face transformers state dict; load its folder (with "
-                             "config.json) instead of the weights file alone")
         return load_timm_state(path, hints, image_size, map_location, default_pre)
     raise ValueError(f"{path}: not a checkpoint vitkit can read (a vitkit/HF/timm folder, or a "
                      f".npz/{'/'.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)} file)")

@@ -159,7 +159,9 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
         # ViTModel's pooler: tanh(Linear([CLS] after the final norm)) == vitkit's pre-logits layer
         out["pre_logits.fc.weight"], out["pre_logits.fc.bias"] = take("pooler.dense.weight"), take("pooler.dense.bias")
         cfg = cfg.replace(representation_size=out["pre_logits.fc.weight"].shape[0])
-    ignored = sorted(k for k in src if k not in used and IGNORABLE.match(k))
+    # transformers' classifiers never read the pooler; a file holding both keeps it unused
+    ignorable = (lambda k: IGNORABLE.match(k) or k.startswith("pooler.")) if "head.weight" in out else IGNORABLE.match
+    ignored = sorted(k for k in src if k not in used and ignorable(k))
     unexpected = sorted(k for k in src if k not in used and k not in ignored)
     if unexpected:
         raise ValueError(f"{file}: tensors vitkit does not know how to place: {unexpected[:30]}"
@@ -173,7 +175,7 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
     ViTModel, or DeiTForImageClassificationWithTeacher / DeiTModel for distilled models."""
     problems = []
     if not cfg.class_token or cfg.pooling != "cls":
-        problems.append("pooling must read the [CLS] token")
+        problems.append("pooling other than the [CLS] token")
     if cfg.reg_tokens:
         problems.append("register tokens")
     if cfg.layer_scale_init is not None:
@@ -181,13 +183,14 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
     if cfg.use_fc_norm:
         problems.append("fc_norm")
     if cfg.pos_embed != "learned" or not cfg.pos_embed_prefix:
-        problems.append("a learned position embedding with a row for each prefix token")
+        problems.append("a position embedding that is not learned or has no row for the prefix tokens")
     if not cfg.patch_bias:
         problems.append("no patch-embedding bias")
     if cfg.representation_size and (cfg.num_classes or cfg.distilled or cfg.representation_size != cfg.width):
-        problems.append("a pre-logits layer (only a bare ViTModel's width x width pooler can hold one)")
+        problems.append("a pre-logits layer with a classifier (only a bare ViTModel's width x width pooler "
+                        "can hold one)")
     if problems:
-        raise ValueError("transformers' ViT/DeiT cannot express this model: it needs "
+        raise ValueError("transformers' ViT/DeiT cannot express this model: it has "
                          + "; ".join(problems) + ". Save it as vitkit or timm instead.")
     deit = cfg.distilled
     p = ("deit." if deit else "vit.") if cfg.num_classes else ""

@@ -13,7 +13,7 @@ from ..data.preprocess import PreprocessConfig
 from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
-from .hf_format import read_folder_weights, read_json
+from .hf_format import read_folder_weights
 from .preprocess_cfg import from_timm_cfg, to_timm_cfg
 from .safe_io import SAFETENSORS_SUFFIXES, atomic_write, read_safetensors_metadata, read_state_file
 
@@ -27,8 +27,10 @@ def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=
                     default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
     """A vitkit model from a timm-layout state dict file; the architecture is inferred from the tensors."""
     hints = dict(hints or {})
-    raw = read_state_file(path)
-    state = unwrap(raw, str(path))
+    state = unwrap(read_state_file(path), str(path))
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state):
+        raise ValueError(f"{path} holds a Hugging Face transformers state dict; load its folder (with "
+                         "config.json) instead of the weights file alone")
     pre = default_preprocess
     pre_source = "default (timm ViT)" if pre is None else "vitkit pretrained table"
     cfg = None
@@ -60,8 +62,9 @@ def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] |
     hints.setdefault("architecture", meta.get("architecture"))
     if args.get("num_heads"):
         hints.setdefault("heads", args["num_heads"])
-    if args.get("global_pool") in ("avg", "token"):
-        hints.setdefault("pooling", "gap" if args["global_pool"] == "avg" else "cls")
+    pool = args.get("global_pool", meta.get("global_pool"))
+    if pool in ("avg", "token"):
+        hints.setdefault("pooling", "gap" if pool == "avg" else "cls")
     if isinstance(meta.get("label_names"), list):
         hints.setdefault("labels", [str(n) for n in meta["label_names"]])
     pcfg = meta.get("pretrained_cfg")
