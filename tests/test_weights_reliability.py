@@ -58,12 +58,19 @@ def test_2_torchscript_archive_is_refused(tmp_path):
         vitkit.load(tmp_path / "ts.pt")
 
 
-def test_2_legacy_tar_checkpoint_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["old.pth", "old.tar"])
+def test_2_legacy_tar_checkpoint_is_refused(tmp_path, name):
     (tmp_path / "storages").write_bytes(b"\0" * 16)
-    with tarfile.open(tmp_path / "old.pth", "w") as t:
+    with tarfile.open(tmp_path / name, "w") as t:
         t.add(tmp_path / "storages", arcname="storages")
     with pytest.raises(ValueError, match="legacy tar"):
-        vitkit.load(tmp_path / "old.pth")
+        vitkit.load(tmp_path / name)
+
+
+def test_2_modern_checkpoint_named_pth_tar_loads(tmp_path):
+    model = vitkit.create_model(tiny_cfg())
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "model_best.pth.tar")  # a zip despite its name
+    assert vitkit.load(tmp_path / "model_best.pth.tar", heads=4).cfg == model.cfg
 
 
 # 3 ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit for the JSON head
 MAX_INDEX_BYTES = 50 * 1024 * 1024  # a sharded index is a small JSON file
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # ".pth.tar": torch.save zips, named so by old scripts
 
 
 def _check_file(path: Path) -> Path:
