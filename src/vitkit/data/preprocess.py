@@ -24,9 +24,10 @@ RESIZE_MODES = ("squash", "shortest")
 class PreprocessConfig:
     """How a checkpoint wants its pixels.
 
-    ``resize="squash"`` resizes straight to ``size`` (HF ``google/vit-*``);
+    ``resize="squash"`` resizes straight to ``size / crop_pct`` ignoring the aspect ratio, then
+    centre-crops ``size`` (HF ``google/vit-*``: crop_pct 1; HF DeiT: 256 -> 224, crop_pct 0.875);
     ``resize="shortest"`` resizes the shortest edge to ``size / crop_pct`` and centre-crops
-    ``size`` (timm, DeiT).
+    ``size`` (timm's eval transform). Resampling is PIL's, as both libraries use for PIL inputs.
     """
 
     size: tuple[int, int] = (224, 224)  # (H, W) of the model input
@@ -73,21 +74,38 @@ class PreprocessConfig:
         return cls(**d)
 
 
+def scaled_size(size: int, crop_pct: float) -> int:
+    """The resize target before a centre crop of ``size``: floor(size / crop_pct), as timm computes it
+    (an exact integer ratio such as 224 / (224/256) is not lost to rounding)."""
+    v = size / crop_pct
+    return round(v) if abs(v - round(v)) < 1e-6 else math.floor(v)
+
+
+def _centre_crop(img: Image.Image, h: int, w: int) -> Image.Image:
+    nw, nh = img.size
+    # torchvision's CenterCrop offsets (round half to even of the half-difference)
+    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+    return img.crop((left, top, left + w, top + h))
+
+
 def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     h, w = cfg.size
     interp = INTERPOLATIONS[cfg.interpolation]
-    if cfg.resize == "squash":
-        return img.resize((w, h), interp)
-    # shortest edge to size / crop_pct, keeping the aspect ratio, then centre crop (H, W)
-    scale_h, scale_w = math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct)
+    if cfg.resize == "squash" or h != w:  # timm squashes too when the target is not square
+        if cfg.crop_pct >= 1:
+            return img.resize((w, h), interp)
+        # squash to (H, W) / crop_pct, then centre crop (H, W): DeiT's HF processor (256 -> 224)
+        sh, sw = scaled_size(h, cfg.crop_pct), scaled_size(w, cfg.crop_pct)
+        return _centre_crop(img.resize((sw, sh), interp), h, w)
+    # shortest edge to size / crop_pct, keeping the aspect ratio (the long edge truncated, as
+    # torchvision's Resize(int) does), then centre crop (H, W): timm's eval transform
+    short = scaled_size(h, cfg.crop_pct)
     iw, ih = img.size
-    if iw / ih >= scale_w / scale_h:  # wider than the target: height is the short side
-        nh, nw = scale_h, max(1, round(iw * scale_h / ih))
+    if iw <= ih:
+        nw, nh = short, max(1, int(short * ih / iw))
     else:
-        nw, nh = scale_w, max(1, round(ih * scale_w / iw))
-    img = img.resize((nw, nh), interp)
-    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
-    return img.crop((left, top, left + w, top + h))
+        nh, nw = short, max(1, int(short * iw / ih))
+    return _centre_crop(img.resize((nw, nh), interp), h, w)
 
 
 def preprocess(images: Image.Image | Sequence[Image.Image], cfg: PreprocessConfig) -> torch.Tensor:

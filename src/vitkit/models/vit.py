@@ -78,7 +78,8 @@ class VisionTransformer(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.dropout)
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth per block
+        # stochastic depth per block (on the CPU, so that the model can also be built on the meta device)
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()

@@ -1,0 +1,152 @@
+"""timm ``VisionTransformer`` state dicts <-> vitkit.
+
+vitkit's parameter names are timm's (DESIGN.md, "Checkpoint layouts"), so the
+conversion is the identity on names; the work is inferring the architecture
+from the tensors and checking every key. What a state dict cannot tell (number
+of heads, pooling without fc_norm, eps, activation) comes from ``hints``: a
+timm hub ``config.json`` (``model_args``, ``architecture``), or the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from ..config import VARIANTS, ViTConfig, parse_model_name
+from .checks import check_state, need, square_side
+
+# wrappers that training scripts put around the state dict (DeiT/MAE: {'model': ...})
+WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
+# keys of MAE pre-training checkpoints that belong to the decoder, not the encoder
+IGNORABLE = re.compile(r"^(decoder_|decoder\.|mask_token$)")
+HEADS_BY_WIDTH = {v["width"]: v["heads"] for v in VARIANTS.values()}  # 192:3, 384:6, 768:12, 1024:16, 1280:16
+
+
+def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The flat {name: tensor} inside a checkpoint ({'model': sd} and DDP 'module.' prefixes removed)."""
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                raise ValueError(f"{source}: no tensors found; top-level keys are {sorted(obj)[:20]} "
+                                 f"(vitkit looks inside {list(WRAPPER_KEYS)})")
+            obj = inner
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a state dict, found {type(obj).__name__}")
+    bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise ValueError(f"{source}: entries that are not tensors: {bad[:20]}")
+    for prefix in ("module.", "backbone.", "encoder."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _heads(width: int, hints: dict[str, Any], source: str) -> int:
+    if hints.get("heads"):
+        return int(hints["heads"])
+    if width in HEADS_BY_WIDTH:
+        return HEADS_BY_WIDTH[width]
+    if width % 64 == 0:
+        return width // 64  # head width 64, as every published ViT size but Huge
+    raise ValueError(f"{source}: cannot tell the number of attention heads for width {width} from the tensors; "
+                     "pass heads=N")
+
+
+def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, Any] | None = None) -> ViTConfig:
+    """The ViTConfig a timm-layout state dict describes; ``hints`` fill in what tensors cannot say.
+
+    hints: heads, image_size, pooling, fc_norm, norm_eps, act, labels, architecture (a timm model name).
+    """
+    hints = dict(hints or {})
+    arch = hints.pop("architecture", None)
+    if arch and "heads" not in hints:
+        try:
+            hints["heads"] = parse_model_name(arch).heads
+        except ValueError:
+            pass
+    w = need(state, "patch_embed.proj.weight", source, (None, None, None, None))
+    width, channels, p, p2 = w.shape
+    if p != p2:
+        raise ValueError(f"{source}: non-square patch kernel {tuple(w.shape)} is not supported")
+    depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if depth == 0:
+        raise ValueError(f"{source}: no 'blocks.N.' tensors; not a timm ViT state dict")
+    fc1 = need(state, "blocks.0.mlp.fc1.weight", source, (None, width))
+    cls, dist = "cls_token" in state, "dist_token" in state
+    reg = state["reg_token"].shape[1] if "reg_token" in state else 0
+    n_prefix = int(cls) + int(dist) + reg
+    has_fc_norm = "fc_norm.weight" in state
+    pooling = hints.get("pooling") or ("gap" if has_fc_norm or not cls else "cls")
+    kw: dict[str, Any] = dict(
+        patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, hints, source),
+        mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state, pooling=pooling,
+        class_token=cls, reg_tokens=reg, distilled=dist, patch_bias="patch_embed.proj.bias" in state,
+        layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
+        representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        norm_eps=hints.get("norm_eps", 1e-6), act=hints.get("act", "gelu"), labels=hints.get("labels"),
+    )
+    if "pos_embed" in state:
+        rows = state["pos_embed"].shape[1]
+        size = hints.get("image_size")
+        if size is not None:  # the grid is known: decide whether prefix tokens have rows
+            gh, gw = (size, size) if isinstance(size, int) else tuple(size)
+            n = (gh // p) * (gw // p)
+            if rows not in (n, n + n_prefix):
+                raise ValueError(f"{source}: pos_embed has {rows} rows; a {gh}x{gw} image at patch {p} "
+                                 f"has {n} patches (+{n_prefix} prefix tokens)")
+            kw.update(image_size=(gh, gw), pos_embed_prefix=rows == n + n_prefix and n_prefix > 0)
+        elif n_prefix and (side := square_side(rows - n_prefix)) is not None:
+            kw.update(image_size=side * p, pos_embed_prefix=True)
+        elif (side := square_side(rows)) is not None:
+            kw.update(image_size=side * p, pos_embed_prefix=False)
+        else:
+            raise ValueError(f"{source}: pos_embed has {rows} rows, not a square grid (+{n_prefix} prefix tokens); "
+                             "pass image_size=(H, W)")
+    else:
+        kw.update(pos_embed="none", image_size=hints.get("image_size") or 224)
+    if kw["labels"] is not None and len(kw["labels"]) != kw["num_classes"]:
+        kw["labels"] = None
+    try:
+        return ViTConfig(**kw)
+    except ValueError as e:
+        raise ValueError(f"{source}: the tensors describe an impossible ViT: {e}") from None
+
+
+def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig, source: str) -> tuple[dict, list[str]]:
+    """(our state dict, ignored keys). Names are shared; MAE decoder keys are ignored, anything else must match."""
+    ignored = sorted(k for k in state if IGNORABLE.match(k))
+    out = {k: v for k, v in state.items() if k not in ignored}
+    check_state(out, cfg, source)
+    return out, ignored
+
+
+def vitkit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict in timm's layout: the same names and shapes (contiguous CPU copies)."""
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
+    """Keyword arguments of ``timm.models.vision_transformer.VisionTransformer`` that rebuild ``cfg``."""
+    if cfg.pos_embed == "sincos2d":
+        raise ValueError("timm's VisionTransformer has no fixed sin-cos position embedding; cannot express this model")
+    args = dict(img_size=cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
+                patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
+                embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, reg_tokens=cfg.reg_tokens,
+                no_embed_class=not cfg.pos_embed_prefix, global_pool="avg" if cfg.pooling == "gap" else "token",
+                fc_norm=cfg.use_fc_norm, init_values=cfg.layer_scale_init,
+                pos_embed="none" if cfg.pos_embed == "none" else "learn")
+    if not cfg.patch_bias:
+        raise ValueError("timm's VisionTransformer always has a patch-embedding bias; cannot express patch_bias=False")
+    if cfg.representation_size:
+        raise ValueError("timm's VisionTransformer no longer builds a pre-logits layer; cannot express "
+                         "representation_size")
+    if cfg.act != "gelu" or cfg.norm_eps != 1e-6:
+        raise ValueError(f"timm's VisionTransformer uses exact GELU and LayerNorm eps 1e-6 by name; this model has "
+                         f"act={cfg.act!r}, norm_eps={cfg.norm_eps}: save as vitkit or hf instead")
+    return args

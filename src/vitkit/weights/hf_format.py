@@ -1,0 +1,89 @@
+"""Hugging Face folders: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, sharded or not),
+with ``preprocessor_config.json`` when present."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..data.preprocess import PreprocessConfig
+from ..models.vit import VisionTransformer
+from .build import build_model
+from .convert_hf import hf_to_vitkit, vitkit_to_hf
+from .preprocess_cfg import from_hf_processor, to_hf_processor
+from .safe_io import atomic_write, read_sharded, read_state_file
+
+MAX_JSON_BYTES = 10 * 1024 * 1024
+# weights files in the order they are preferred: safetensors first, pickles only when nothing else is there
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+VITKIT_KEY = "vitkit"  # our own extras inside config.json (preprocessing), ignored by transformers
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A small JSON object file, with errors naming the file."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return d
+
+
+def read_folder_weights(folder: Path) -> tuple[dict, Path]:
+    """The state dict of a folder's weights, safetensors preferred; (state, file read)."""
+    for name in WEIGHT_FILES:
+        p = folder / name
+        if p.is_file():
+            return (read_sharded(p) if name.endswith(".index.json") else read_state_file(p)), p
+    raise FileNotFoundError(f"{folder}: no weights file; looked for {list(WEIGHT_FILES)}")
+
+
+def load_hf_folder(folder: Path, hf_cfg: dict[str, Any], image_size=None, map_location="cpu",
+                   default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
+    """A vitkit model from a transformers folder (config already read from ``folder/config.json``)."""
+    from .convert_hf import config_from_hf
+
+    config_from_hf(hf_cfg, str(folder / "config.json"))  # refuse bad configs before reading any weights
+    state, file = read_folder_weights(folder)
+    cfg, ours, ignored = hf_to_vitkit(state, hf_cfg, str(file))
+    extra = hf_cfg.get(VITKIT_KEY) if isinstance(hf_cfg.get(VITKIT_KEY), dict) else {}
+    pre_file = folder / "preprocessor_config.json"
+    if extra.get("preprocess"):
+        pre, source = PreprocessConfig.from_dict(extra["preprocess"]), "config.json (vitkit)"
+    elif pre_file.is_file():
+        pre, source = from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
+    else:
+        pre, source = ((default_preprocess, "vitkit pretrained table") if default_preprocess else
+                       (PreprocessConfig(size=cfg.image_hw), "default (ViTImageProcessor)"))
+    info = dict(format="hf", source=str(folder), weights=str(file), model_type=hf_cfg["model_type"],
+                ignored_keys=ignored, preprocess_source=source)
+    return build_model(cfg, ours, pre, info, image_size, map_location)
+
+
+def save_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
+    """Write a folder that ``transformers.ViTForImageClassification.from_pretrained`` (or DeiT's
+    ``...WithTeacher`` for distilled models, ``ViTModel`` without a head) loads."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder; a Hugging Face checkpoint is a folder")
+    state, hf_cfg = vitkit_to_hf(model.state_dict(), model.cfg)  # raises before anything is written
+    pre = model.preprocess_cfg
+    if isinstance(pre, dict):
+        pre = PreprocessConfig.from_dict(pre)
+    if pre is not None:
+        hf_cfg[VITKIT_KEY] = {"preprocess": pre.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(hf_cfg, indent=2)))
+    if pre is not None:
+        proc = to_hf_processor(pre)
+        atomic_write(out / "preprocessor_config.json", lambda p: p.write_text(json.dumps(proc, indent=2)))
+    return out

@@ -1,0 +1,43 @@
+"""Google-style ``.npz`` files: read (vision_transformer and big_vision naming) and write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.preprocess import PreprocessConfig
+from ..models.vit import VisionTransformer
+from .build import build_model
+from .convert_npz import npz_to_vitkit, vitkit_to_npz
+from .safe_io import atomic_write, read_npz
+
+# the original vision_transformer input pipeline: resize straight to the model size, bilinear, [-1, 1]
+GOOGLE_DEFAULT = dict(resize="squash", crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def load_npz(path: Path, hints: dict[str, Any] | None = None, image_size=None, map_location="cpu",
+             default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
+    """A vitkit model from a Google ``.npz`` (architecture inferred from the arrays)."""
+    arrays = read_npz(path)
+    cfg, state = npz_to_vitkit(arrays, str(path), hints)
+    pre = default_preprocess or PreprocessConfig(size=cfg.image_hw, **GOOGLE_DEFAULT)
+    info = dict(format="npz", source=str(path), weights=str(path), ignored_keys=[],
+                preprocess_source="vitkit pretrained table" if default_preprocess else "default (Google ViT)")
+    return build_model(cfg, state, pre, info, image_size, map_location)
+
+
+def save_npz(model: VisionTransformer, path: str | os.PathLike) -> Path:
+    """Write ``model`` as a Google-style ``.npz`` (uncompressed), which timm's npz loader reads."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: an npz checkpoint's name must end in .npz")
+    arrays = vitkit_to_npz(model.state_dict(), model.cfg)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
