@@ -10,8 +10,9 @@ from .layers import resample_pos_embed
 from .data.preprocess import PreprocessConfig, preprocess
 from .models import VisionTransformer, create_model
 from .weights.api import load, save
+from .inference.pipeline import pipeline
 
 __version__ = "0.1.0"
 
 __all__ = ["VARIANTS", "PreprocessConfig", "ViTConfig", "VisionTransformer", "create_model", "list_models", "load",
-           "parse_model_name", "preprocess", "resample_pos_embed", "save", "__version__"]
+           "parse_model_name", "pipeline", "preprocess", "resample_pos_embed", "save", "__version__"]

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["models"]  # module names under vitkit.cli
+COMMANDS = ["models", "predict", "explain", "export", "features"]  # module names under vitkit.cli
 
 
 class UserError(Exception):

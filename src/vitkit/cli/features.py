@@ -1,0 +1,69 @@
+"""`vitkit features SRC IMAGES --out feats.npy`: embeddings for retrieval and probing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..inference.atomic import atomic_write, atomic_write_text
+from ..inference.features import POOLS
+from ..inference.images import list_images
+from .main import UserError
+from .predict import add_runtime_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="save image embeddings (.npy) for retrieval or probing",
+                       description="Embed images with a model and save a float32 .npy: (N, D) for cls/gap, "
+                                   "(N, T, D) for tokens. A sidecar OUT.json lists the images, in row order. "
+                                   "Unreadable images are skipped and reported (exit status 1).")
+    p.add_argument("src", help="the model: anything vitkit.load accepts")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="the .npy file to write")
+    p.add_argument("--pool", default="cls", choices=list(POOLS),
+                   help="cls: [CLS] token; gap: mean of patch tokens (+ the model's fc_norm); tokens: all tokens "
+                        "(default cls)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="block index (0-based, negative from the end), final norm applied; default: the last")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_runtime_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.features import extract_features
+    from ..inference.pipeline import ModelRunner
+    from ..weights.api import load
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise UserError(f"{args.out!r}: features are written as .npy; give a name ending in .npy")
+    paths, had_folder = list_images(args.images)
+    runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         max_pixels=args.max_pixels)
+    images, kept, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(runner.load_image(path))
+            kept.append(str(path))
+        except (ValueError, OSError) as e:
+            skipped.append({"image": str(path), "error": str(e)})
+            print(f"vitkit: skipped {e}", file=sys.stderr)
+    if not images:
+        raise UserError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
+    feats = extract_features(runner, images, pool=args.pool, layer=args.layer)
+    atomic_write(out, lambda tmp: np.save(tmp, feats))
+    sidecar = out.with_suffix(".json")
+    atomic_write_text(sidecar, json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer,
+                                           "shape": list(feats.shape), "images": kept, "skipped": skipped},
+                                          indent=2) + "\n")
+    print(f"wrote {out} {tuple(feats.shape)} float32 ({args.pool}, layer {'last' if args.layer is None else args.layer}) "
+          f"and {sidecar}")
+    if skipped:
+        print(f"vitkit: {len(skipped)} of {len(paths)} image(s) skipped", file=sys.stderr)
+        return 1
+    return 0
