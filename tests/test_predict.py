@@ -271,3 +271,17 @@ def test_cli_predict_subprocess(model_dir, photos):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].endswith("chelsea.jpg") and lines[1].strip().startswith("1. ") and len(lines) == 3
+
+
+def test_degenerate_sizes_and_modes_through_the_pipeline(model_dir, tmp_path):
+    """RELIABILITY 13/16 end to end: odd sizes and modes reach the model as ordinary images."""
+    files = {"1x1.png": Image.new("RGB", (1, 1), (200, 30, 30)), "strip.png": Image.new("L", (1, 10000), 90),
+             "wide.png": Image.new("RGBA", (10000, 1), (0, 0, 255, 128)), "cmyk.jpg": Image.new("CMYK", (40, 20))}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    clf = vitkit.pipeline(model_dir)
+    results = list(clf.run([tmp_path / n for n in list(files) + ["ramp16.png"]]))
+    assert [r.error for r in results] == [None] * 5
+    assert all(abs(sum(p for _, p in r.predictions) - 1) < 1e-5 for r in results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference.atomic import check_output_path
 from .main import UserError
 from .predict import add_runtime_args
 
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     size = parse_size(args.size)
     for out in (args.out, args.grid):
-        if out and not out.lower().endswith(".png"):
-            raise UserError(f"{out!r}: explain writes PNG files; give a name ending in .png")
+        if out:
+            check_output_path(out, (".png",))
     model = load(args.src)
     if size is not None:
         # this model copy is the command's own: let it take other sizes (position embedding resampled)

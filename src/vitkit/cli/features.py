@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from ..inference.atomic import atomic_write, atomic_write_text
+from ..inference.atomic import atomic_write, atomic_write_text, check_output_path
 from ..inference.features import POOLS
 from ..inference.images import list_images
 from .main import UserError
@@ -39,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.pipeline import ModelRunner
     from ..weights.api import load
 
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise UserError(f"{args.out!r}: features are written as .npy; give a name ending in .npy")
+    out = check_output_path(args.out, (".npy",))
     paths, had_folder = list_images(args.images)
     runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                          max_pixels=args.max_pixels)

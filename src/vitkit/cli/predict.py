@@ -15,7 +15,7 @@ import json
 import sys
 
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..inference.atomic import atomic_write_text
+from ..inference.atomic import atomic_write_text, check_output_path
 from ..inference.device import DEVICES, DTYPES
 from ..inference.images import list_images
 from .main import UserError
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     if args.json == "-" and args.csv == "-":
         raise UserError("--json - and --csv - both ask for stdout; write one of them to a file")
+    for out in (args.json, args.csv):
+        if out and out != "-":
+            check_output_path(out)
     paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
     clf = pipeline(args.src, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    max_pixels=args.max_pixels)
@@ -96,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
             width = max(len(lab) for lab, _ in r.predictions)
             for rank, (lab, p) in enumerate(r.predictions, 1):
                 print(f"  {rank}. {lab:<{width}}  {p:.4f}")
-    if args.json:
-        text = results_json(args.src, args.topk, results)
-        sys.stdout.write(text) if args.json == "-" else atomic_write_text(args.json, text)
-    if args.csv:
-        text = results_csv(results)
-        sys.stdout.write(text) if args.csv == "-" else atomic_write_text(args.csv, text)
+    for out, text in ((args.json, args.json and results_json(args.src, args.topk, results)),
+                      (args.csv, args.csv and results_csv(results))):
+        if out == "-":
+            sys.stdout.write(text)
+        elif out:
+            atomic_write_text(out, text)
     skipped = sum(1 for r in results if r.error)
     if skipped == len(results):
         raise UserError(f"none of the {len(results)} image(s) could be read (see the messages above)")

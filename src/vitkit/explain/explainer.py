@@ -29,7 +29,8 @@ class Explanation:
     grid: tuple[int, int]  # (gh, gw) patch grid
 
     def describe(self) -> str:
-        what = ("attention rollout" if self.method == "rollout" else "[CLS] attention") + f" to layer {self.layer}"
+        what = f"attention rollout to layer {self.layer}" if self.method == "rollout" else \
+            f"[CLS] attention, layer {self.layer}"
         return what + (f", head {self.head}" if self.head is not None else ", heads averaged")
 
 
@@ -77,7 +78,8 @@ def explain(runner: ModelRunner | VisionTransformer, image: Image.Image, method:
     model.eval()
     try:
         with run.autocast():
-            maps = [a.float() for a in model.get_attention_maps(x)[: layer + 1]]  # each (1, heads, T, T)
+            # each (1, heads, T, T); on the CPU for the float64 rollout (mps has no float64)
+            maps = [a.float().cpu() for a in model.get_attention_maps(x)[: layer + 1]]
             logits = model(x).float() if model.cfg.num_classes else None
     finally:
         model.train(was_training)

@@ -74,6 +74,7 @@ def _require_onnx():
     try:
         import onnx
         import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
                           "pip install 'vitkit[export]'") from None
