@@ -42,17 +42,30 @@ def run(args: argparse.Namespace) -> int:
     paths, had_folder = list_images(args.images)
     runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                          max_pixels=args.max_pixels)
-    images, kept, skipped = [], [], []
-    for path in paths:
-        try:
-            images.append(runner.load_image(path))
-            kept.append(str(path))
-        except (ValueError, OSError) as e:
-            skipped.append({"image": str(path), "error": str(e)})
-            print(f"vitkit: skipped {e}", file=sys.stderr)
-    if not images:
+    chunks, kept, skipped = [], [], []
+    bar = None
+    if had_folder:
+        from tqdm import tqdm
+        bar = tqdm(total=len(paths), unit="img", disable=None, leave=False)
+    # decode one batch at a time: only the features of earlier batches stay in memory
+    for start in range(0, len(paths), args.batch_size):
+        images = []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                images.append(runner.load_image(path))
+                kept.append(str(path))
+            except (ValueError, OSError) as e:
+                skipped.append({"image": str(path), "error": str(e)})
+                print(f"vitkit: skipped {e}", file=sys.stderr)
+        if images:
+            chunks.append(extract_features(runner, images, pool=args.pool, layer=args.layer))
+        if bar is not None:
+            bar.update(len(paths[start:start + args.batch_size]))
+    if bar is not None:
+        bar.close()
+    if not chunks:
         raise UserError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
-    feats = extract_features(runner, images, pool=args.pool, layer=args.layer)
+    feats = np.concatenate(chunks)
     atomic_write(out, lambda tmp: np.save(tmp, feats))
     sidecar = out.with_suffix(".json")
     atomic_write_text(sidecar, json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer,
