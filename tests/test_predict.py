@@ -285,3 +285,16 @@ def test_degenerate_sizes_and_modes_through_the_pipeline(model_dir, tmp_path):
     results = list(clf.run([tmp_path / n for n in list(files) + ["ramp16.png"]]))
     assert [r.error for r in results] == [None] * 5
     assert all(abs(sum(p for _, p in r.predictions) - 1) < 1e-5 for r in results)
+
+
+def test_pipeline_call_raises_the_decoders_errors(model_dir, tmp_path):
+    from vitkit.data.decode import ImageDecodeError
+
+    clf = vitkit.pipeline(model_dir)
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        clf(tmp_path / "nope.jpg")
+    (tmp_path / "logo.jpg").write_text('<svg xmlns="http://www.w3.org/2000/svg"></svg>')
+    with pytest.raises(ImageDecodeError, match="logo.jpg is an SVG"):
+        clf([tmp_path / "logo.jpg"])
+    results = list(clf.run([tmp_path / "logo.jpg", tmp_path / "nope.jpg"]))
+    assert "SVG" in results[0].error and "does not exist" in results[1].error

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..config import ViTConfig
-from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, open_image
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, _source_name, open_image
 from ..data.preprocess import PreprocessConfig, preprocess
 from ..models.vit import VisionTransformer
 from .device import autocast, resolve_device, resolve_dtype
@@ -50,14 +50,6 @@ class Result:
     predictions: list[tuple[str, float]] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     error: str | None = None
-
-
-def _source_label(src: object) -> str:
-    if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
-    if isinstance(src, Image.Image):
-        return getattr(src, "filename", "") or "<PIL image>"
-    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else getattr(src, "name", "<file object>")
 
 
 class ModelRunner:
@@ -130,9 +122,11 @@ class ImageClassificationPipeline(ModelRunner):
         vals, idx = probs.topk(min(k, probs.numel()))  # sorted, largest first
         return [(self.labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())], idx.tolist()
 
-    def run(self, sources: Iterable[ImageSource], topk: int = 5, progress: bool = False) -> Iterator[Result]:
+    def run(self, sources: Iterable[ImageSource], topk: int = 5, progress: bool = False,
+            raise_errors: bool = False) -> Iterator[Result]:
         """Classify many images, batch by batch; an image that cannot be decoded yields a
-        :class:`Result` with ``error`` set instead of stopping the run."""
+        :class:`Result` with ``error`` set instead of stopping the run (or, with
+        ``raise_errors``, raises the decoder's exception)."""
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         sources = list(sources)
@@ -145,11 +139,13 @@ class ImageClassificationPipeline(ModelRunner):
                 chunk = sources[start:start + self.batch_size]
                 results, good, imgs = [], [], []
                 for src in chunk:
-                    r = Result(_source_label(src))
+                    r = Result(_source_name(src))
                     try:
                         imgs.append(self.load_image(src))
                         good.append(r)
                     except (ValueError, OSError) as e:  # decode errors, missing/unreadable files
+                        if raise_errors:
+                            raise
                         r.error = str(e)
                     results.append(r)
                 if imgs:
@@ -165,13 +161,10 @@ class ImageClassificationPipeline(ModelRunner):
     def __call__(self, images: ImageSource | Sequence[ImageSource], topk: int = 5
                  ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
         """One image (path, bytes, file object, PIL image) -> [(label, probability), ...] sorted
-        by probability; a list of images -> one such list per image. Errors are raised."""
+        by probability; a list of images -> one such list per image. Decoding errors are raised
+        (``FileNotFoundError``, ``vitkit.data.decode.ImageDecodeError``...)."""
         single = not isinstance(images, (list, tuple))
-        out = []
-        for r in self.run([images] if single else images, topk=topk):
-            if r.error:
-                raise ValueError(r.error)
-            out.append(r.predictions)
+        out = [r.predictions for r in self.run([images] if single else images, topk=topk, raise_errors=True)]
         return out[0] if single else out
 
 
