@@ -114,10 +114,11 @@ def test_cli_export(tmp_path, capsys):
 @pytest.mark.parametrize("argv,needle", [
     (["SRC", "--onnx", "OUTDIR/m.txt"], "should end in .onnx"),
     (["SRC", "--onnx", "OUTDIR/nofolder/m.onnx"], "does not exist"),
-    (["OUTDIR/missing", "--onnx", "OUTDIR/m.onnx"], "does not exist"),
+    (["OUTDIR/missing", "--onnx", "OUTDIR/m.onnx"], "missing"),  # names the checkpoint
     (["SRC", "--onnx", "OUTDIR/m.onnx", "--size", "40"], "does not match the model's image size"),
 ])
-def test_cli_export_errors(tmp_path, capsys, argv, needle):
+def test_cli_export_errors(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing path must never become a download
     src = vitkit.save(reg_gap(), tmp_path / "m")
     argv = [a.replace("SRC", str(src)).replace("OUTDIR", str(tmp_path)) for a in argv]
     rc = main(["export"] + argv)

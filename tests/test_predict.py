@@ -216,14 +216,15 @@ def test_cli_predict_skips_and_reports_unreadable_files(model_dir, photos, capsy
 
 
 @pytest.mark.parametrize("argv_tail,needle", [
-    (["MISSING_MODEL", "IMG"], "does not exist"),
+    (["MISSING_MODEL", "IMG"], "nope"),  # the error names the missing checkpoint
     (["MODEL", "missing.jpg"], "missing.jpg"),
     (["MODEL", "IMG", "--topk", "0"], "--topk"),
     (["MODEL", "IMG", "--device", "tpu"], "unknown device"),
     (["MODEL", "IMG", "--device", "cpu", "--dtype", "fp16"], "fp16"),
     (["MODEL", "BAD"], "could be read"),
 ])
-def test_cli_predict_errors(model_dir, photos, tmp_path, capsys, argv_tail, needle):
+def test_cli_predict_errors(model_dir, photos, tmp_path, capsys, monkeypatch, argv_tail, needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing path must never become a download
     (tmp_path / "bad.jpg").write_bytes(b"")
     subs = {"MODEL": str(model_dir), "IMG": str(photos / "coffee.jpg"), "BAD": str(tmp_path / "bad.jpg"),
             "MISSING_MODEL": str(tmp_path / "nope"), "missing.jpg": str(tmp_path / "missing.jpg")}
