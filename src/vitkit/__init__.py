@@ -11,8 +11,10 @@ from .data.preprocess import PreprocessConfig, preprocess
 from .models import VisionTransformer, create_model
 from .weights.api import load, save
 from .weights.pretrained import list_pretrained
+from .inference.pipeline import pipeline
 
 __version__ = "0.1.0"
 
 __all__ = ["VARIANTS", "PreprocessConfig", "ViTConfig", "VisionTransformer", "create_model", "list_models",
-           "list_pretrained", "load", "parse_model_name", "preprocess", "resample_pos_embed", "save", "__version__"]
+           "list_pretrained", "load", "parse_model_name", "pipeline", "preprocess", "resample_pos_embed", "save",
+           "__version__"]

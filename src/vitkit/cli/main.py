@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["models", "demo", "convert"]  # module names under vitkit.cli
+COMMANDS = ["models", "demo", "convert", "predict", "explain", "export", "features"]  # modules under vitkit.cli
 
 
 class UserError(Exception):

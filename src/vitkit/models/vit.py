@@ -256,6 +256,13 @@ class VisionTransformer(nn.Module):
             maps.append(w)
         return maps
 
+    def predict(self, images, topk: int = 5, **kwargs):
+        """Classify image(s) (paths, bytes, PIL images, or a list of them) -> [(label, probability), ...]
+        per image, through vitkit's decoder and this model's preprocessing (see ``vitkit.pipeline``)."""
+        from ..inference.pipeline import ImageClassificationPipeline  # lazy: inference builds on the model
+
+        return ImageClassificationPipeline(self, **kwargs)(images, topk=topk)
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (embeddings and tokens)."""
         return {"pos_embed", "cls_token", "dist_token", "reg_token"}

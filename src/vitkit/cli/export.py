@@ -1,0 +1,46 @@
+"""`vitkit export SRC --onnx model.onnx`: an ONNX file, checked in onnxruntime before it is written."""
+
+from __future__ import annotations
+
+import argparse
+
+from .explain import parse_size
+from .main import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..export.onnx import DEFAULT_OPSET, FP16_ATOL, FP32_ATOL
+
+    p = sub.add_parser("export", help="export to ONNX, verified in onnxruntime",
+                       description="Export a model to ONNX, run the file in onnxruntime on the CPU and compare "
+                                   "with PyTorch; the max abs difference is printed and a file that differs by "
+                                   f"more than the tolerance ({FP32_ATOL:g} fp32) is not written.")
+    p.add_argument("src", help="the model: anything vitkit.load accepts")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="make the batch dimension symbolic (checked at batch 1 and 7); default: fixed batch")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch "
+                                                             "(default 1)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute inside the graph "
+                                                       "(inputs/outputs stay float32)")
+    p.add_argument("--atol", type=float, default=None,
+                   help=f"largest max-abs difference accepted (default {FP32_ATOL:g}, {FP16_ATOL:g} with --fp16)")
+    p.add_argument("--size", help="input size N or HxW (default: the model's; others need dynamic_img_size)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.onnx import export_onnx
+    from ..weights.api import load
+
+    if args.opset < 7:
+        raise UserError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
+    model = load(args.src)
+    report = export_onnx(model, args.onnx, image_size=parse_size(args.size), dynamic_batch=args.dynamic_batch,
+                         batch_size=args.batch_size, opset=args.opset, fp16=args.fp16, atol=args.atol)
+    per_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in report.diffs.items())
+    shape = "x".join(str(s) for s in report.input_shape)
+    print(f"wrote {report.path} (opset {report.opset}, input {shape}{', fp16' if report.fp16 else ''})")
+    print(f"onnxruntime vs PyTorch: max abs diff {report.max_abs_diff:.3g} ({per_batch}; tolerance {report.atol:g})")
+    return 0

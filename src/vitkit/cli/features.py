@@ -1,0 +1,79 @@
+"""`vitkit features SRC IMAGES --out feats.npy`: embeddings for retrieval and probing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ..inference.atomic import atomic_write, atomic_write_text, check_output_path
+from ..inference.features import POOLS
+from ..inference.images import list_images
+from .main import UserError
+from .predict import add_runtime_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="save image embeddings (.npy) for retrieval or probing",
+                       description="Embed images with a model and save a float32 .npy: (N, D) for cls/gap, "
+                                   "(N, T, D) for tokens. A sidecar OUT.json lists the images, in row order. "
+                                   "Unreadable images are skipped and reported (exit status 1).")
+    p.add_argument("src", help="the model: anything vitkit.load accepts")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="the .npy file to write")
+    p.add_argument("--pool", default="cls", choices=list(POOLS),
+                   help="cls: [CLS] token; gap: mean of patch tokens (+ the model's fc_norm); tokens: all tokens "
+                        "(default cls)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="block index (0-based, negative from the end), final norm applied; default: the last")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_runtime_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.features import extract_features
+    from ..inference.pipeline import ModelRunner
+    from ..weights.api import load
+
+    out = check_output_path(args.out, (".npy",))
+    paths, had_folder = list_images(args.images)
+    runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         max_pixels=args.max_pixels)
+    chunks, kept, skipped = [], [], []
+    bar = None
+    if had_folder:
+        from tqdm import tqdm
+        bar = tqdm(total=len(paths), unit="img", disable=None, leave=False)
+    # decode one batch at a time: only the features of earlier batches stay in memory
+    for start in range(0, len(paths), args.batch_size):
+        images = []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                images.append(runner.load_image(path))
+                kept.append(str(path))
+            except (ValueError, OSError) as e:
+                skipped.append({"image": str(path), "error": str(e)})
+                print(f"vitkit: skipped {e}", file=sys.stderr)
+        if images:
+            chunks.append(extract_features(runner, images, pool=args.pool, layer=args.layer))
+        if bar is not None:
+            bar.update(len(paths[start:start + args.batch_size]))
+    if bar is not None:
+        bar.close()
+    if not chunks:
+        raise UserError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
+    feats = np.concatenate(chunks)
+    atomic_write(out, lambda tmp: np.save(tmp, feats))
+    sidecar = out.with_suffix(".json")
+    atomic_write_text(sidecar, json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer,
+                                           "shape": list(feats.shape), "images": kept, "skipped": skipped},
+                                          indent=2) + "\n")
+    print(f"wrote {out} {tuple(feats.shape)} float32 ({args.pool}, layer {'last' if args.layer is None else args.layer}) "
+          f"and {sidecar}")
+    if skipped:
+        print(f"vitkit: {len(skipped)} of {len(paths)} image(s) skipped", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,114 @@
+"""`vitkit predict SRC IMAGE_OR_FOLDER...`: top-k labels with probabilities for each image.
+
+Images that cannot be decoded (truncated, not an image, too large...) are skipped: the run goes
+on, each skipped file is reported with its reason (on stderr and in the JSON/CSV output), and
+the exit status is 1. Expected mistakes (missing model or image path, every image unreadable)
+exit 2 with one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..inference.atomic import atomic_write_text, check_output_path
+from ..inference.device import DEVICES, DTYPES
+from ..inference.images import list_images
+from .main import UserError
+
+JSON_SCHEMA_VERSION = 1
+CSV_COLUMNS = ["image", "rank", "label", "index", "probability", "error"]
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by predict, explain and features: device, precision, pixel limit."""
+    p.add_argument("--device", default="auto", help=f"where to run: {', '.join(DEVICES)} or cuda:N (default auto: "
+                                                    "cuda, then mps, then cpu)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                   help="precision (autocast): fp32 (default), bf16 (cpu, mps, recent cuda), fp16 (cuda, mps)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images declaring more pixels than this, before decoding (default {DEFAULT_MAX_PIXELS})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images: top-k labels with probabilities",
+                       description="Classify images (files or folders, searched recursively) with a model: "
+                                   "prints the top-k labels and probabilities per image. Unreadable images are "
+                                   "skipped and reported (exit status 1).")
+    p.add_argument("src", help="the model: anything vitkit.load accepts (e.g. a vitkit checkpoint folder)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    p.add_argument("--topk", type=int, default=5, help="how many labels to show per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--json", metavar="OUT", help="also write results as JSON to OUT ('-' = stdout only)")
+    p.add_argument("--csv", metavar="OUT", help="also write results as CSV to OUT ('-' = stdout only)")
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    add_runtime_args(p)
+    p.set_defaults(func=run)
+
+
+def results_json(src: str, topk: int, results) -> str:
+    """The JSON document: {"schema_version", "model", "topk", "results": [{image, predictions|error}]}."""
+    rows = []
+    for r in results:
+        row = {"image": r.source, "predictions": [], "error": r.error}
+        row["predictions"] = [{"rank": i + 1, "label": lab, "index": idx, "probability": p}
+                              for i, ((lab, p), idx) in enumerate(zip(r.predictions, r.indices))]
+        rows.append(row)
+    return json.dumps({"schema_version": JSON_SCHEMA_VERSION, "model": src, "topk": topk, "results": rows},
+                      indent=2) + "\n"
+
+
+def results_csv(results) -> str:
+    """One row per (image, rank); a skipped image gets one row with only ``image`` and ``error``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        if r.error:
+            w.writerow([r.source, "", "", "", "", r.error])
+        for i, ((lab, p), idx) in enumerate(zip(r.predictions, r.indices)):
+            w.writerow([r.source, i + 1, lab, idx, f"{p:.6g}", ""])
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.pipeline import pipeline
+
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    if args.json == "-" and args.csv == "-":
+        raise UserError("--json - and --csv - both ask for stdout; write one of them to a file")
+    for out in (args.json, args.csv):
+        if out and out != "-":
+            check_output_path(out)
+    paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
+    clf = pipeline(args.src, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                   max_pixels=args.max_pixels)
+    to_stdout = "-" in (args.json, args.csv)
+    results = []
+    for r in clf.run(paths, topk=args.topk, progress=had_folder):
+        results.append(r)
+        if r.error:
+            print(f"vitkit: skipped {r.error}", file=sys.stderr)
+        elif not to_stdout:
+            print(r.source)
+            width = max(len(lab) for lab, _ in r.predictions)
+            for rank, (lab, p) in enumerate(r.predictions, 1):
+                print(f"  {rank}. {lab:<{width}}  {p:.4f}")
+    for out, text in ((args.json, args.json and results_json(args.src, args.topk, results)),
+                      (args.csv, args.csv and results_csv(results))):
+        if out == "-":
+            sys.stdout.write(text)
+        elif out:
+            atomic_write_text(out, text)
+    skipped = sum(1 for r in results if r.error)
+    if skipped == len(results):
+        raise UserError(f"none of the {len(results)} image(s) could be read (see the messages above)")
+    if skipped:
+        print(f"vitkit: {skipped} of {len(results)} image(s) skipped", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,183 @@
+"""Image classification pipeline: ``clf = vitkit.pipeline(SRC); clf("cat.jpg")`` -> [(label, probability), ...].
+
+SRC is anything :func:`vitkit.load` accepts (or a model already in memory). Images go through
+the safe decoder (:func:`vitkit.data.decode.open_image`), then the model's own preprocessing
+(``model.preprocess_cfg``); a model without one gets :func:`default_preprocess_cfg`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from ..config import ViTConfig
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, _source_name, open_image
+from ..data.preprocess import PreprocessConfig, preprocess
+from ..models.vit import VisionTransformer
+from .device import autocast, resolve_device, resolve_dtype
+
+
+def default_preprocess_cfg(cfg: ViTConfig) -> PreprocessConfig:
+    """The preprocessing used for a model that carries none: resize straight to the model's
+    image size (bilinear), scale to 0..1, normalise with mean = std = 0.5 (so -1..1);
+    grey ("L") for 1-channel models, RGB for 3-channel ones."""
+    if cfg.channels not in (1, 3):
+        raise ValueError(f"the model takes {cfg.channels} channels and carries no preprocess config; "
+                         "images can only be fed to 1- or 3-channel models without one")
+    n = cfg.channels
+    return PreprocessConfig(size=cfg.image_hw, resize="squash", interpolation="bilinear",
+                            mean=(0.5,) * n, std=(0.5,) * n, mode="RGB" if n == 3 else "L")
+
+
+def class_names(model: VisionTransformer) -> list[str]:
+    """The model's label names, or ``class_<i>`` where it has none."""
+    n = model.cfg.num_classes
+    labels = list(model.labels or [])
+    if len(labels) != n:
+        labels = [f"class_{i}" for i in range(n)]
+    return labels
+
+
+@dataclass
+class Result:
+    """One image's outcome: the top-k ``predictions`` or the ``error`` that made it skipped."""
+
+    source: str
+    predictions: list[tuple[str, float]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+class ModelRunner:
+    """A model with its device, precision, batch size, pixel limit and preprocessing.
+
+    ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or None (= where the model already is;
+    otherwise the model is moved there). ``dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``: run under
+    autocast; weights are not converted. ``max_pixels``: the decoder's pixel limit.
+    """
+
+    def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = None, dtype: str = "fp32",
+                 batch_size: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 preprocess_cfg: PreprocessConfig | None = None):
+        if not isinstance(model, VisionTransformer):
+            raise TypeError(f"expected a vitkit VisionTransformer, got {type(model).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        if device is None:
+            self.device = next(model.parameters()).device
+        else:
+            self.device = resolve_device(device)
+            model.to(self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.preprocess_cfg = preprocess_cfg or model.preprocess_cfg or default_preprocess_cfg(model.cfg)
+
+    def load_image(self, src: ImageSource) -> Image.Image:
+        """One image through the safe decoder (RGB, upright, first frame)."""
+        return open_image(src, max_pixels=self.max_pixels)
+
+    def batches(self, images: Sequence[Image.Image]) -> Iterator[torch.Tensor]:
+        """Decoded PIL images -> preprocessed (b, C, H, W) batches on the runner's device."""
+        for i in range(0, len(images), self.batch_size):
+            yield preprocess(list(images[i:i + self.batch_size]), self.preprocess_cfg).to(self.device)
+
+    def autocast(self):
+        """The precision context to run the model under."""
+        return autocast(self.device, self.dtype)
+
+
+class ImageClassificationPipeline(ModelRunner):
+    """Decode -> preprocess -> model -> softmax -> top-k, in batches (see :class:`ModelRunner`
+    for the keyword arguments). Probabilities are computed in fp32."""
+
+    def __init__(self, model: VisionTransformer, **kwargs):
+        super().__init__(model, **kwargs)
+        if not model.cfg.num_classes:
+            raise ValueError("this model has no classification head (num_classes=0); "
+                             "use vitkit features for embeddings")
+        self.labels = class_names(model)
+
+    @torch.no_grad()
+    def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Decoded PIL images -> class probabilities (N, classes), float32 on the CPU."""
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for x in self.batches(images):
+                with self.autocast():
+                    logits = self.model(x)  # (b, classes)
+                out.append(logits.float().softmax(dim=-1).cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+
+    def _topk(self, probs: torch.Tensor, k: int) -> tuple[list[tuple[str, float]], list[int]]:
+        vals, idx = probs.topk(min(k, probs.numel()))  # sorted, largest first
+        return [(self.labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())], idx.tolist()
+
+    def run(self, sources: Iterable[ImageSource], topk: int = 5, progress: bool = False,
+            raise_errors: bool = False) -> Iterator[Result]:
+        """Classify many images, batch by batch; an image that cannot be decoded yields a
+        :class:`Result` with ``error`` set instead of stopping the run (or, with
+        ``raise_errors``, raises the decoder's exception)."""
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        sources = list(sources)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(sources), unit="img", disable=None, leave=False)
+        try:
+            for start in range(0, len(sources), self.batch_size):
+                chunk = sources[start:start + self.batch_size]
+                results, good, imgs = [], [], []
+                for src in chunk:
+                    r = Result(_source_name(src))
+                    try:
+                        imgs.append(self.load_image(src))
+                        good.append(r)
+                    except (ValueError, OSError) as e:  # decode errors, missing/unreadable files
+                        if raise_errors:
+                            raise
+                        r.error = str(e)
+                    results.append(r)
+                if imgs:
+                    for r, p in zip(good, self.probabilities(imgs)):
+                        r.predictions, r.indices = self._topk(p, topk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                yield from results
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def __call__(self, images: ImageSource | Sequence[ImageSource], topk: int = 5
+                 ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """One image (path, bytes, file object, PIL image) -> [(label, probability), ...] sorted
+        by probability; a list of images -> one such list per image. Decoding errors are raised
+        (``FileNotFoundError``, ``vitkit.data.decode.ImageDecodeError``...)."""
+        single = not isinstance(images, (list, tuple))
+        out = [r.predictions for r in self.run([images] if single else images, topk=topk, raise_errors=True)]
+        return out[0] if single else out
+
+
+def pipeline(src: str | os.PathLike | VisionTransformer, **kwargs) -> ImageClassificationPipeline:
+    """An image classifier from ``src``: anything :func:`vitkit.load` accepts, or a model in memory.
+
+    ``clf = vitkit.pipeline("runs/digits"); clf("seven.png", topk=3)`` -> [("7", 0.98), ...].
+    Keyword arguments go to :class:`ImageClassificationPipeline` (``device`` defaults to
+    ``"auto"`` when loading from ``src``).
+    """
+    if isinstance(src, VisionTransformer):
+        return ImageClassificationPipeline(src, **kwargs)
+    from ..weights.api import load
+
+    kwargs.setdefault("device", "auto")
+    return ImageClassificationPipeline(load(src), **kwargs)

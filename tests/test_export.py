@@ -1,0 +1,126 @@
+"""ONNX export: parity with PyTorch in onnxruntime (Ti/16 and registers + gap), dynamic batch, refusal."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.export import ExportParityError, export_onnx
+
+
+def _sharpen(model):
+    """Random weights of a realistic scale (the default init leaves attention near uniform and a zero head)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5 if "head" not in name else 0.1))
+    return model.eval()
+
+
+def ti16(**kw):
+    """ViT-Ti/16's width, heads and patch (192, 3, 16) at 224, depth cut to 2 to stay fast."""
+    cfg = vitkit.parse_model_name("vit_tiny_patch16_224").replace(depth=2, num_classes=10, **kw)
+    assert (cfg.width, cfg.heads, cfg.patch_size, cfg.image_hw) == (192, 3, 16, (224, 224))
+    return _sharpen(vitkit.create_model(cfg))
+
+
+def reg_gap():
+    cfg = vitkit.ViTConfig(image_size=64, patch_size=16, width=192, depth=2, heads=3, num_classes=7, reg_tokens=4,
+                           class_token=False, pooling="gap", pos_embed_prefix=False)
+    return _sharpen(vitkit.create_model(cfg))
+
+
+def _ort_vs_torch(path, model, batch):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, 3, *model.cfg.image_hw, generator=torch.Generator().manual_seed(batch + 100))
+    out = sess.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == ref.shape == (batch, model.cfg.num_classes)
+    return float(np.abs(out - ref).max()), float(np.abs(ref).max())
+
+
+@pytest.mark.parametrize("make", [ti16, reg_gap], ids=["Ti16", "reg4-gap"])
+def test_dynamic_batch_parity_1_and_7(make, tmp_path):
+    model = make()
+    path = tmp_path / "model.onnx"
+    report = export_onnx(model, path, dynamic_batch=True)
+    assert report.max_abs_diff <= 1e-4 and set(report.diffs) == {1, 7}
+    assert report.files == [path] and path.is_file()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.name == "images" and inp.type == "tensor(float)" and isinstance(inp.shape[0], str)
+    for batch in (1, 7):  # checked again here, on the test's own inputs
+        diff, scale = _ort_vs_torch(path, model, batch)
+        assert diff <= 1e-4 and scale > 0.1  # logits of a real size, not all ~0
+    assert not [f for f in tmp_path.iterdir() if f.name != "model.onnx"]  # no temporary files left
+
+
+def test_metadata_and_fixed_batch(tmp_path):
+    model = reg_gap()
+    model.cfg = model.cfg.replace(labels=[f"c{i}" for i in range(7)])
+    model.preprocess_cfg = vitkit.PreprocessConfig(size=(64, 64))
+    path = tmp_path / "fixed.onnx"
+    report = export_onnx(model, path, dynamic_batch=False, batch_size=3)
+    assert report.diffs.keys() == {3} and report.input_shape == (3, 3, 64, 64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [3, 3, 64, 64]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["vitkit.labels"]) == [f"c{i}" for i in range(7)]
+    assert json.loads(meta["vitkit.config"])["reg_tokens"] == 4
+    assert json.loads(meta["vitkit.preprocess"])["size"] == [64, 64]
+
+
+def test_refuses_to_write_when_parity_fails(tmp_path):
+    model = reg_gap()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(ExportParityError, match=r"differ by .* more than the allowed 1e-06; nothing was written"):
+        export_onnx(model, path, fp16=True, atol=1e-6)  # fp16 cannot match fp32 to 1e-6
+    assert path.read_bytes() == b"an earlier export"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_fp16_export_keeps_float32_io(tmp_path):
+    model = reg_gap()
+    report = export_onnx(model, tmp_path / "half.onnx", fp16=True)
+    assert 0 < report.max_abs_diff <= 2e-2
+    sess = ort.InferenceSession(str(tmp_path / "half.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
+    init_types = {t.data_type for t in onnx.load(str(tmp_path / "half.onnx")).graph.initializer if t.dims}
+    assert onnx.TensorProto.FLOAT16 in init_types  # the weights really are half precision
+    assert model.patch_embed.proj.weight.dtype == torch.float32  # the caller's model was not converted
+
+
+def test_cli_export(tmp_path, capsys):
+    src = vitkit.save(reg_gap(), tmp_path / "m")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(src), "--onnx", str(out), "--dynamic-batch", "--opset", "18"]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "input batchx3x64x64" in text and "max abs diff" in text
+    worst = float(text.split("max abs diff ")[1].split()[0])
+    assert 0 <= worst <= 1e-4
+    model = vitkit.load(src)
+    for batch in (1, 7):
+        assert _ort_vs_torch(out, model, batch)[0] <= 1e-4
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["SRC", "--onnx", "OUTDIR/m.txt"], "should end in .onnx"),
+    (["SRC", "--onnx", "OUTDIR/nofolder/m.onnx"], "does not exist"),
+    (["OUTDIR/missing", "--onnx", "OUTDIR/m.onnx"], "missing"),  # names the checkpoint
+    (["SRC", "--onnx", "OUTDIR/m.onnx", "--size", "40"], "does not match the model's image size"),
+])
+def test_cli_export_errors(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing path must never become a download
+    src = vitkit.save(reg_gap(), tmp_path / "m")
+    argv = [a.replace("SRC", str(src)).replace("OUTDIR", str(tmp_path)) for a in argv]
+    rc = main(["export"] + argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "vitkit: error:" in err and needle in err and "Traceback" not in err
