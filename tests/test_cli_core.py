@@ -36,3 +36,13 @@ def test_demo_runs_saves_and_classifies(tmp_path, capsys):
 def test_demo_rejects_bad_epochs(capsys):
     assert main(["demo", "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_python_dash_m_module_reports_user_errors_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vitkit.cli.main", "convert", str(tmp_path), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "already exists" in r.stderr and "Traceback" not in r.stderr

@@ -11,15 +11,12 @@ import argparse
 import importlib
 import sys
 
+from ..errors import UserError  # defined outside this module so `python -m vitkit.cli.main` catches it too
+
 COMMANDS = ["models", "demo", "convert", "predict", "explain", "export", "features"]  # modules under vitkit.cli
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed without a traceback."""
-
-
 EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                   PermissionError, KeyError)
+                   PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"vitkit: error: {msg}", file=sys.stderr)
+        print(f"vitkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
