@@ -1,0 +1,210 @@
+"""Safe image decoding shared by every vitkit entry point (predict, explain, features, training, serving).
+
+:func:`open_image` turns a path, bytes, a binary file object or a PIL image into an RGB
+``PIL.Image.Image``, and refuses what it should:
+
+- **Pixel limit before decoding.** The size is read from the file header (PIL's lazy open)
+  and ``width * height`` is compared with ``max_pixels`` *before* any pixel data is
+  decoded. The default is :data:`DEFAULT_MAX_PIXELS`; pass ``max_pixels=`` per call
+  (``None`` = no vitkit limit). vitkit never changes PIL's own global
+  ``PIL.Image.MAX_IMAGE_PIXELS``: PIL still refuses images above twice that figure
+  (~179 MP by default) when opening them, so allowing larger images also needs that
+  global raised by the application itself.
+- **Truncated files are refused** (PIL reports them while ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+  is False, its default, which vitkit never changes; if some other code has set it to True,
+  PIL pads truncated data silently and vitkit warns about it on every call).
+- **EXIF orientation** (tags 2–8) is applied, so a phone photo stored sideways comes out upright.
+- **Every PIL mode becomes RGB correctly**: transparent pixels (P with transparency, PA, LA,
+  RGBA, La, RGBa) are composited over ``background`` (white by default) instead of
+  showing whatever colour hides under them; CMYK is converted by PIL's formula (embedded
+  ICC profiles are not applied); 16-bit grey (I;16, I;16B, I;16L) and 32-bit integer
+  ("I", treated as the 16-bit range 0..65535) are rescaled to 8 bits, keeping their
+  levels instead of clipping to white; float ("F") is clipped to 0..255; 1-bit becomes
+  black/white.
+- **First frame** of animations (GIF, APNG, WebP) and multi-page files (TIFF): frame 0.
+- **Clear errors** naming the file for missing files, empty files, text, HTML and SVG
+  (also when named ``.jpg``) and anything PIL cannot identify or decode: an
+  :class:`ImageDecodeError` (a ``ValueError``) or ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import IO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# 1024**3 // 4 // 3: the same figure as PIL's default warning threshold, ~0.25 GiB of 8-bit RGB.
+# A documented setting: override per call with open_image(..., max_pixels=N) (None = no limit).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a decodable image (empty, text, HTML, SVG, truncated, corrupt...)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose header declares more pixels than the allowed limit."""
+
+
+def _source_name(src: object) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(src, Image.Image):
+        return getattr(src, "filename", "") or "<PIL image>"
+    name = getattr(src, "name", None)
+    return name if isinstance(name, str) else "<file object>"
+
+
+def _sniff(head: bytes) -> str:
+    """Why ``head`` (the first bytes of something PIL could not identify) is not an image."""
+    if not head:
+        return "is empty (0 bytes)"
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip().lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text) or b"<svg" in text[:256]:
+        return ("is an SVG (vector XML) file, not a raster image; vitkit reads raster formats "
+                "(JPEG, PNG, GIF, WebP, TIFF, BMP...): render it to PNG first")
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text[:256]:
+        return "is an HTML page, not an image (a download that returned a web page?)"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "is a text file, not an image"
+        except UnicodeDecodeError as e:
+            if e.start >= len(head) - 3:  # a multi-byte character cut at the end of the sample
+                return "is a text file, not an image"
+    return "is not an image format PIL can read (unidentified data)"
+
+
+def _read_head(src: ImageSource, fp: IO[bytes] | None) -> bytes:
+    """The first bytes of a source PIL could not identify, to say what it is instead."""
+    try:
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                return f.read(1024)
+        fp.seek(0)
+        return fp.read(1024)
+    except (OSError, ValueError, AttributeError):
+        return b"?"
+
+
+def _open_lazy(src: ImageSource, name: str) -> tuple[Image.Image, bool]:
+    """Open ``src`` reading only its header; returns (image, whether we should close it)."""
+    if isinstance(src, Image.Image):
+        return src, False
+    fp: IO[bytes] | None = None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        fp = io.BytesIO(bytes(src))
+    elif isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"image {path!r} does not exist")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"image {path!r} is a folder, not an image file")
+    elif hasattr(src, "read"):
+        fp = src  # the caller's binary file object; left open for the caller to close
+    else:
+        raise TypeError(f"open_image takes a path, bytes, a binary file object or a PIL image, "
+                        f"got {type(src).__name__}")
+    try:
+        # a path is opened (and, on failure, closed) by PIL itself
+        with warnings.catch_warnings():
+            # PIL warns above its own MAX_IMAGE_PIXELS; vitkit's max_pixels check (right after) decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp if fp is not None else os.fspath(src))
+        return img, fp is None or fp is not src  # close what we opened (path, bytes), not the caller's file
+    except UnidentifiedImageError:
+        head = _read_head(src, fp)
+        if isinstance(head, str):
+            raise ImageDecodeError(f"{name}: opened in text mode; pass a binary file object ('rb')") from None
+        raise ImageDecodeError(f"{name} {_sniff(head)}") from None
+    except Image.DecompressionBombError as e:
+        # PIL's own hard stop (2 x PIL.Image.MAX_IMAGE_PIXELS) fired while reading the header
+        raise ImageTooLargeError(f"{name}: refused before decoding: its header declares more pixels than PIL's "
+                                 f"hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS, which vitkit does not change): {e}"
+                                 ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # unreadable file, broken header
+        raise ImageDecodeError(f"{name}: cannot read image header: {e}") from None
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT or mode == "I":
+        a = np.asarray(img).astype(np.float64)  # (H, W) in 0..65535 (uint16, either byte order)
+        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)  # 65535/257 = 255 exactly
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "F":
+        a = np.clip(np.rint(np.nan_to_num(np.asarray(img, dtype=np.float64))), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode in ("PA", "La", "RGBa"):
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, RGBX, HSV...
+
+
+def open_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Decode one image safely into an 8-bit RGB PIL image (upright, first frame).
+
+    ``src``: a path, bytes, a binary file object, or a PIL image (converted and checked the same way).
+    ``max_pixels``: refuse images whose header declares more than this many pixels, before
+    decoding (default :data:`DEFAULT_MAX_PIXELS`; ``None`` = no vitkit limit).
+    ``background``: the colour transparent pixels are composited over.
+
+    Raises ``FileNotFoundError`` for a missing path, :class:`ImageTooLargeError` over the
+    limit, :class:`ImageDecodeError` (a ``ValueError``) for anything else that is not a
+    complete, decodable image; every message names the file.
+    """
+    name = _source_name(src)
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    img, owned = _open_lazy(src, name)
+    try:
+        w, h = img.size  # from the header: nothing decoded yet
+        if w < 1 or h < 1:
+            raise ImageDecodeError(f"{name}: declares an empty image ({w}x{h})")
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLargeError(
+                f"{name}: refused before decoding: {w}x{h} = {w * h:,} pixels is more than the limit of "
+                f"{max_pixels:,} (max_pixels; default vitkit.data.decode.DEFAULT_MAX_PIXELS)")
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set outside vitkit): PIL pads truncated "
+                          f"images silently, so vitkit cannot refuse a truncated {name}", RuntimeWarning,
+                          stacklevel=2)
+        try:
+            if img.tell() != 0:  # files open on frame 0; a PIL image may have been moved on
+                img.seek(0)  # first frame of an animation / first page (never counts frames)
+            img.load()
+            upright = ImageOps.exif_transpose(img)  # a copy, orientation tag applied and removed
+            out = _to_rgb(upright, background)
+        except ImageDecodeError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise ImageTooLargeError(f"{name}: refused while decoding: {e}") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+            msg = str(e) or type(e).__name__
+            if "truncated" in msg:
+                raise ImageDecodeError(f"{name}: image file is truncated (incomplete data; refused, not padded): "
+                                       f"{msg}") from None
+            raise ImageDecodeError(f"{name}: cannot decode image ({img.format or 'unknown format'}): {msg}") from None
+        if out is img:  # RGB input: hand back a copy that does not hold the file
+            out = img.copy()
+        return out
+    finally:
+        if owned:
+            img.close()

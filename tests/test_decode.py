@@ -1,0 +1,251 @@
+"""Safe image decoding (RELIABILITY.md items 10-16), each on a real crafted file."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageFile
+
+import vitkit
+from vitkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, open_image
+
+PIL_DEFAULT_MAX = 1024 * 1024 * 1024 // 4 // 3
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _write_bomb_png(path, w: int, h: int) -> None:
+    """A real, valid 1-bit grey PNG of w x h zero pixels: tiny on disk, huge decoded."""
+    row = b"\x00" + b"\x00" * ((w + 7) // 8)  # filter byte + packed bits
+    comp = zlib.compressobj(9)
+    block = row * 1000
+    parts = [comp.compress(block) for _ in range(h // 1000)] + [comp.compress(row * (h % 1000)), comp.flush()]
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # bit depth 1, grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts))
+                     + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Make any pixel decoding fail loudly, to prove a refusal happened from the header alone."""
+    def boom(self, *a, **k):
+        raise AssertionError("pixel data was decoded")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", boom)
+
+
+# --- 10. decompression bombs ---------------------------------------------------------------
+def test_default_limit_is_documented_and_pil_global_untouched():
+    assert DEFAULT_MAX_PIXELS == PIL_DEFAULT_MAX
+    assert "DEFAULT_MAX_PIXELS" in vitkit.data.decode.__doc__
+    assert Image.MAX_IMAGE_PIXELS == PIL_DEFAULT_MAX  # importing vitkit changed nothing in PIL
+
+
+def test_bomb_30000_squared_refused_before_decoding(tmp_path, no_decoding):
+    p = tmp_path / "bomb.png"
+    _write_bomb_png(p, 30000, 30000)
+    assert p.stat().st_size < 300_000  # ~900 M pixels in a small file
+    with pytest.raises(ImageTooLargeError, match="bomb.png.*refused before decoding"):
+        open_image(p)
+    with pytest.raises(ImageTooLargeError):  # even when the caller raises vitkit's limit
+        open_image(p, max_pixels=10**10)
+    assert Image.MAX_IMAGE_PIXELS == PIL_DEFAULT_MAX
+
+
+def test_bomb_under_pil_hard_stop_refused_by_vitkit_limit(tmp_path, no_decoding, recwarn):
+    p = tmp_path / "big.png"
+    _write_bomb_png(p, 10000, 10000)  # 100 M pixels: over vitkit's default, under PIL's 2x hard stop
+    with pytest.raises(ImageTooLargeError, match=r"big.png.*10000x10000 = 100,000,000 pixels.*89,478,485"):
+        open_image(p)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_limit_overridable_per_call(tmp_path):
+    p = tmp_path / "a.png"
+    Image.new("RGB", (100, 50), (10, 20, 30)).save(p)
+    with pytest.raises(ImageTooLargeError, match="5,000 pixels is more than the limit of 4,999"):
+        open_image(p, max_pixels=4999)
+    assert open_image(p, max_pixels=5000).size == (100, 50)
+    assert open_image(p, max_pixels=None).getpixel((0, 0)) == (10, 20, 30)
+    with pytest.raises(ValueError, match="max_pixels"):
+        open_image(p, max_pixels=0)
+
+
+# --- 11. truncated files ---------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_file_refused_not_padded(tmp_path, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(buf, fmt)
+    data = buf.getvalue()
+    p = tmp_path / f"cut.{fmt.lower()}"
+    p.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(ImageDecodeError, match=rf"cut.{fmt.lower()}: .*truncated"):
+        open_image(p)
+    assert open_image(data).size == (451, 300)  # the complete file decodes
+
+
+def test_truncated_warns_if_someone_else_enabled_padding(tmp_path, monkeypatch):
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(buf, "JPEG")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.warns(RuntimeWarning, match="LOAD_TRUNCATED_IMAGES"):
+        open_image(buf.getvalue()[:5000])
+
+
+# --- 12. EXIF orientation -----------------------------------------------------------------------
+@pytest.mark.parametrize("orientation,k", [(6, 1), (8, -1)])
+def test_exif_orientation_applied(tmp_path, orientation, k):
+    upright = skimage.data.chelsea()  # (300, 451, 3): not square, so a missed rotation changes the shape
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95)
+    stored = np.ascontiguousarray(np.rot90(upright, k))  # what a sideways camera writes
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", quality=95, exif=exif)
+    with Image.open(tmp_path / "rotated.jpg") as raw:
+        assert raw.size == (300, 451)  # stored sideways
+    a = np.asarray(open_image(tmp_path / "rotated.jpg"), dtype=np.float32)
+    b = np.asarray(open_image(tmp_path / "upright.jpg"), dtype=np.float32)
+    assert a.shape == b.shape == (300, 451, 3)
+    assert np.abs(a - b).mean() < 3.0  # JPEG noise only
+    flipped = np.asarray(open_image(tmp_path / "upright.jpg").rotate(180), dtype=np.float32)
+    assert np.abs(flipped - b).mean() > 20  # the comparison can tell orientations apart
+
+
+# --- 13. every mode to RGB ---------------------------------------------------------------------
+def test_palette_with_transparency_composited(tmp_path):
+    im = Image.new("P", (4, 2))
+    im.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 red (transparent), 1 blue
+    im.putpixel((0, 0), 1)
+    im.info["transparency"] = 0
+    im.save(tmp_path / "p.png", transparency=0)
+    out = open_image(tmp_path / "p.png")
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (0, 0, 255)
+    assert out.getpixel((1, 0)) == (255, 255, 255)  # transparent: the background, not the hidden red
+    assert open_image(tmp_path / "p.png", background=(0, 0, 0)).getpixel((1, 0)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("mode,value,expect", [
+    ("LA", (200, 255), (200, 200, 200)),
+    ("LA", (0, 0), (255, 255, 255)),
+    ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
+    ("RGBA", (0, 0, 0, 0), (255, 255, 255)),
+    ("RGBA", (0, 0, 0, 128), (127, 127, 127)),  # half black over white
+])
+def test_alpha_modes_composited(tmp_path, mode, value, expect):
+    Image.new(mode, (3, 3), value).save(tmp_path / "a.png")
+    out = open_image(tmp_path / "a.png")
+    assert out.mode == "RGB"
+    assert all(abs(x - y) <= 1 for x, y in zip(out.getpixel((1, 1)), expect))
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (16, 16), (255, 0, 0, 0)).save(tmp_path / "cyan.jpg", quality=95)  # pure cyan ink
+    with Image.open(tmp_path / "cyan.jpg") as raw:
+        assert raw.mode == "CMYK"
+    r, g, b = open_image(tmp_path / "cyan.jpg").getpixel((8, 8))
+    assert r < 10 and g > 245 and b > 245
+
+
+def test_16bit_ramp_keeps_levels(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))  # (4, 256)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    with Image.open(tmp_path / "ramp16.png") as raw:
+        assert raw.mode.startswith("I")
+    out = np.asarray(open_image(tmp_path / "ramp16.png"))
+    assert out.shape == (4, 256, 3)
+    row = out[0, :, 0].astype(int)
+    assert row[0] == 0 and row[-1] == 255 and abs(row[128] - 128) <= 1
+    assert (np.diff(row) >= 0).all() and len(np.unique(row)) > 200  # a ramp, not clipped to white
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_16bit_big_endian_tiff(tmp_path):
+    a = np.array([[0, 32896, 65535]], dtype=">u2")
+    Image.frombytes("I;16B", (3, 1), a.tobytes()).save(tmp_path / "g.tif")
+    assert np.asarray(open_image(tmp_path / "g.tif"))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_one_bit(tmp_path):
+    im = Image.new("1", (8, 1), 0)
+    im.putpixel((3, 0), 1)
+    im.save(tmp_path / "b.png")
+    out = open_image(tmp_path / "b.png")
+    assert out.getpixel((3, 0)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 0)
+
+
+# --- 14. first frame ----------------------------------------------------------------------------
+def test_animated_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with Image.open(tmp_path / "anim.gif") as raw:
+        assert raw.n_frames == 3
+    assert open_image(tmp_path / "anim.gif").getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_multipage_tiff_first_page(tmp_path):
+    pages = [Image.new("L", (5, 5), v) for v in (40, 200)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    assert open_image(tmp_path / "pages.tif").getpixel((2, 2)) == (40, 40, 40)
+
+
+# --- 15. non-images ------------------------------------------------------------------------------
+@pytest.mark.parametrize("content,reason", [
+    (b"", "is empty"),
+    (b"just some notes, not a photo\n", "is a text file"),
+    (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "is an HTML page"),
+    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
+     "is an SVG"),
+    (b"\x00\x01\x02\x03" * 50, "is not an image format"),
+])
+def test_non_images_named_jpg(tmp_path, content, reason):
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=rf"photo.jpg {reason}"):
+        open_image(p)
+    with pytest.raises(ImageDecodeError, match=rf"<bytes> {reason}"):
+        open_image(content)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        open_image(tmp_path / "nope.png")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        open_image(tmp_path)
+    with pytest.raises(TypeError, match="got int"):
+        open_image(3)
+
+
+# --- 16. degenerate sizes ------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(1, 1), (1, 10000), (10000, 1)])
+def test_tiny_and_strip_images(tmp_path, size):
+    Image.new("RGB", size, (90, 10, 200)).save(tmp_path / "s.png")
+    img = open_image(tmp_path / "s.png")
+    assert img.size == size
+    for resize in ("squash", "shortest"):
+        x = vitkit.preprocess(img, vitkit.PreprocessConfig(size=(32, 32), resize=resize, crop_pct=0.875))
+        assert x.shape == (1, 3, 32, 32) and torch_finite(x)
+
+
+def torch_finite(x) -> bool:
+    return bool(x.isfinite().all())
+
+
+# --- sources ---------------------------------------------------------------------------------
+def test_sources_path_bytes_fileobj_pil_agree(tmp_path):
+    p = tmp_path / "cat.png"
+    Image.fromarray(skimage.data.chelsea()).save(p)
+    ref = np.asarray(open_image(str(p)))
+    assert ref.shape == (300, 451, 3)
+    with open(p, "rb") as f:
+        assert (np.asarray(open_image(f)) == ref).all()
+        assert not f.closed  # the caller's file stays the caller's
+    assert (np.asarray(open_image(p.read_bytes())) == ref).all()
+    assert (np.asarray(open_image(Image.open(p).convert("LA"))) == np.asarray(Image.fromarray(ref).convert("L"))[
+        ..., None]).all()
+    with pytest.raises(ImageTooLargeError):
+        open_image(Image.new("RGB", (100, 100)), max_pixels=99)
