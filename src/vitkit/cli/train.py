@@ -87,8 +87,11 @@ HELP: dict[str, str] = {
 }
 
 
-def _optional_float(v: str) -> float | None:
-    return None if v.lower() in ("none", "off") else float(v)
+OFF = "none"  # what an optional setting given as 'none'/'off' holds until the settings are merged
+
+
+def _optional_float(v: str) -> float | str:
+    return OFF if v.lower() in ("none", "off") else float(v)
 
 
 def _overrides(v: str) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             base["out"] = str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     if args.config:
         base.update(read_config_file(args.config))
-    base.update(given)
+    base.update({k: (None if v == OFF else v) for k, v in given.items()})
     return TrainConfig.from_dict(base, where=args.config or "settings")
 
 

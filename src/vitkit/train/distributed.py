@@ -116,23 +116,19 @@ def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer state, complete and keyed as a single-process optimizer's (collective under FSDP)."""
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    """The optimizer state, complete and keyed by parameter name (``blocks.0.attn.qkv.weight``), the
+    same whether the run was one process, DDP or FSDP (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(unwrap(model), optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
+    return get_optimizer_state_dict(unwrap(model), optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model)))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(unwrap(model), optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
-    else:
-        optimizer.load_state_dict(state)
+    set_optimizer_state_dict(unwrap(model), optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -423,7 +423,9 @@ class Trainer:
         self.model.train()
         while self.global_step < self.total_steps:
             order = self.epoch_order(self.epoch)
-            steps_here = min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch)
+            # this epoch runs to its end, or to the last step of the run (which may stop mid-epoch)
+            steps_here = self.batch_in_epoch + min(self.steps_per_epoch - self.batch_in_epoch,
+                                                   self.total_steps - self.global_step)
             micro_lists = []
             for s in range(self.batch_in_epoch, steps_here):
                 micro_lists += [[(i, self.epoch) for i in mb]
@@ -457,17 +459,19 @@ class Trainer:
                     h("step", self, step=self.global_step, loss=loss)
             # --- end of epoch: validate, checkpoint, plot
             last_epoch = self.global_step >= self.total_steps
-            self.epoch += 1
-            self.batch_in_epoch = 0
+            shown = self.epoch + 1  # the epoch just trained (1-based)
+            if self.batch_in_epoch == self.steps_per_epoch:  # complete; a run stopped by --steps stays put
+                self.epoch += 1
+                self.batch_in_epoch = 0
             improved = False
-            if self.val_ds is not None and (self.epoch % cfg.eval_every == 0 or last_epoch):
+            if self.val_ds is not None and (shown % cfg.eval_every == 0 or last_epoch):
                 last_val = self.validate()
                 score = max(last_val["top1"], last_val.get("ema_top1") or -1.0)
                 improved = score > self.best["top1"]
                 if improved:
-                    self.best = {"top1": score, "epoch": self.epoch, "step": self.global_step}
-                self._record({"kind": "val", "step": self.global_step, "epoch": self.epoch, **last_val})
-                line = (f"epoch {self.epoch}/{self.total_epochs}: val top-1 {100 * last_val['top1']:.2f} %"
+                    self.best = {"top1": score, "epoch": shown, "step": self.global_step}
+                self._record({"kind": "val", "step": self.global_step, "epoch": shown, **last_val})
+                line = (f"epoch {shown}/{self.total_epochs}: val top-1 {100 * last_val['top1']:.2f} %"
                         + (f", EMA {100 * last_val['ema_top1']:.2f} %" if "ema_top1" in last_val else "")
                         + f" ({time.time() - t0:.0f} s)")
                 if bar is not None:
@@ -478,7 +482,7 @@ class Trainer:
             if info.is_main:
                 plot_curves(self.metrics_path, self.run_dir / "curves.png")
             for h in self.hooks:
-                h("epoch", self, epoch=self.epoch, **last_val)
+                h("epoch", self, epoch=shown, **last_val)
         if bar is not None:
             bar.close()
         elapsed = time.time() - t0
