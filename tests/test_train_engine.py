@@ -172,3 +172,13 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     after = tr.raw.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"head.weight", "head.bias"}
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    base = dict(TINY, steps=4, batch_size=32, drop_path=0.0, ema=None, log_every=1, lr=3e-3, warmup_epochs=0)
+    train(TrainConfig(**base, out=str(tmp_path / "a1")))
+    train(TrainConfig(**base, accum_steps=4, out=str(tmp_path / "a4")))
+    l1, l4 = _losses(tmp_path / "a1"), _losses(tmp_path / "a4")
+    assert l1.keys() == l4.keys() and all(abs(l1[k] - l4[k]) < 1e-5 for k in l1)
+    p1, p4 = _final_params(tmp_path / "a1"), _final_params(tmp_path / "a4")
+    assert all(torch.allclose(p1[k], p4[k], atol=1e-5) for k in p1)

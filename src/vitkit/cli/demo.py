@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a small ViT on scikit-learn's digits (CPU, a few minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
-    p.add_argument("--out", default="demo-run", help="run folder; the model is saved to OUT/model (default demo-run)")
+    p.add_argument("--out", default="demo-run", help="run folder, replaced if a previous demo left one; the model is saved to OUT/model (default demo-run)")
     p.add_argument("--seed", type=int, default=0, help="random seed for initialisation, data order and augmentation")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(model=DEMO_MODEL, model_overrides=dict(DEMO_MODEL_SET), data="digits", epochs=args.epochs,
-                      out=args.out, seed=args.seed, keep_last=1)
+                      out=args.out, seed=args.seed, keep_last=1,
+                      overwrite=True)
     start = time.time()
     summary = train(cfg)
     took = time.time() - start
@@ -57,11 +58,15 @@ def run(args: argparse.Namespace) -> int:
                                         align_corners=False).clamp(0, 1)
     with torch.no_grad():
         pred = model(normalize(x)).argmax(1)
-    print("held-out digits:")
-    for i, (idx, p) in enumerate(zip(pick.tolist(), pred.tolist())):
-        img = val.images[idx, 0]
-        rows = ["".join(" .:-=+*#%@"[min(9, int(v * 10))] for v in r) for r in img.tolist()]
-        mark = "ok" if p == int(val.labels[idx]) else "WRONG"
-        print(f"  digit #{idx}: true {int(val.labels[idx])}, predicted {model.labels[p]}  [{mark}]  "
-              f"|{'|'.join(rows[2:6])}|")
+    art = [["".join(" .:-=+*#%@"[min(9, int(v * 10))] for v in row) for row in val.images[i, 0].tolist()]
+           for i in pick.tolist()]  # 8 rows of 8 characters per digit
+    print(f"{len(pick)} held-out digits:")
+    for r in range(8):
+        print("  " + "   ".join(a[r] for a in art))
+    truth = [int(val.labels[i]) for i in pick.tolist()]
+    print("  " + "   ".join(f"true {t}  " for t in truth))
+    print("  " + "   ".join(f"pred {model.labels[p]}{'  ' if int(model.labels[p]) == t else ' x'}"
+                           for p, t in zip(pred.tolist(), truth)))
+    right = sum(int(model.labels[p]) == t for p, t in zip(pred.tolist(), truth))
+    print(f"  {right} of {len(pick)} right")
     return 0

@@ -84,6 +84,7 @@ HELP: dict[str, str] = {
     "log_every": "optimizer steps between metrics.jsonl / TensorBoard points (default 10)",
     "progress": "show a progress bar (default on; --no-progress)",
     "resume": "resume from a checkpoint file or run folder; without a value, the latest checkpoint in --out",
+    "overwrite": "start over in a run folder that already holds checkpoints (they are deleted)",
 }
 
 
@@ -143,9 +144,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
              if getattr(args, f.name, None) is not None}
     base = TrainConfig().to_dict()
     resume = given.get("resume")
-    if resume and resume != "auto":
-        from ..train.checkpoint import load_checkpoint
+    if resume:
+        from ..train.checkpoint import latest_checkpoint, load_checkpoint
 
+        if resume == "auto":
+            if "out" not in given:
+                raise ValueError("--resume without a path needs --out RUN (the run folder to continue)")
+            resume = latest_checkpoint(given["out"])
+            if resume is None:
+                raise FileNotFoundError(f"nothing to resume: {given['out']} holds no checkpoint")
         ck = load_checkpoint(resume)
         saved = dict(ck.get("train_config") or {})
         saved.pop("resume", None)
@@ -163,10 +170,13 @@ def run(args: argparse.Namespace) -> int:
     from ..train import engine
 
     cfg = resolve_config(args)
+    from ..train.checkpoint import CheckpointError
+    from .main import UserError
+
     try:
         engine.train(cfg)
-    except engine.NonFiniteLossError as e:
-        raise ValueError(str(e)) from None
+    except (engine.NonFiniteLossError, CheckpointError) as e:
+        raise UserError(str(e.args[-1] if isinstance(e, CheckpointError) else e)) from None
     finally:
         from ..train.distributed import teardown
 

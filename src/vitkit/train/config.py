@@ -84,6 +84,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines (and TensorBoard points)
     progress: bool = True  # progress bar on rank 0
     resume: str | None = None  # checkpoint file or run folder to resume from ("auto": the latest in --out)
+    overwrite: bool = False  # start over in a run folder that already holds checkpoints (they are replaced)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

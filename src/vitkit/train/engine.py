@@ -100,7 +100,9 @@ class Trainer:
             return None
         if cfg.resume == "auto":
             latest = ckpt.latest_checkpoint(cfg.out)
-            return ckpt.load_checkpoint(latest) if latest else None
+            if latest is None:
+                raise FileNotFoundError(f"nothing to resume: {cfg.out} holds no checkpoint (checkpoints/step_*.pt)")
+            return ckpt.load_checkpoint(latest)
         return ckpt.load_checkpoint(cfg.resume)
 
     def setup(self) -> "Trainer":
@@ -108,6 +110,10 @@ class Trainer:
         cfg.validate()
         self.info = info = D.setup(cfg.device)
         resume = self._resolve_resume()  # before anything is written: a bad resume changes nothing
+        old = ckpt.step_checkpoints(cfg.out) if Path(cfg.out).is_dir() else []
+        if resume is None and old and not cfg.overwrite:
+            raise ValueError(f"{cfg.out} already holds the checkpoints of a run ({old[-1][1].name}); continue it "
+                             "with --resume, start over with --overwrite, or choose another --out")
 
         # --- data
         train_ds, val_ds = self._given
@@ -194,6 +200,12 @@ class Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
+            if resume is None:  # a fresh run (--overwrite): earlier checkpoints and metrics go
+                for _, p in ckpt.step_checkpoints(self.run_dir):
+                    p.unlink()
+                for p in (ckpt.checkpoint_dir(self.run_dir) / "best.pt", self.metrics_path,
+                          self.run_dir / "skipped_files.txt"):
+                    p.unlink(missing_ok=True)
             ckpt.write_bytes_atomic(self.run_dir / "config.yaml",
                                     yaml.safe_dump(self._resolved_config(), sort_keys=False).encode())
             self._trim_metrics()
