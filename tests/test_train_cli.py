@@ -125,9 +125,13 @@ def test_help_explains_every_flag(capsys):
 
 
 def test_demo_trains_saves_and_classifies(tmp_path, capsys):
-    rc = main(["demo", "--epochs", "2", "--out", str(tmp_path / "demo")])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "validation top-1:" in out and "time taken:" in out and "reloaded with vitkit.load" in out
-    assert out.count("true ") == 8 and out.count("pred ") == 8 and "of 8 right" in out
-    assert vitkit.load(tmp_path / "demo" / "model").cfg.num_classes == 10
+    out = tmp_path / "demo"
+    for _ in range(2):  # a second demo into the same folder starts over
+        assert main(["demo", "--epochs", "2", "--out", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert "validation top-1:" in text and "time taken:" in text and "reloaded with vitkit.load" in text
+        assert "true " in text and "predicted " in text and "of 8 right" in text
+    model = vitkit.load(out)
+    assert model.labels == [str(i) for i in range(10)] and model.cfg.channels == 1
+    assert (out / "run" / "curves.png").exists()
+    assert main(["demo", "--epochs", "0"]) == 2 and "--epochs must be at least 1" in capsys.readouterr().err
