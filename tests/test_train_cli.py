@@ -135,3 +135,27 @@ def test_demo_trains_saves_and_classifies(tmp_path, capsys):
     assert model.labels == [str(i) for i in range(10)] and model.cfg.channels == 1
     assert (out / "run" / "curves.png").exists()
     assert main(["demo", "--epochs", "0"]) == 2 and "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_full_disk_during_a_run_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """RELIABILITY item 22 through the CLI: ENOSPC while writing step 4's checkpoint."""
+    import errno
+    import os
+
+    from vitkit.train import checkpoint as ckpt
+
+    real = os.fsync
+
+    def fsync(fd):
+        if ".step_00000004.pt.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    run = tmp_path / "run"
+    rc = main(["train", *TINY, "--data", "digits", "--steps", "6", "--save-every-steps", "2", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "step_00000004.pt: the disk is full" in err and "step_00000002.pt is kept" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt"]
+    assert ckpt.load_checkpoint(run)["progress"]["global_step"] == 2

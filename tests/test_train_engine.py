@@ -92,6 +92,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert any(p.name.startswith(".step_00000015.pt.tmp") for p in ck.iterdir())
     assert load_checkpoint(ck / "step_00000010.pt")["progress"]["global_step"] == 10
     train(TrainConfig(**RESUME_CFG, out=str(torn), resume="auto"))
+    assert not any(p.name.startswith(".") for p in ck.iterdir())  # the torn temporary file is cleaned up
 
     for run in (killed, torn):
         losses, params = _losses(run), _final_params(run)

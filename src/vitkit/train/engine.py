@@ -200,6 +200,8 @@ class Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
+            for p in ckpt.checkpoint_dir(self.run_dir).glob(".*.tmp-*"):  # left by a write that was killed
+                p.unlink(missing_ok=True)
             if resume is None:  # a fresh run (--overwrite): earlier checkpoints and metrics go
                 for _, p in ckpt.step_checkpoints(self.run_dir):
                     p.unlink()
@@ -274,10 +276,15 @@ class Trainer:
         if self.info.is_main:
             d = ckpt.checkpoint_dir(self.run_dir)
             path = d / f"step_{self.global_step:08d}.pt"
-            ckpt.save_checkpoint(state, path)
-            ckpt.prune(self.run_dir, self.cfg.keep_last)
-            if best:
-                ckpt.save_checkpoint(state, d / "best.pt")
+            prev = ckpt.latest_checkpoint(self.run_dir)
+            try:
+                ckpt.save_checkpoint(state, path)
+                ckpt.prune(self.run_dir, self.cfg.keep_last)
+                if best:
+                    ckpt.save_checkpoint(state, d / "best.pt")
+            except ckpt.CheckpointError as e:
+                raise ckpt.CheckpointError(e.errno, f"{e.args[-1]}; the run stopped at step {self.global_step}; "
+                                                    f"the last good checkpoint {prev or '(none)'} is kept") from None
         D.barrier(self.info)
         return path
 
