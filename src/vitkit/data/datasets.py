@@ -270,6 +270,17 @@ def load_source(source: str, spec: DataSpec, val_source: str | None = None) -> t
             mk(*_subset(paths, targets, va_idx), f"{name} (held-out {spec.val_fraction:.0%})"))
 
 
+def source_classes(source: str) -> list[str]:
+    """Class names (label order) of a training source, without decoding any image."""
+    _check_exists(source)
+    if source in BUILTIN:
+        return BUILTIN[source]()[0].classes
+    p = Path(source)
+    if p.is_dir() and (p / "train").is_dir():
+        return _folder_items(p / "train")[2]
+    return _file_items(source)[2]
+
+
 def load_eval_source(source: str, spec: DataSpec, classes: list[str] | None = None) -> ImageDataset:
     """The data set ``vitkit eval`` scores: a built-in's validation split, a layout folder's ``val/``,
     a folder of class folders, or a whole CSV. ``classes`` (the model's labels) fixes the label order."""

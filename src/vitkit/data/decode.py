@@ -9,7 +9,8 @@
   (``None`` = no vitkit limit). vitkit never changes PIL's own global
   ``PIL.Image.MAX_IMAGE_PIXELS``: PIL still refuses images above twice that figure
   (~179 MP by default) when opening them, so allowing larger images also needs that
-  global raised by the application itself.
+  global raised by the application itself; between once and twice that figure PIL emits
+  its ``DecompressionBombWarning`` (vitkit leaves warning filters alone).
 - **Truncated files are refused** (PIL reports them while ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
   is False, its default, which vitkit never changes; if some other code has set it to True,
   PIL pads truncated data silently and vitkit warns about it on every call).
@@ -117,10 +118,8 @@ def _open_lazy(src: ImageSource, name: str) -> tuple[Image.Image, bool]:
                         f"got {type(src).__name__}")
     try:
         # a path is opened (and, on failure, closed) by PIL itself
-        with warnings.catch_warnings():
-            # PIL warns above its own MAX_IMAGE_PIXELS; vitkit's max_pixels check (right after) decides instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp if fp is not None else os.fspath(src))
+        # no warnings.catch_warnings() here: it swaps a process-wide filter list (not thread-safe)
+        img = Image.open(fp if fp is not None else os.fspath(src))
         return img, fp is None or fp is not src  # close what we opened (path, bytes), not the caller's file
     except UnidentifiedImageError:
         head = _read_head(src, fp)

@@ -124,6 +124,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("save_every_steps", "workers", "image_size", "patch_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (1 if name in ("image_size", "patch_size") else 0)):
+                raise ValueError(f"{name} must be a {'positive' if 'size' in name else 'non-negative'} integer, "
+                                 f"got {v!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_epochs, min_lr and weight_decay must not be negative")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.amp not in AMP_MODES:

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from ..data.datasets import (AugmentedView, DataSpec, ImageDataset, TensorImageDataset, collate_skipping,
-                             load_source)
+                             load_source, source_classes)
 from ..data.builtin import BUILTIN
 from ..weights.api import save as save_model
 from . import checkpoint as ckpt
@@ -122,7 +122,7 @@ class Trainer:
         if train_ds is not None:
             classes = list(train_ds.classes)
         else:
-            classes = _peek_classes(cfg)
+            classes = source_classes(cfg.data)
         model, notes = build_model(cfg.model, classes, native, cfg.image_size, cfg.patch_size,
                                    0.0 if cfg.linear_probe else cfg.drop_path, cfg.model_overrides)
         mcfg = model.cfg
@@ -556,19 +556,6 @@ class _EvalView(torch.utils.data.Dataset):
 def train_ds_channels(ds: ImageDataset) -> int:
     x, _ = ds[0]
     return int(x.shape[0]) if x is not None else 3
-
-
-def _peek_classes(cfg: TrainConfig) -> list[str]:
-    """Class names of the training source, without decoding any image."""
-    from ..data.datasets import _check_exists, _file_items, _folder_items
-
-    _check_exists(cfg.data)
-    if cfg.data in BUILTIN:
-        return BUILTIN[cfg.data]()[0].classes
-    p = Path(cfg.data)
-    if p.is_dir() and (p / "train").is_dir():
-        return _folder_items(p / "train")[2]
-    return _file_items(cfg.data)[2]
 
 
 def train(cfg: TrainConfig, **kw: Any) -> dict[str, Any]:
