@@ -77,6 +77,7 @@ HELP: dict[str, str] = {
     "compile": "torch.compile the model",
     "fsdp": "under torchrun, shard the model with FSDP (fully_shard) instead of DDP",
     "device": "cpu, cuda or cuda:N (default: the local rank's GPU when there is one, else cpu)",
+    "threads": "torch CPU threads (default: torch's choice); 1 is fastest for tiny models and on busy machines",
     "seed": "random seed (weights, data order, augmentation; default 0)",
     "eval_every": "epochs between validations (default 1; the last epoch always)",
     "save_every_steps": "also write a checkpoint every N optimizer steps, mid-epoch (default 0: end of epoch only)",

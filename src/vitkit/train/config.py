@@ -76,6 +76,7 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun: shard with FSDP (fully_shard) instead of DDP
     device: str | None = None  # default: cuda (local rank) when available, else cpu
     seed: int = 0
+    threads: int | None = None  # torch CPU threads; default torch's choice (1 is fastest for tiny models)
 
     # bookkeeping
     eval_every: int = 1  # epochs between validations (and the last epoch always)
@@ -124,10 +125,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("save_every_steps", "workers", "image_size", "patch_size"):
+        for name in ("save_every_steps", "workers", "image_size", "patch_size", "threads"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < (1 if name in ("image_size", "patch_size") else 0)):
-                raise ValueError(f"{name} must be a {'positive' if 'size' in name else 'non-negative'} integer, "
+            if v is not None and (not isinstance(v, int) or v < (1 if name in ("image_size", "patch_size", "threads") else 0)):
+                raise ValueError(f"{name} must be a {'non-negative' if name in ('workers', 'save_every_steps') else 'positive'} integer, "
                                  f"got {v!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")

@@ -108,6 +108,8 @@ class Trainer:
     def setup(self) -> "Trainer":
         cfg = self.cfg
         cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.info = info = D.setup(cfg.device)
         resume = self._resolve_resume()  # before anything is written: a bad resume changes nothing
         old = ckpt.step_checkpoints(cfg.out) if Path(cfg.out).is_dir() else []
@@ -224,7 +226,8 @@ class Trainer:
                  f"width {mcfg.width}, depth {mcfg.depth}, heads {mcfg.heads}, "
                  f"{sum(p.numel() for p in self.raw.parameters()) / 1e6:.2f}M parameters; "
                  f"{info.world_size} process(es) on {info.device.type}"
-                 f"{' (FSDP)' if cfg.fsdp and info.enabled else ' (DDP)' if info.enabled else ''}")
+                 f"{' (FSDP)' if cfg.fsdp and info.enabled else ' (DDP)' if info.enabled else ''}"
+                 f"{f', {torch.get_num_threads()} thread(s) each' if info.device.type == 'cpu' else ''}")
         for n in notes:
             self.log(f"  {n}")
         self.log(f"  {self.total_steps} steps ({self.steps_per_epoch} per epoch, batch {G}), {cfg.optimizer} "
