@@ -153,7 +153,7 @@ def test_prune_keeps_last_k(tmp_path):
 
 def test_config_files_and_validation(tmp_path):
     y = tmp_path / "c.yaml"
-    y.write_text("lr: 0.002\nmodel-overrides: {width: 64}\nbetas: [0.9, 0.95]\n")
+    y.write_text("lr: 0.002\nmodel-set: {width: 64}\nbetas: [0.9, 0.95]\n")
     d = read_config_file(y)
     cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **d})
     assert cfg.lr == 0.002 and cfg.model_overrides == {"width": 64} and cfg.betas == (0.9, 0.95)

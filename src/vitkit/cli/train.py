@@ -24,7 +24,7 @@ to shard the model). --batch-size is the global batch, so the result does not de
 
 Example:
   vitkit train --model vit_tiny_patch4_16_gap --model-set width=64,depth=4,heads=4,mlp_ratio=2 \\
-      --data digits --epochs 150 --out runs/digits
+      --data digits --epochs 150 --threads 1 --out runs/digits
 """
 
 # help for every setting (the flag is --name-with-dashes)

@@ -178,4 +178,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    out = {k.replace("-", "_"): v for k, v in data.items()}
+    if "model_set" in out:  # the flag's name (--model-set) for model_overrides
+        out["model_overrides"] = out.pop("model_set")
+    return out
