@@ -89,7 +89,13 @@ def test_folder_with_unreadable_file_is_skipped_and_reported(tmp_path, capsys):
     assert "broken.jpg" in (run / "skipped_files.txt").read_text()
     assert vitkit.load(run / "model").cfg.labels == ["dark", "light"]
     assert main(["eval", str(run), "--data", str(tmp_path / "data")]) == 0
-    capsys.readouterr()
+    assert "images: 4 " in capsys.readouterr().out  # the folder's val/ part
+    csv = tmp_path / "val.csv"
+    csv.write_text("path,label\n" + "".join(f"data/val/{c}/{i}.png,{c}\n" for c in ("dark", "light") for i in range(2))
+                   + "data/train/dark/broken.jpg,dark\n")
+    assert main(["eval", str(run / "model"), "--data", str(csv), "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "images: 4 " in out and "skipped 1 unreadable file" in out and "broken.jpg" in out
     rc = main(["train", *TINY, "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
                "--workers", "0", "--strict-data", "--out", str(tmp_path / "strict")])
     err = capsys.readouterr().err
@@ -159,3 +165,18 @@ def test_full_disk_during_a_run_is_a_clear_error_and_keeps_the_last_checkpoint(t
     assert "step_00000004.pt: the disk is full" in err and "step_00000002.pt is kept" in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt"]
     assert ckpt.load_checkpoint(run)["progress"]["global_step"] == 2
+
+
+def test_recipe_options_run(tmp_path, capsys):
+    """SGD, bf16 autocast on the CPU, layer-wise decay, RandAugment, random erasing, mixup+cutmix, accumulation."""
+    rc = main(["train", *TINY, "--data", "lfw-faces", "--steps", "3", "--batch-size", "16", "--accum-steps", "2",
+               "--optimizer", "sgd", "--lr", "0.05", "--amp", "bf16", "--layer-decay", "0.75", "--randaugment", "2,9",
+               "--random-erasing", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--hflip", "0.5", "--clip-grad", "none",
+               "--out", str(tmp_path / "r")])
+    assert rc == 0, capsys.readouterr().err
+    import yaml as _yaml
+
+    cfg = _yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert cfg["optimizer"] == "sgd" and cfg["amp"] == "bf16" and cfg["clip_grad"] is None and cfg["layer_decay"] == 0.75
+    assert main(["train", *TINY, "--data", "digits", "--steps", "1", "--amp", "fp16", "--out", str(tmp_path / "f")]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
