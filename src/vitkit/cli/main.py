@@ -13,7 +13,8 @@ import sys
 
 from ..errors import UserError  # defined outside this module so `python -m vitkit.cli.main` catches it too
 
-COMMANDS = ["models", "demo", "convert", "predict", "explain", "export", "features"]  # modules under vitkit.cli
+# module names under vitkit.cli
+COMMANDS = ["models", "demo", "train", "eval", "convert", "predict", "explain", "export", "features"]
 
 EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                    PermissionError)

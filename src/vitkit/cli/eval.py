@@ -1,0 +1,107 @@
+"""`vitkit eval`: top-1, top-5, per-class accuracy and confusion matrix of a trained model on a data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+DESCRIPTION = """\
+Score a model on a data set: top-1, top-5, per-class accuracy and the confusion matrix
+(printed, and saved as confusion.png with results.json in --out).
+
+MODEL: a run folder (its model/), a vitkit checkpoint folder, or a training checkpoint (.pt).
+--data: digits or lfw-faces (their validation split), a folder (its val/ part when it has one,
+else its class folders), or a CSV of path,label. Class names are matched to the model's labels.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a model on data",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder, vitkit checkpoint folder or training .pt")
+    p.add_argument("--data", required=True, help="digits, lfw-faces, a folder or a .csv of path,label")
+    p.add_argument("--out", help="folder for confusion.png and results.json (default: RUN/eval-<data> for a run "
+                                 "folder, else ./vitkit-eval)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 for the built-ins, "
+                                                              "else min(4, CPUs - 1))")
+    p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image instead of "
+                                                               "skipping and reporting it")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.set_defaults(func=run)
+
+
+def load_for_eval(src: str):
+    """(model in eval mode, run folder or None) from a run folder, vitkit folder or training .pt."""
+    from ..models.vit import VisionTransformer
+    from ..config import ViTConfig
+    from ..train.model_setup import find_model_folder, preprocess_for
+    from ..weights.api import load
+
+    p = Path(src)
+    if not p.exists():
+        raise FileNotFoundError(f"{src} does not exist (expected a run folder, a vitkit checkpoint folder or a .pt)")
+    folder = find_model_folder(p)
+    run_dir = p if folder is not None and folder != p else None
+    if folder is not None:
+        return load(folder), run_dir
+    if p.is_file() and p.suffix == ".pt":
+        from ..train.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p)
+        model = VisionTransformer(ViTConfig.from_dict(ck["model_config"]))
+        model.load_state_dict(ck["model"])
+        model.preprocess_cfg = preprocess_for(model.cfg)
+        return model.eval(), (p.parent.parent if p.parent.name == "checkpoints" else None)
+    raise ValueError(f"{src} is neither a run folder, a vitkit checkpoint folder nor a training checkpoint (.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import DataSpec, TensorImageDataset, collate_skipping, load_eval_source
+    from ..train.augment import eval_transform
+    from ..train.checkpoint import write_bytes_atomic
+    from ..train.metrics import evaluate, format_report, plot_confusion
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    model, run_dir = load_for_eval(args.model)
+    cfg = model.cfg
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    spec = DataSpec(image_size=cfg.image_hw, channels=cfg.channels, strict=args.strict_data)
+    ds = load_eval_source(args.data, spec, list(cfg.labels) if cfg.labels else None)
+    if len(ds.classes) != cfg.num_classes:
+        raise ValueError(f"the data {args.data!r} has {len(ds.classes)} classes {ds.classes[:10]}, the model "
+                         f"{args.model} predicts {cfg.num_classes}")
+    if cfg.labels and list(cfg.labels) != list(ds.classes):
+        raise ValueError(f"the data's classes {ds.classes[:10]} are not the model's labels {list(cfg.labels)[:10]}")
+    classes = list(cfg.labels or ds.classes)
+    workers = args.workers if args.workers is not None else (0 if isinstance(ds, TensorImageDataset) else 2)
+
+    class View(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            x, y = ds[i]
+            return (None, y) if x is None else (eval_transform(x), y)
+
+    loader = torch.utils.data.DataLoader(View(), batch_size=args.batch_size, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    res = evaluate(model.to(device), loader, len(classes), device)
+    if res["n"] == 0:
+        raise ValueError(f"no readable image in {args.data!r}")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.data).name or "data")
+    out = Path(args.out) if args.out else (run_dir / f"eval-{name}" if run_dir else Path("vitkit-eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(res["confusion"], classes, out / "confusion.png",
+                   title=f"{args.data}: top-1 {100 * res['top1']:.2f} %")
+    write_bytes_atomic(out / "results.json", json.dumps({"model": str(args.model), "data": args.data,
+                                                         "classes": classes, **res}, indent=2).encode())
+    print(f"vitkit eval: {args.model} on {ds.describe()}")
+    print(format_report(res, classes))
+    print(f"saved {out / 'confusion.png'} and {out / 'results.json'}")
+    return 0

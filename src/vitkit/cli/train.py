@@ -1,0 +1,185 @@
+"""`vitkit train`: train or fine-tune a ViT (one process, or every process under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..train.config import TrainConfig, read_config_file
+
+DESCRIPTION = """\
+Train a ViT from scratch, or fine-tune a checkpoint, on a built-in data set (digits,
+lfw-faces), an image folder (train/<class>/..., val/<class>/...) or a CSV of path,label.
+
+Settings come from the defaults (a good recipe for small data), a --config file (YAML or
+JSON, keys as the long flags with '_' or '-'), and flags; flags win. The run folder (--out)
+gets config.yaml, checkpoints/, metrics.jsonl, tensorboard/, curves.png, summary.json and the
+final model as a vitkit folder in model/ (what `vitkit eval RUN` and vitkit.load read).
+
+Several processes: torchrun --nproc_per_node N -m vitkit.cli.main train ... (DDP; add --fsdp
+to shard the model). --batch-size is the global batch, so the result does not depend on N.
+
+Example:
+  vitkit train --model vit_tiny_patch4_16_gap --model-set width=64,depth=4,heads=4,mlp_ratio=2 \\
+      --data digits --epochs 150 --threads 1 --out runs/digits
+"""
+
+# help for every setting (the flag is --name-with-dashes)
+HELP: dict[str, str] = {
+    "model": "model name (vit_tiny_patch4_32, B/16...), a ViT config .json, or a checkpoint to fine-tune "
+             "(a vitkit folder, a run folder or a training .pt): the head is replaced for new classes and the "
+             "position embedding resampled for a new --image-size",
+    "data": "training data: digits, lfw-faces, a folder (train/<class>/*, val/<class>/*) or a .csv with "
+            "header path,label",
+    "val_data": "separate validation folder or CSV (default: the source's val/ part, else a stratified "
+                "held-out split)",
+    "out": "run folder for checkpoints, metrics, plots and the final model (default when resuming: the "
+           "checkpoint's run folder)",
+    "image_size": "input side in pixels (default: the model's; images are resized to it)",
+    "patch_size": "patch size for a model built from a name or config",
+    "model_overrides": "ViTConfig fields for a model built from a name or config, as KEY=VALUE[,KEY=VALUE...], "
+                       "e.g. width=64,depth=4,heads=4",
+    "val_fraction": "fraction held out for validation when the source has no validation part (default 0.2)",
+    "strict_data": "stop at the first unreadable image file with its path (default: skip it and report it)",
+    "workers": "data-loading processes (default 0 for the built-ins, else min(4, CPUs - 1))",
+    "epochs": "number of epochs",
+    "steps": "number of optimizer steps (instead of --epochs)",
+    "batch_size": "global batch per optimizer step, all processes and accumulation steps together (default 64)",
+    "accum_steps": "gradient accumulation: micro-batches per optimizer step (default 1)",
+    "optimizer": "adamw (default) or sgd (Nesterov momentum)",
+    "lr": "peak learning rate after warm-up (default 1e-3)",
+    "min_lr": "learning rate at the end of the cosine (default 1e-5)",
+    "warmup_epochs": "linear warm-up length in epochs, fractions allowed (default 5; at most a quarter of the run)",
+    "weight_decay": "weight decay, not applied to norms, biases, tokens and position embeddings (default 0.05)",
+    "momentum": "SGD momentum (default 0.9)",
+    "betas": "AdamW betas, two numbers (default 0.9 0.999)",
+    "layer_decay": "layer-wise lr decay, e.g. 0.75 for fine-tuning: block i gets lr * d^(depth-i) "
+                   "(default off; 'none' turns it off)",
+    "clip_grad": "clip the global gradient norm to this ('none' = off; default 1.0)",
+    "label_smoothing": "label smoothing (default 0.1)",
+    "drop_path": "stochastic depth rate of the last block (default 0.1)",
+    "rotate": "random rotation up to +- degrees (default 10)",
+    "translate": "random shift up to +- this fraction of the side (default 0.1)",
+    "scale": "random zoom by 1 +- this (default 0.1)",
+    "hflip": "horizontal flip probability (default 0: digits and text must not be mirrored)",
+    "randaugment": "torchvision RandAugment as N,M (ops, magnitude), e.g. 2,9 (default off)",
+    "random_erasing": "torchvision RandomErasing probability per image (default 0)",
+    "mixup": "mixup Beta alpha, e.g. 0.8 (default 0 = off)",
+    "cutmix": "cutmix Beta alpha, e.g. 1.0 (default 0 = off)",
+    "mix_prob": "probability a batch is mixed when mixup/cutmix are on (default 1)",
+    "mix_switch_prob": "probability of cutmix instead of mixup when both are on (default 0.5)",
+    "ema": "EMA decay of the weights, evaluated too (default 0.998; 'none' = off)",
+    "linear_probe": "train only the head; the backbone is frozen",
+    "amp": "autocast: auto (bf16 on CUDA that supports it, else off), none, bf16, fp16 (CUDA, with a grad scaler)",
+    "compile": "torch.compile the model",
+    "fsdp": "under torchrun, shard the model with FSDP (fully_shard) instead of DDP",
+    "device": "cpu, cuda or cuda:N (default: the local rank's GPU when there is one, else cpu)",
+    "threads": "torch CPU threads (default: torch's choice); 1 is fastest for tiny models and on busy machines",
+    "seed": "random seed (weights, data order, augmentation; default 0)",
+    "eval_every": "epochs between validations (default 1; the last epoch always)",
+    "save_every_steps": "also write a checkpoint every N optimizer steps, mid-epoch (default 0: end of epoch only)",
+    "keep_last": "step checkpoints kept (default 2; best.pt is kept apart)",
+    "log_every": "optimizer steps between metrics.jsonl / TensorBoard points (default 10)",
+    "progress": "show a progress bar (default on; --no-progress)",
+    "resume": "resume from a checkpoint file or run folder; without a value, the latest checkpoint in --out",
+    "overwrite": "start over in a run folder that already holds checkpoints (they are deleted)",
+}
+
+
+OFF = "none"  # what an optional setting given as 'none'/'off' holds until the settings are merged
+
+
+def _optional_float(v: str) -> float | str:
+    return OFF if v.lower() in ("none", "off") else float(v)
+
+
+def _overrides(v: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in v.split(","))):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {part!r}")
+        k, val = part.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(val)
+        except json.JSONDecodeError:
+            out[k.strip()] = val
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a ViT (DeiT recipe, resume, torchrun)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML or JSON file of settings (flags given here win)")
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = dict(dest=f.name, default=None, help=HELP[f.name])
+        if f.name == "resume":
+            p.add_argument(name, nargs="?", const="auto", metavar="PATH", **kw)
+        elif f.name == "model_overrides":
+            p.add_argument("--model-set", type=_overrides, metavar="KEY=VALUE,...", **kw)
+        elif f.name == "betas":
+            p.add_argument(name, type=float, nargs=2, metavar=("B1", "B2"), **kw)
+        elif f.type in ("bool",):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name in ("layer_decay", "clip_grad", "ema"):
+            p.add_argument(name, type=_optional_float, metavar="X|none", **kw)
+        elif f.name == "optimizer":
+            p.add_argument(name, choices=["adamw", "sgd"], **kw)
+        elif f.name == "amp":
+            p.add_argument(name, choices=["auto", "none", "bf16", "fp16"], **kw)
+        elif "int" in str(f.type) and "float" not in str(f.type):
+            p.add_argument(name, type=int, **kw)
+        elif "float" in str(f.type):
+            p.add_argument(name, type=float, **kw)
+        else:
+            p.add_argument(name, **kw)
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """defaults < resumed checkpoint's settings < --config file < flags."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    base = TrainConfig().to_dict()
+    resume = given.get("resume")
+    if resume:
+        from ..train.checkpoint import latest_checkpoint, load_checkpoint
+
+        if resume == "auto":
+            if "out" not in given:
+                raise ValueError("--resume without a path needs --out RUN (the run folder to continue)")
+            resume = latest_checkpoint(given["out"])
+            if resume is None:
+                raise FileNotFoundError(f"nothing to resume: {given['out']} holds no checkpoint")
+        ck = load_checkpoint(resume)
+        saved = dict(ck.get("train_config") or {})
+        saved.pop("resume", None)
+        base.update(saved)
+        if "out" not in given:  # the run folder the checkpoint belongs to
+            path = Path(ck["_path"])
+            base["out"] = str(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    if args.config:
+        base.update(read_config_file(args.config))
+    base.update({k: (None if v == OFF else v) for k, v in given.items()})
+    return TrainConfig.from_dict(base, where=args.config or "settings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import engine
+
+    cfg = resolve_config(args)
+    from ..train.checkpoint import CheckpointError
+    from .main import UserError
+
+    try:
+        engine.train(cfg)
+    except (engine.NonFiniteLossError, CheckpointError) as e:
+        raise UserError(str(e.args[-1] if isinstance(e, CheckpointError) else e)) from None
+    finally:
+        from ..train.distributed import teardown
+
+        teardown()
+    return 0

@@ -1,0 +1,75 @@
+"""Per-image training augmentation and the evaluation transform.
+
+Each training image is transformed with its own seed (``vitkit.data.datasets.sample_seed``:
+run seed, epoch, index), so the result is the same whatever the worker count, the batch
+position or a resumption. Order: random affine (rotation, shift, zoom) -> horizontal flip ->
+torchvision RandAugment -> normalise -> torchvision RandomErasing. torchvision's transforms
+draw from torch's global generator; they run inside ``torch.random.fork_rng`` seeded per
+image, so the training loop's generator (dropout, stochastic depth) is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig, parse_randaugment
+
+MEAN, STD = 0.5, 0.5  # inputs in [0, 1] -> [-1, 1]; saved with the model as its PreprocessConfig
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def random_affine(x: torch.Tensor, g: torch.Generator, rotate: float, translate: float, scale: float) -> torch.Tensor:
+    """One (C, H, W) image rotated by up to ±``rotate`` degrees, shifted by up to ±``translate`` of
+    its side and zoomed by 1 ± ``scale``; outside pixels are 0 (black)."""
+    angle = (float(torch.rand((), generator=g)) * 2 - 1) * math.radians(rotate)
+    zoom = 1 + (float(torch.rand((), generator=g)) * 2 - 1) * scale
+    tx, ty = ((torch.rand(2, generator=g) * 2 - 1) * 2 * translate).tolist()  # grid spans [-1, 1]: side = 2
+    c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
+    theta = torch.tensor([[[c, -s, tx], [s, c, ty]]], dtype=x.dtype)  # output -> input coordinates
+    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+    return F.grid_sample(x[None], grid, align_corners=False, padding_mode="zeros")[0]
+
+
+class TrainTransform:
+    """``(x (C, H, W) in [0, 1], seed) -> normalised augmented (C, H, W)`` as set by a TrainConfig."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.rotate, self.translate, self.scale, self.hflip = cfg.rotate, cfg.translate, cfg.scale, cfg.hflip
+        self.randaugment = None
+        if cfg.randaugment:
+            from torchvision.transforms import v2
+
+            n, m = parse_randaugment(cfg.randaugment)
+            self.randaugment = v2.RandAugment(num_ops=n, magnitude=m)
+        self.erasing = None
+        if cfg.random_erasing > 0:
+            from torchvision.transforms import v2
+
+            self.erasing = v2.RandomErasing(p=cfg.random_erasing, value="random")
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        if self.rotate or self.translate or self.scale:
+            x = random_affine(x, g, self.rotate, self.translate, self.scale)
+        if self.hflip and float(torch.rand((), generator=g)) < self.hflip:
+            x = x.flip(-1)
+        if self.randaugment is not None or self.erasing is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                if self.randaugment is not None:  # works on uint8 images
+                    x = self.randaugment((x * 255).round().clamp(0, 255).to(torch.uint8)).float() / 255
+                x = normalize(x)
+                if self.erasing is not None:
+                    x = self.erasing(x)
+            return x
+        return normalize(x)
+
+
+def eval_transform(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    return normalize(x)

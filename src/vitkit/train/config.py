@@ -1,0 +1,184 @@
+"""TrainConfig: every setting of a training run, with defaults that are a good recipe for small data.
+
+Settings come from, in rising priority: these defaults, the saved config of a checkpoint
+being resumed, a YAML/JSON config file, and command-line flags. The resolved config is
+written to the run folder (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``batch_size`` is the *global* batch per optimizer step (all processes
+    and accumulation steps together), so the optimisation does not change with the number of
+    processes: each process takes ``batch_size / (world_size * accum_steps)`` images per micro-step."""
+
+    # what to train on what
+    model: str | None = None  # model name, ViT config (.json), vitkit checkpoint folder, or run folder
+    data: str | None = None  # digits | lfw-faces | folder | .csv
+    val_data: str | None = None  # separate validation folder / CSV (default: the source's own split)
+    out: str | None = None  # run folder
+    image_size: int | None = None  # input side; default: the model's (pos-embed resampled for checkpoints)
+    patch_size: int | None = None  # override for a model built from a name/config (not for checkpoints)
+    model_overrides: dict[str, Any] | None = None  # ViTConfig fields for a name/config model, e.g. {width: 96}
+    val_fraction: float = 0.2  # held out when the source has no validation part (stratified, seed 0)
+    strict_data: bool = False  # stop at the first unreadable image instead of skipping and reporting it
+    workers: int | None = None  # data-loading processes; default 0 for in-memory data, else min(4, CPUs)
+
+    # how long
+    epochs: int | None = None
+    steps: int | None = None  # optimizer steps (overrides epochs when set)
+    batch_size: int = 64
+    accum_steps: int = 1
+
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-5  # end of the cosine
+    warmup_epochs: float = 5.0  # linear warm-up (fractional epochs allowed)
+    weight_decay: float = 0.05  # not applied to norms, biases, tokens and position embeddings
+    momentum: float = 0.9  # SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    layer_decay: float | None = None  # layer-wise lr decay (e.g. 0.75 to fine-tune); None = off
+    clip_grad: float | None = 1.0  # max global gradient norm; None = off
+    label_smoothing: float = 0.1
+
+    # regularisation and augmentation
+    drop_path: float = 0.1  # stochastic depth (last block's rate)
+    rotate: float = 10.0  # random affine: rotation up to ± degrees
+    translate: float = 0.1  # shift up to ± this fraction of the side
+    scale: float = 0.1  # zoom by 1 ± this
+    hflip: float = 0.0  # probability of a horizontal flip (0 for digits and text)
+    randaugment: str | None = None  # torchvision RandAugment "N,M" (ops, magnitude), e.g. "2,9"; None = off
+    random_erasing: float = 0.0  # probability of torchvision RandomErasing per image
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off
+    mix_prob: float = 1.0  # probability a batch is mixed when mixup/cutmix are on
+    mix_switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
+    ema: float | None = 0.998  # EMA decay of the weights (evaluated too); None = off
+
+    # mode
+    linear_probe: bool = False  # train only the head; the backbone is frozen
+    amp: str = "auto"  # autocast: auto = bf16 on CUDA that supports it, else off; none | bf16 | fp16
+    compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # under torchrun: shard with FSDP (fully_shard) instead of DDP
+    device: str | None = None  # default: cuda (local rank) when available, else cpu
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads; default torch's choice (1 is fastest for tiny models)
+
+    # bookkeeping
+    eval_every: int = 1  # epochs between validations (and the last epoch always)
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps (mid-epoch); 0 = end of epoch only
+    keep_last: int = 2  # last-k step checkpoints kept (best.pt is kept separately)
+    log_every: int = 10  # steps between metrics.jsonl lines (and TensorBoard points)
+    progress: bool = True  # progress bar on rank 0
+    resume: str | None = None  # checkpoint file or run folder to resume from ("auto": the latest in --out)
+    overwrite: bool = False  # start over in a run folder that already holds checkpoints (they are replaced)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown training setting(s) {unknown}; accepted: {sorted(known)}")
+        d = dict(d)
+        if "betas" in d and d["betas"] is not None:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def replace(self, **kw: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when it is impossible."""
+        if not self.model:
+            raise ValueError("no model: give --model (a name such as vit_tiny_patch4_32, a config .json, "
+                             "or a checkpoint folder)")
+        if not self.data:
+            raise ValueError("no data: give --data (digits, lfw-faces, a folder or a .csv)")
+        if not self.out:
+            raise ValueError("no run folder: give --out")
+        if self.epochs is None and self.steps is None:
+            raise ValueError("give --epochs or --steps")
+        for name in ("epochs", "steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"--{name} must be a positive integer, got {v!r}")
+        for name in ("batch_size", "accum_steps", "eval_every", "keep_last", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("save_every_steps", "workers", "image_size", "patch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (1 if name in ("image_size", "patch_size", "threads") else 0)):
+                raise ValueError(f"{name} must be a {'non-negative' if name in ('workers', 'save_every_steps') else 'positive'} integer, "
+                                 f"got {v!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_epochs, min_lr and weight_decay must not be negative")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a decay in (0, 1) (or None), got {self.ema}")
+        for name in ("label_smoothing", "drop_path", "hflip", "random_erasing", "mix_prob", "mix_switch_prob"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.randaugment is not None:
+            parse_randaugment(self.randaugment)
+
+
+def parse_randaugment(spec: str) -> tuple[int, int]:
+    """"N,M" -> (number of ops, magnitude 0..30)."""
+    try:
+        n, m = (int(v) for v in str(spec).split(","))
+    except ValueError:
+        raise ValueError(f"randaugment must be 'N,M' (ops, magnitude), e.g. '2,9'; got {spec!r}") from None
+    if not (1 <= n <= 10 and 0 <= m <= 30):
+        raise ValueError(f"randaugment {spec!r}: N must be 1..10 and M 0..30")
+    return n, m
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or JSON (.json) mapping of training settings."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
+    out = {k.replace("-", "_"): v for k, v in data.items()}
+    if "model_set" in out:  # the flag's name (--model-set) for model_overrides
+        out["model_overrides"] = out.pop("model_set")
+    return out

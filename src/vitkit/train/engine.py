@@ -1,0 +1,566 @@
+"""The training engine behind ``vitkit train``: one loop for one process, DDP or FSDP.
+
+Exact resume: the data order of an epoch is a permutation seeded by (seed, epoch); each
+image's augmentation is seeded by (seed, epoch, index); mixup/cutmix by (seed, step); the
+learning rate is a function of the step. A checkpoint holds the model, optimizer, schedule,
+grad scaler, EMA, the generator states of Python, NumPy and torch (CPU and CUDA, per
+process) and the position in the data (epoch, batch), so a run resumed from a checkpoint
+written in the middle of an epoch takes the same steps as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from ..data.datasets import (AugmentedView, DataSpec, ImageDataset, TensorImageDataset, collate_skipping,
+                             load_source, source_classes)
+from ..data.builtin import BUILTIN
+from ..weights.api import save as save_model
+from . import checkpoint as ckpt
+from . import distributed as D
+from .augment import TrainTransform, eval_transform
+from .config import TrainConfig
+from .ema import ModelEma
+from .metrics import evaluate, plot_curves
+from .mixup import Mixer, soft_target_cross_entropy
+from .model_setup import architecture_diff, build_model, preprocess_for
+from .optim import WarmupCosine, build_optimizer
+
+Hook = Callable[..., None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before the optimizer step."""
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot be resumed into this run (other architecture, classes...)."""
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _native_channels(source: str) -> int:
+    """Channels of the source's images before any conversion: the built-ins are grey, files RGB."""
+    return 1 if source in BUILTIN else 3
+
+
+def _micro_batches(order: list[int], step: int, global_batch: int, accum: int, rank: int, world: int) -> list[list[int]]:
+    """The ``accum`` micro-batches (this process's part) of optimizer step ``step`` of an epoch.
+
+    The global batch is split into ``accum`` consecutive chunks, each chunk into ``world``
+    consecutive parts; process ``rank`` takes part ``rank`` of each chunk. One process with the
+    same global batch sees the union, so DDP and one process compute the same mean gradient.
+    """
+    batch = order[step * global_batch:(step + 1) * global_batch]
+    micro = global_batch // accum
+    per = micro // world
+    return [batch[a * micro + rank * per:a * micro + (rank + 1) * per] for a in range(accum)]
+
+
+class Trainer:
+    """Train a ViT as a :class:`TrainConfig` says.
+
+    ``train_data``/``val_data`` may be given as data sets instead of ``cfg.data`` (Python use);
+    ``hooks`` are called as ``hook(event, trainer, **info)`` with events ``"step"`` (after each
+    optimizer step and its checkpoint, info: step, loss) and ``"epoch"`` (after validation).
+    """
+
+    def __init__(self, cfg: TrainConfig, train_data: ImageDataset | None = None,
+                 val_data: ImageDataset | None = None, hooks: list[Hook] | None = None,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.hooks, self._log = cfg, list(hooks or []), log
+        self._given = (train_data, val_data)
+        self.skipped: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def log(self, msg: str) -> None:
+        if self.info.is_main:
+            self._log(msg)
+
+    def _resolve_resume(self) -> dict | None:
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        if cfg.resume == "auto":
+            latest = ckpt.latest_checkpoint(cfg.out)
+            if latest is None:
+                raise FileNotFoundError(f"nothing to resume: {cfg.out} holds no checkpoint (checkpoints/step_*.pt)")
+            return ckpt.load_checkpoint(latest)
+        return ckpt.load_checkpoint(cfg.resume)
+
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.info = info = D.setup(cfg.device)
+        resume = self._resolve_resume()  # before anything is written: a bad resume changes nothing
+        old = ckpt.step_checkpoints(cfg.out) if Path(cfg.out).is_dir() else []
+        if resume is None and old and not cfg.overwrite:
+            raise ValueError(f"{cfg.out} already holds the checkpoints of a run ({old[-1][1].name}); continue it "
+                             "with --resume, start over with --overwrite, or choose another --out")
+
+        # --- data
+        train_ds, val_ds = self._given
+        native = _native_channels(cfg.data) if train_ds is None else train_ds_channels(train_ds)
+        _seed_all(cfg.seed)  # same initial weights on every process
+        if train_ds is not None:
+            classes = list(train_ds.classes)
+        else:
+            classes = source_classes(cfg.data)
+        model, notes = build_model(cfg.model, classes, native, cfg.image_size, cfg.patch_size,
+                                   0.0 if cfg.linear_probe else cfg.drop_path, cfg.model_overrides)
+        mcfg = model.cfg
+        if train_ds is None:
+            spec = DataSpec(image_size=mcfg.image_hw, channels=mcfg.channels, val_fraction=cfg.val_fraction,
+                            strict=cfg.strict_data)
+            train_ds, val_ds = load_source(cfg.data, spec, cfg.val_data)
+        if list(train_ds.classes) != classes:
+            raise ValueError(f"training data classes {train_ds.classes} differ from {classes}")
+        if val_ds is not None and len(val_ds.classes) != len(classes):
+            raise ValueError(f"validation data has {len(val_ds.classes)} classes, training data {len(classes)}")
+        self.train_ds, self.val_ds, self.classes = train_ds, val_ds, classes
+
+        if resume is not None:
+            if list(resume["classes"]) != classes:
+                raise ResumeError(f"cannot resume from {resume['_path']}: it was trained on "
+                                  f"{len(resume['classes'])} classes {resume['classes'][:10]}, the data has "
+                                  f"{len(classes)} {classes[:10]}")
+            diff = architecture_diff(resume["model_config"], mcfg.to_dict())
+            if diff:
+                raise ResumeError(f"cannot resume from {resume['_path']}: it holds another architecture "
+                                  f"({'; '.join(diff)})")
+
+        # --- sizes
+        W, A, G = info.world_size, cfg.accum_steps, cfg.batch_size
+        if G % (W * A):
+            raise ValueError(f"batch size {G} must be divisible by processes x accumulation steps = {W} x {A}")
+        self.steps_per_epoch = len(train_ds) // G
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch size {G} is larger than the training set ({len(train_ds)} images)")
+        self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        self.total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        # --- model, optimizer, schedule
+        if cfg.linear_probe:
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(("head.", "head_dist.")))
+            notes.append("linear probe: backbone frozen, only the head trains")
+        model.preprocess_cfg = preprocess_for(mcfg)
+        self.raw = model.to(info.device)
+        ema_decay = cfg.ema
+        if ema_decay and cfg.fsdp and info.enabled:
+            notes.append("EMA is not kept under FSDP (the weights are sharded); train without it")
+            ema_decay = None
+        self.ema = ModelEma(self.raw, ema_decay) if ema_decay else None
+        self.model = D.wrap(self.raw, info, cfg.fsdp)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(D.unwrap(self.model), cfg.optimizer, cfg.lr, cfg.weight_decay,
+                                         cfg.layer_decay, cfg.momentum, cfg.betas)
+        # warm-up in steps, at most a quarter of a short run
+        warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), self.total_steps // 4)
+        self.schedule = WarmupCosine(self.optimizer, cfg.lr, self.total_steps, warmup, cfg.min_lr)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.mixer = Mixer(len(classes), cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob,
+                           cfg.label_smoothing)
+        self.transform = TrainTransform(cfg)
+        self.workers = cfg.workers if cfg.workers is not None else (
+            0 if isinstance(train_ds, TensorImageDataset) else min(4, max(1, (os.cpu_count() or 2) - 1)))
+
+        # --- progress
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.best = {"top1": -1.0, "epoch": None, "step": None}
+        _seed_all(cfg.seed + 1000003 * info.rank)  # dropout / stochastic depth differ per process
+        if resume is not None:
+            self._load_resume(resume)
+            notes.append(f"resumed from {resume['_path']} at step {self.global_step} "
+                         f"(epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+
+        # --- run folder (rank 0)
+        self.run_dir = Path(cfg.out)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tb = None
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
+            for p in ckpt.checkpoint_dir(self.run_dir).glob(".*.tmp-*"):  # left by a write that was killed
+                p.unlink(missing_ok=True)
+            if resume is None:  # a fresh run (--overwrite): earlier checkpoints and metrics go
+                for _, p in ckpt.step_checkpoints(self.run_dir):
+                    p.unlink()
+                for p in (ckpt.checkpoint_dir(self.run_dir) / "best.pt", self.metrics_path,
+                          self.run_dir / "skipped_files.txt"):
+                    p.unlink(missing_ok=True)
+            ckpt.write_bytes_atomic(self.run_dir / "config.yaml",
+                                    yaml.safe_dump(self._resolved_config(), sort_keys=False).encode())
+            self._trim_metrics()
+            if cfg.log_every:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step + 1)
+                except ImportError:  # pragma: no cover - tensorboard is a dependency
+                    self.tb = None
+        D.barrier(info)
+        self.log(f"vitkit train: {train_ds.describe()}; validation {val_ds.describe() if val_ds else 'none'}")
+        self.log(f"  model: {mcfg.image_hw[0]}x{mcfg.image_hw[1]}x{mcfg.channels} input, patch {mcfg.patch_size}, "
+                 f"width {mcfg.width}, depth {mcfg.depth}, heads {mcfg.heads}, "
+                 f"{sum(p.numel() for p in self.raw.parameters()) / 1e6:.2f}M parameters; "
+                 f"{info.world_size} process(es) on {info.device.type}"
+                 f"{' (FSDP)' if cfg.fsdp and info.enabled else ' (DDP)' if info.enabled else ''}"
+                 f"{f', {torch.get_num_threads()} thread(s) each' if info.device.type == 'cpu' else ''}")
+        for n in notes:
+            self.log(f"  {n}")
+        self.log(f"  {self.total_steps} steps ({self.steps_per_epoch} per epoch, batch {G}), {cfg.optimizer} "
+                 f"lr {cfg.lr:g}, warm-up {warmup} steps, cosine to {cfg.min_lr:g}"
+                 f"{f', EMA {ema_decay}' if ema_decay else ''}{', ' + str(self.amp_dtype).split('.')[-1] if self.amp_dtype else ''}")
+        return self
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        mode, dev = self.cfg.amp, self.info.device
+        if mode == "none":
+            return None
+        if mode == "auto":
+            return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if mode == "fp16" and dev.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device; use bf16 or none on the CPU")
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
+
+    def _resolved_config(self) -> dict[str, Any]:
+        d = self.cfg.to_dict()
+        d["resolved"] = {"model_config": self.raw.cfg.to_dict(), "classes": self.classes,
+                         "world_size": self.info.world_size, "steps_per_epoch": self.steps_per_epoch,
+                         "total_steps": self.total_steps}
+        return d
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        """Everything a resume needs (collective under FSDP; complete on rank 0)."""
+        model_state = D.full_model_state(self.model)
+        opt_state = D.full_optimizer_state(self.model, self.optimizer)
+        rngs = D.all_gather_objects(ckpt.rng_state(), self.info)
+        return {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,
+                "model": model_state, "model_config": self.raw.cfg.to_dict(), "classes": self.classes,
+                "preprocess": self.raw.preprocess_cfg.to_dict(), "train_config": self.cfg.to_dict(),
+                "optimizer": opt_state, "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "ema": self.ema.state_dict() if self.ema else None,
+                "progress": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                             "global_step": self.global_step, "best": dict(self.best)},
+                "rng": rngs, "world_size": self.info.world_size}
+
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        state = self._state()
+        path = None
+        if self.info.is_main:
+            d = ckpt.checkpoint_dir(self.run_dir)
+            path = d / f"step_{self.global_step:08d}.pt"
+            prev = ckpt.latest_checkpoint(self.run_dir)
+            try:
+                ckpt.save_checkpoint(state, path)
+                ckpt.prune(self.run_dir, self.cfg.keep_last)
+                if best:
+                    ckpt.save_checkpoint(state, d / "best.pt")
+            except ckpt.CheckpointError as e:
+                raise ckpt.CheckpointError(e.errno, f"{e.args[-1]}; the run stopped at step {self.global_step}; "
+                                                    f"the last good checkpoint {prev or '(none)'} is kept") from None
+        D.barrier(self.info)
+        return path
+
+    def _load_resume(self, st: dict[str, Any]) -> None:
+        D.load_full_model_state(self.model, st["model"])
+        D.load_full_optimizer_state(self.model, self.optimizer, st["optimizer"])
+        self.schedule.load_state_dict(st["scheduler"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st.get("ema"):
+            self.ema.load_state_dict(st["ema"])
+        p = st["progress"]
+        self.epoch, self.batch_in_epoch, self.global_step = p["epoch"], p["batch_in_epoch"], p["global_step"]
+        self.best = dict(p["best"])
+        rngs = st.get("rng") or []
+        if len(rngs) == self.info.world_size:
+            ckpt.set_rng_state(rngs[self.info.rank])
+        else:
+            self.log(f"  note: the checkpoint was written by {len(rngs)} process(es), this run has "
+                     f"{self.info.world_size}; random states are re-seeded, so the run is not bit-exact")
+
+    # ------------------------------------------------------------------ metrics
+    def _trim_metrics(self) -> None:
+        """On resume, drop metrics lines written after the checkpoint (by the interrupted run)."""
+        if not self.metrics_path.exists():
+            return
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the interruption
+            if r.get("step", 0) <= self.global_step:
+                keep.append(line)
+        ckpt.write_bytes_atomic(self.metrics_path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    def _record(self, row: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(f"{row['kind']}/{k}", v, row["step"])
+            self.tb.flush()
+
+    def _note_skipped(self, reasons: list[str]) -> None:
+        for r in reasons:
+            path = r.split(": ", 1)[0]
+            if path not in self.skipped:
+                self.skipped[path] = r
+                self.log(f"  skipped unreadable file {r}")
+                if self.info.is_main:
+                    with open(self.run_dir / "skipped_files.txt", "a") as f:
+                        f.write(r + "\n")
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, view, batches: list[list], epoch: int):
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)  # worker seeds only; global RNG untouched
+        return torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.workers,
+                                           collate_fn=collate_skipping, generator=g,
+                                           pin_memory=self.info.device.type == "cuda")
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_ds), generator=g).tolist()
+
+    def _val_batches(self, ds: ImageDataset) -> Any:
+        """This process's share of the validation set, padded so every process runs as many batches."""
+        W, r = self.info.world_size, self.info.rank
+        n = len(ds)
+        per = math.ceil(n / W)
+        idx = [(i, True) for i in range(r, n, W)] + [(0, False)] * (per - len(range(r, n, W)))
+        bs = max(1, self.cfg.batch_size // W)
+        view = _EvalView(ds)
+        return self._loader(view, [idx[i:i + bs] for i in range(0, len(idx), bs)], 0)
+
+    def validate(self) -> dict[str, Any]:
+        res = evaluate(self.model, self._val_batches(self.val_ds), len(self.classes), self.info.device,
+                       self.info, self._autocast())
+        out = {"top1": res["top1"], "top5": res["top5"], "val_loss": res["loss"]}
+        if self.ema is not None:
+            e = evaluate(self.ema.module, self._val_batches(self.val_ds), len(self.classes), self.info.device,
+                         self.info, self._autocast())
+            out.update(ema_top1=e["top1"], ema_top5=e["top5"])
+        self._note_skipped(res["skipped"])
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def _train_step(self, micro: list[tuple[torch.Tensor | None, torch.Tensor | None, list[str]]]) -> float:
+        """Forward/backward over the micro-batches, then (if the loss is finite) one optimizer step."""
+        cfg, dev, A = self.cfg, self.info.device, len(micro)
+        g = torch.Generator().manual_seed(cfg.seed * 2_000_003 + self.global_step)  # mixup/cutmix of this step
+        total = torch.zeros((), dtype=torch.float64)
+        for a, (x, y, skipped) in enumerate(micro):
+            self._note_skipped(skipped)
+            if x is None:
+                raise ValueError(f"every image of a batch at step {self.global_step + 1} was unreadable; "
+                                 f"see {self.run_dir / 'skipped_files.txt'}")
+            x, target = self.mixer(x, y, g)
+            x, target = x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
+            sync = a == A - 1 or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+            with (nullcontext() if sync else self.model.no_sync()):
+                with self._autocast():
+                    logits = self.model(x)
+                loss = soft_target_cross_entropy(logits, target) / A
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += loss.detach().double().cpu()
+        total = D.all_reduce_sum(total.to(dev) if dev.type == "cuda" else total, self.info).cpu()
+        loss_value = float(total) / self.info.world_size
+        if not math.isfinite(loss_value):
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"the training loss is {loss_value} at step {self.global_step + 1} (epoch {self.epoch + 1}, batch "
+                f"{self.batch_in_epoch + 1}); stopped before the optimizer step. The last good checkpoint "
+                f"{last if last else '(none yet)'} is untouched. Lower --lr, check the data, or use --clip-grad.")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (resuming where a checkpoint left off) and return the summary."""
+        if not hasattr(self, "info"):
+            self.setup()
+        try:
+            return self._fit()
+        finally:
+            if getattr(self, "tb", None) is not None:
+                self.tb.close()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        G, A = cfg.batch_size, cfg.accum_steps
+        view = AugmentedView(self.train_ds, self.transform, cfg.seed)
+        bar = None
+        if cfg.progress and info.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
+                       desc="training")
+        t0, images_done, start_step = time.time(), 0, self.global_step
+        last_val: dict[str, Any] = {}
+        self.model.train()
+        while self.global_step < self.total_steps:
+            order = self.epoch_order(self.epoch)
+            # this epoch runs to its end, or to the last step of the run (which may stop mid-epoch)
+            steps_here = self.batch_in_epoch + min(self.steps_per_epoch - self.batch_in_epoch,
+                                                   self.total_steps - self.global_step)
+            micro_lists = []
+            for s in range(self.batch_in_epoch, steps_here):
+                micro_lists += [[(i, self.epoch) for i in mb]
+                                for mb in _micro_batches(order, s, G, A, info.rank, info.world_size)]
+            it = iter(self._loader(view, micro_lists, self.epoch))
+            t_step = time.time()
+            while self.batch_in_epoch < steps_here:
+                micro = [next(it) for _ in range(A)]
+                loss = self._train_step(micro)
+                lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+                self.schedule.step()
+                if self.ema is not None:
+                    self.ema.update(D.unwrap(self.model))
+                self.global_step += 1
+                self.batch_in_epoch += 1
+                images_done += G
+                now = time.time()
+                ips = G / max(now - t_step, 1e-9)
+                t_step = now
+                if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
+                    self._record({"kind": "train", "step": self.global_step, "epoch": self.epoch + 1,
+                                  "loss": loss, "lr": lr, "images_per_s": round(ips, 1)})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                    img_s=f"{images_done / max(time.time() - t0, 1e-9):.0f}")
+                epoch_done = self.batch_in_epoch == steps_here
+                if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0 and not epoch_done:
+                    self.save_checkpoint()
+                for h in self.hooks:
+                    h("step", self, step=self.global_step, loss=loss)
+            # --- end of epoch: validate, checkpoint, plot
+            last_epoch = self.global_step >= self.total_steps
+            shown = self.epoch + 1  # the epoch just trained (1-based)
+            if self.batch_in_epoch == self.steps_per_epoch:  # complete; a run stopped by --steps stays put
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            improved = False
+            if self.val_ds is not None and (shown % cfg.eval_every == 0 or last_epoch):
+                last_val = self.validate()
+                score = max(last_val["top1"], last_val.get("ema_top1") or -1.0)
+                improved = score > self.best["top1"]
+                if improved:
+                    self.best = {"top1": score, "epoch": shown, "step": self.global_step}
+                self._record({"kind": "val", "step": self.global_step, "epoch": shown, **last_val})
+                line = (f"epoch {shown}/{self.total_epochs}: val top-1 {100 * last_val['top1']:.2f} %"
+                        + (f", EMA {100 * last_val['ema_top1']:.2f} %" if "ema_top1" in last_val else "")
+                        + f" ({time.time() - t0:.0f} s)")
+                if bar is not None:
+                    bar.write(line)
+                else:
+                    self.log(line)
+            self.save_checkpoint(best=improved)
+            if info.is_main:
+                plot_curves(self.metrics_path, self.run_dir / "curves.png")
+            for h in self.hooks:
+                h("epoch", self, epoch=shown, **last_val)
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - t0
+        return self._finish(last_val, elapsed, start_step)
+
+    def _finish(self, last_val: dict[str, Any], elapsed: float, start_step: int) -> dict[str, Any]:
+        """Save the final model as a vitkit folder (``RUN/model``: the EMA weights when they
+        validate better) and print the one-line summary."""
+        use_ema = self.ema is not None and (last_val.get("ema_top1") or -1) > last_val.get("top1", -1)
+        final = self.ema.module if use_ema else D.unwrap(self.model)
+        state = D.full_model_state(self.model) if not use_ema else None
+        summary = {"steps": self.global_step, "epochs": self.epoch, "seconds": round(elapsed, 1),
+                   "val_top1": last_val.get("top1"), "val_top5": last_val.get("top5"),
+                   "ema_top1": last_val.get("ema_top1"), "best_top1": self.best["top1"],
+                   "best_epoch": self.best["epoch"], "model_weights": "ema" if use_ema else "model",
+                   "model_dir": str(self.run_dir / "model"), "skipped_files": len(self.skipped)}
+        if self.info.is_main:
+            from ..models.vit import VisionTransformer
+
+            out = VisionTransformer(self.raw.cfg)
+            out.load_state_dict({k: v.cpu() for k, v in (final.state_dict() if use_ema else state).items()})
+            out.preprocess_cfg = self.raw.preprocess_cfg
+            save_model(out, self.run_dir / "model")
+            ckpt.write_bytes_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            top1 = summary["ema_top1"] if use_ema else summary["val_top1"]
+            acc = f"val top-1 {100 * top1:.2f} %{' (EMA weights)' if use_ema else ''}" if top1 is not None else "no validation"
+            self._log(f"vitkit train: done: {self.global_step - start_step} steps in {elapsed:.1f} s, {acc}, "
+                      f"best {100 * max(self.best['top1'], 0):.2f} % at epoch {self.best['epoch']}; "
+                      f"model saved to {self.run_dir / 'model'}"
+                      + (f"; {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""))
+        D.barrier(self.info)
+        return summary
+
+
+class _EvalView(torch.utils.data.Dataset):
+    """Validation items ``(index, real)``: normalised image and label, label -1 for padding."""
+
+    def __init__(self, base: ImageDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        i, real = key
+        x, y = self.base[i]
+        if x is None:
+            return (None, y) if real else (None, "")
+        return eval_transform(x), (y if real else -1)
+
+
+def train_ds_channels(ds: ImageDataset) -> int:
+    x, _ = ds[0]
+    return int(x.shape[0]) if x is not None else 3
+
+
+def train(cfg: TrainConfig, **kw: Any) -> dict[str, Any]:
+    """Run a training as ``cfg`` says (see :class:`Trainer`); returns the summary dict."""
+    return Trainer(cfg, **kw).setup().fit()

@@ -1,0 +1,167 @@
+"""Pieces of the training engine: parameter groups, schedule, mixup/cutmix, EMA, checkpoints, configs."""
+
+import errno
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import tiny_cfg
+from vitkit import create_model
+from vitkit.train import checkpoint as ckpt
+from vitkit.train.config import TrainConfig, read_config_file
+from vitkit.train.ema import ModelEma
+from vitkit.train.mixup import Mixer, smooth_one_hot, soft_target_cross_entropy
+from vitkit.train.optim import WarmupCosine, build_optimizer, param_groups
+
+
+def test_no_weight_decay_on_norms_biases_tokens_pos_embed():
+    m = create_model(tiny_cfg())
+    groups = param_groups(m, weight_decay=0.05)
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    free = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert {"cls_token", "pos_embed", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "head.bias"} <= free
+    assert {"patch_embed.proj.weight", "blocks.1.mlp.fc1.weight", "head.weight"} <= decayed
+    assert decayed | free == {n for n, _ in m.named_parameters()} and not decayed & free
+
+
+def test_layer_wise_lr_decay_and_frozen_backbone():
+    m = create_model(tiny_cfg(depth=3))
+    scale = {n: g["lr_scale"] for g in param_groups(m, 0.05, layer_decay=0.5) for n in g["names"]}
+    assert scale["head.weight"] == 1.0 and scale["norm.weight"] == 1.0
+    assert scale["blocks.2.attn.qkv.weight"] == 0.5 and scale["blocks.0.attn.qkv.weight"] == 0.125
+    assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.0625
+    opt = build_optimizer(m, "adamw", 1e-3, 0.05, layer_decay=0.5)
+    sched = WarmupCosine(opt, 1e-3, total=10, warmup=0)
+    lrs = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    assert math.isclose(lrs["blocks.0.mlp.fc2.weight"], 1e-3 * 0.125) and math.isclose(lrs["head.bias"], 1e-3)
+    for n, p in m.named_parameters():
+        p.requires_grad_(n.startswith("head."))
+    assert {n for g in param_groups(m, 0.05) for n in g["names"]} == {"head.weight", "head.bias"}
+    assert isinstance(build_optimizer(m, "sgd", 0.1, 0.0), torch.optim.SGD)
+
+
+def test_warmup_cosine_values_and_state():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = WarmupCosine(opt, peak=1.0, total=12, warmup=2, min_lr=0.1)
+    lrs = [s.lr_at(i) for i in range(13)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert math.isclose(lrs[7], 0.1 + 0.9 * 0.5) and math.isclose(lrs[12], 0.1)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    for _ in range(5):
+        s.step()
+    s2 = WarmupCosine(opt, 1.0, 12, 2, 0.1)
+    s2.load_state_dict(s.state_dict())
+    assert opt.param_groups[0]["lr"] == lrs[5]
+
+
+def test_soft_target_loss_and_mixup_cutmix():
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    t = smooth_one_hot(y, 4, 0.1)
+    assert torch.allclose(t.sum(1), torch.ones(6))
+    assert torch.allclose(soft_target_cross_entropy(logits, t), F.cross_entropy(logits, y, label_smoothing=0.1))
+    x = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 8, 8).contiguous()
+    mix = Mixer(4, mixup=0.8, smoothing=0.0)
+    xm, tm = mix(x, y, torch.Generator().manual_seed(1))
+    lam = float(tm[0, 0])  # sample 0 (label 0) mixed with sample 5 (label 1)
+    assert 0 < lam < 1 and torch.allclose(xm[0], x[0] * lam + x[5] * (1 - lam))
+    xm2, tm2 = mix(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(xm, xm2) and torch.equal(tm, tm2)  # same generator state, same mix
+    cut = Mixer(4, cutmix=1.0, smoothing=0.0)
+    xc, tc = cut(x, y, torch.Generator().manual_seed(3))
+    pasted = float((xc[0] == 5).float().mean())  # fraction of sample 0 taken from sample 5
+    assert math.isclose(float(tc[0, 1]), pasted, abs_tol=1e-6) and torch.allclose(tc.sum(1), torch.ones(6))
+
+
+def test_ema_update():
+    m = torch.nn.Linear(2, 1)
+    ema = ModelEma(m, decay=0.9)
+    w0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)  # first update: decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.module.weight, 0.1 * w0 + 0.9 * (w0 + 1))
+    ema.updates = 1000
+    before = ema.module.weight.clone()
+    ema.update(m)
+    assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * m.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_checkpoint_roundtrip_weights_only_and_rng(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "w": torch.randn(3),
+             "rng": ckpt.rng_state(), "nested": {"a": [1, 2.5, "x", None]}}
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    path = tmp_path / "checkpoints" / "step_00000003.pt"
+    path.parent.mkdir()
+    ckpt.save_checkpoint(state, path)
+    back = ckpt.load_checkpoint(tmp_path)  # a run folder -> its latest checkpoint
+    assert torch.equal(back["w"], state["w"]) and back["nested"] == state["nested"]
+    ckpt.set_rng_state(back["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "x": Evil()}, p)
+    with pytest.raises(ValueError, match="evil.pt"):
+        ckpt.load_checkpoint(p)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    """RELIABILITY item 22: ENOSPC while saving -> clear error; the old checkpoint kept, no temp file."""
+    path = tmp_path / "step_00000001.pt"
+    old = {"format": ckpt.FORMAT, "format_version": 1, "w": torch.ones(4)}
+    ckpt.save_checkpoint(old, path)
+    before = path.read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "fsync", full)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write .*step_00000001.pt: the disk is full; the previous"):
+        ckpt.save_checkpoint({**old, "w": torch.zeros(4)}, path)
+    monkeypatch.setattr(ckpt.os, "fsync", real_fsync)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_prune_keeps_last_k(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for s in (5, 10, 15, 20):
+        (d / f"step_{s:08d}.pt").write_bytes(b"x")
+    (d / "best.pt").write_bytes(b"x")
+    ckpt.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "step_00000015.pt", "step_00000020.pt"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000020.pt"
+
+
+def test_config_files_and_validation(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 0.002\nmodel-set: {width: 64}\nbetas: [0.9, 0.95]\n")
+    d = read_config_file(y)
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **d})
+    assert cfg.lr == 0.002 and cfg.model_overrides == {"width": 64} and cfg.betas == (0.9, 0.95)
+    j = tmp_path / "c.json"
+    j.write_text('{"learning_rate": 1}')
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict(read_config_file(j), where=str(j))
+    with pytest.raises(ValueError, match="--epochs or --steps"):
+        TrainConfig(model="m", data="digits", out="o").validate()
+    with pytest.raises(ValueError, match="randaugment"):
+        TrainConfig(model="m", data="digits", out="o", epochs=1, randaugment="9").validate()
