@@ -44,7 +44,7 @@ def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{path}: metadata {META_CONFIG!r} is not a valid vitkit config: {e}") from None
     if cfg is None:
-        cfg = infer_config(state, str(path), hints)
+        cfg = infer_config(state, str(path), hints, requested_size=image_size)
     ours, ignored = timm_to_vitkit(state, cfg, str(path))
     if pre is None:
         pre = PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)
@@ -73,7 +73,7 @@ def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] |
     state = unwrap(state, str(file))
     if pre is not None and "image_size" not in hints:
         hints["image_size"] = pre.size
-    cfg = infer_config(state, str(file), hints)
+    cfg = infer_config(state, str(file), hints, requested_size=image_size)
     ours, ignored = timm_to_vitkit(state, cfg, str(file))
     info = dict(format="timm", source=str(folder), weights=str(file), ignored_keys=ignored,
                 preprocess_source=str(folder / "config.json") if pre else "default (timm ViT)")

@@ -1,0 +1,37 @@
+"""A new user's checkpoints and commands that the feature tests did not cover (QA pass on issues 3 and 5)."""
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+import vitkit
+from vitkit.cli.main import main
+
+from helpers import tiny_cfg
+from weights_helpers import max_diff, randomise
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _timm(**kw):
+    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=1, num_classes=3)  # heads = 64/64
+    args.update(kw)
+    return randomise(TimmViT(**args)).eval()
+
+
+def test_non_square_timm_state_dict_loads_when_image_size_is_given(tmp_path, capsys):
+    # timm.create_model(..., img_size=(224, 320)) saved as a plain state dict: the grid is not square, so the
+    # size cannot be guessed; the error says "pass image_size=(H, W)", and doing so must work
+    theirs = _timm(img_size=(32, 48))
+    save_file(theirs.state_dict(), tmp_path / "ns.safetensors")
+    ours = vitkit.load(tmp_path / "ns.safetensors", image_size=(32, 48))
+    assert ours.cfg.image_hw == (32, 48)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert max_diff(ours(x), theirs(x)) <= 1e-5
+    assert main(["convert", str(tmp_path / "ns.safetensors"), str(tmp_path / "out"), "--image-size", "32", "48"]) == 0
+    assert "image 32x48" in capsys.readouterr().out
