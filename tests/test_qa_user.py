@@ -35,3 +35,27 @@ def test_non_square_timm_state_dict_loads_when_image_size_is_given(tmp_path, cap
         assert max_diff(ours(x), theirs(x)) <= 1e-5
     assert main(["convert", str(tmp_path / "ns.safetensors"), str(tmp_path / "out"), "--image-size", "32", "48"]) == 0
     assert "image 32x48" in capsys.readouterr().out
+
+
+def test_grey_checkpoints_without_preprocessing_get_grey_preprocessing(tmp_path):
+    # 1-channel peers saved without any preprocessing file: predict must feed them 1-channel images
+    from transformers import ViTConfig as HFConfig, ViTForImageClassification
+
+    hf = ViTForImageClassification(HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                            intermediate_size=64, image_size=32, patch_size=8, num_channels=1,
+                                            num_labels=3)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    save_file(_timm(in_chans=1).state_dict(), tmp_path / "t.safetensors")
+    img = Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3) % 251)
+    for src in (tmp_path / "hf", tmp_path / "t.safetensors"):
+        model = vitkit.load(src)
+        assert model.preprocess_cfg.mode == "L" and len(model.preprocess_cfg.mean) == 1
+        preds = model.predict(img, topk=3)
+        assert len(preds) == 3 and abs(sum(p for _, p in preds) - 1) < 1e-5
+    # and a grey image processor saved beside the HF model (one mean/std value) is read as grey
+    from transformers import ViTImageProcessorPil
+
+    ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.25], image_std=[0.5],
+                         do_convert_rgb=False).save_pretrained(tmp_path / "hf")
+    pre = vitkit.load(tmp_path / "hf").preprocess_cfg
+    assert (pre.mode, pre.mean, pre.std) == ("L", (0.25,), (0.5,))

@@ -14,7 +14,7 @@ from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
 from .hf_format import read_folder_weights
-from .preprocess_cfg import from_timm_cfg, to_timm_cfg
+from .preprocess_cfg import default_for, from_timm_cfg, to_timm_cfg
 from .safe_io import SAFETENSORS_SUFFIXES, atomic_write, read_safetensors_metadata, read_state_file
 
 META_CONFIG = "vitkit_config"  # safetensors metadata: our exact config and preprocessing (JSON)
@@ -47,7 +47,7 @@ def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=
         cfg = infer_config(state, str(path), hints, requested_size=image_size)
     ours, ignored = timm_to_vitkit(state, cfg, str(path))
     if pre is None:
-        pre = PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)
+        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
     info = dict(format="timm", source=str(path), weights=str(path), ignored_keys=ignored, preprocess_source=pre_source)
     return build_model(cfg, ours, pre, info, image_size, map_location)
 
@@ -78,7 +78,7 @@ def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] |
     info = dict(format="timm", source=str(folder), weights=str(file), ignored_keys=ignored,
                 preprocess_source=str(folder / "config.json") if pre else "default (timm ViT)")
     if pre is None:
-        pre = PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)
+        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
     return build_model(cfg, ours, pre, info, image_size, map_location)
 
 
@@ -108,7 +108,7 @@ def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
     cfg = model.cfg
     args = timm_model_args(cfg)  # raises when timm cannot build this model
     arch = _timm_name(cfg)
-    pcfg = dict(to_timm_cfg(pre or PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)),
+    pcfg = dict(to_timm_cfg(pre or default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)),
                 num_classes=cfg.num_classes, license="unknown", first_conv="patch_embed.proj", classifier="head")
     config = dict(architecture=arch, num_classes=cfg.num_classes, num_features=cfg.num_features,
                   global_pool=args["global_pool"], model_args=args, pretrained_cfg=pcfg)
