@@ -59,3 +59,14 @@ def test_grey_checkpoints_without_preprocessing_get_grey_preprocessing(tmp_path)
                          do_convert_rgb=False).save_pretrained(tmp_path / "hf")
     pre = vitkit.load(tmp_path / "hf").preprocess_cfg
     assert (pre.mode, pre.mean, pre.std) == ("L", (0.25,), (0.5,))
+
+
+def test_convert_to_a_file_in_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    vitkit.save(vitkit.create_model(tiny_cfg()), tmp_path / "src")
+    for name in ("m.safetensors", "m.npz", "m.pth"):
+        dst = tmp_path / "no such dir" / name
+        assert main(["convert", str(tmp_path / "src"), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vitkit: error:") and "Traceback" not in err
+        assert "no such dir" in err and "does not exist" in err and ".tmp" not in err
+    assert not (tmp_path / "no such dir").exists()
