@@ -70,3 +70,15 @@ def test_convert_to_a_file_in_a_missing_folder_is_a_clear_error(tmp_path, capsys
         assert err.startswith("vitkit: error:") and "Traceback" not in err
         assert "no such dir" in err and "does not exist" in err and ".tmp" not in err
     assert not (tmp_path / "no such dir").exists()
+
+
+def test_export_at_another_size_from_a_checkpoint(tmp_path, capsys):
+    # `vitkit export --size` on a saved checkpoint: the CLI user cannot set dynamic_img_size on it
+    model = randomise(vitkit.create_model(tiny_cfg())).eval()
+    vitkit.save(model, tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--onnx", str(tmp_path / "m.onnx"), "--size", "48x64"]) == 0
+    assert "input 1x3x48x64" in capsys.readouterr().out
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"images": np.zeros((1, 3, 48, 64), np.float32)})[0].shape == (1, 5)
