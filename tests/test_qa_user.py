@@ -82,3 +82,12 @@ def test_export_at_another_size_from_a_checkpoint(tmp_path, capsys):
 
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"images": np.zeros((1, 3, 48, 64), np.float32)})[0].shape == (1, 5)
+
+
+def test_mistyped_local_path_says_it_is_not_a_local_path(tmp_path, monkeypatch, capsys):
+    # 'models/vit' (a relative folder that is not there) is also a valid hub id: the message must say both
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "mymodels/vit", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "no local file or folder 'mymodels/vit'" in err and "not in the Hugging Face cache" in err
