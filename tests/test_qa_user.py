@@ -91,3 +91,13 @@ def test_mistyped_local_path_says_it_is_not_a_local_path(tmp_path, monkeypatch, 
     assert main(["convert", "mymodels/vit", "out"]) == 2
     err = capsys.readouterr().err
     assert "no local file or folder 'mymodels/vit'" in err and "not in the Hugging Face cache" in err
+
+
+def test_bad_max_pixels_is_one_error_not_a_skip_per_image(tmp_path, capsys):
+    vitkit.save(vitkit.create_model(tiny_cfg()), tmp_path / "m")
+    for i in range(2):
+        Image.new("RGB", (40, 30)).save(tmp_path / f"{i}.png")
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "0.png"), str(tmp_path / "1.png"),
+                 "--max-pixels", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "skipped" not in err and err.count("max_pixels must be a positive int or None") == 1
