@@ -101,3 +101,23 @@ def test_bad_max_pixels_is_one_error_not_a_skip_per_image(tmp_path, capsys):
                  "--max-pixels", "-1"]) == 2
     err = capsys.readouterr().err
     assert "skipped" not in err and err.count("max_pixels must be a positive int or None") == 1
+
+
+def test_distilled_model_saved_as_timm_folder_loads_in_timm(tmp_path):
+    # the folder's architecture must be a DeiT distilled one: timm's plain VisionTransformer has no dist_token
+    import timm
+
+    ours = randomise(vitkit.create_model(tiny_cfg(distilled=True))).eval()
+    vitkit.save(ours, tmp_path / "folder", format="timm")
+    theirs = timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(ours(x), theirs(x)) <= 1e-5
+    # what timm's distilled class cannot build is refused before anything is written
+    reg = vitkit.create_model(tiny_cfg(distilled=True, reg_tokens=2))
+    try:
+        vitkit.save(reg, tmp_path / "reg", format="timm")
+        raise AssertionError("a distilled model with registers was written as a timm folder")
+    except ValueError as e:
+        assert "distilled" in str(e)
+    assert not (tmp_path / "reg").exists()
