@@ -121,3 +121,12 @@ def test_distilled_model_saved_as_timm_folder_loads_in_timm(tmp_path):
     except ValueError as e:
         assert "distilled" in str(e)
     assert not (tmp_path / "reg").exists()
+
+
+def test_convert_onto_an_existing_folder_named_like_a_file(tmp_path, capsys):
+    vitkit.save(vitkit.create_model(tiny_cfg()), tmp_path / "src")
+    (tmp_path / "m.npz").mkdir()
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "m.npz"), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "m.npz' is a folder" in err and ".tmp" not in err
+    assert (tmp_path / "m.npz").is_dir()
