@@ -130,3 +130,19 @@ def test_convert_onto_an_existing_folder_named_like_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "m.npz' is a folder" in err and ".tmp" not in err
     assert (tmp_path / "m.npz").is_dir()
+
+
+def test_non_square_foreign_npz_loads_when_image_size_is_given(tmp_path):
+    # a Google-style npz (no vitkit config inside) of a 32x48 model: 4*6 + 1 = 25 rows also read as a 5x5 grid
+    from vitkit.weights.convert_npz import CONFIG_KEY
+
+    ours = randomise(vitkit.create_model(tiny_cfg(image_size=(32, 48), act="gelu_tanh"))).eval()
+    vitkit.save(ours, tmp_path / "m.npz", format="npz")
+    arrays = dict(np.load(tmp_path / "m.npz"))
+    del arrays[CONFIG_KEY]
+    np.savez(tmp_path / "google.npz", **arrays)
+    back = vitkit.load(tmp_path / "google.npz", image_size=(32, 48), heads=4)
+    assert back.cfg.image_hw == (32, 48) and back.cfg.pos_embed_prefix
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert max_diff(back(x), ours(x)) <= 1e-5

@@ -23,7 +23,7 @@ def load_npz(path: Path, hints: dict[str, Any] | None = None, image_size=None, m
              default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
     """A vitkit model from a Google ``.npz`` (architecture inferred from the arrays)."""
     arrays = read_npz(path)
-    cfg, state = npz_to_vitkit(arrays, str(path), hints)
+    cfg, state = npz_to_vitkit(arrays, str(path), {**(hints or {}), "requested_size": image_size})
     pre = default_preprocess or default_for(cfg.image_hw, cfg.channels, **GOOGLE_DEFAULT)
     info = dict(format="npz", source=str(path), weights=str(path), ignored_keys=[],
                 preprocess_source="vitkit pretrained table" if default_preprocess else "default (Google ViT)")
