@@ -146,3 +146,23 @@ def test_non_square_foreign_npz_loads_when_image_size_is_given(tmp_path):
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert max_diff(back(x), ours(x)) <= 1e-5
+
+
+def test_hf_id2label_with_a_gap_does_not_shift_names(tmp_path):
+    # id2label {0: a, 1: b, 5: z} on a 3-class head: class 2 has no name; 'z' (class 5) must not become class 2's
+    import json
+
+    from transformers import ViTConfig as HFConfig, ViTForImageClassification
+
+    ViTForImageClassification(HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=64, image_size=32, patch_size=8,
+                                       num_labels=3)).save_pretrained(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["id2label"], cfg["label2id"] = {"0": "a", "1": "b", "5": "z"}, {"a": 0, "b": 1, "z": 5}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    model = vitkit.load(tmp_path / "hf")
+    assert model.labels != ["a", "b", "z"]
+    assert [lab for lab, _ in vitkit.pipeline(model)(Image.new("RGB", (32, 32)), topk=3)] != []
+    cfg["id2label"] = {"1": "b", "0": "a", "2": "c"}  # order in the file does not matter
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    assert vitkit.load(tmp_path / "hf").labels == ["a", "b", "c"]
