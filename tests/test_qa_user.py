@@ -166,3 +166,12 @@ def test_hf_id2label_with_a_gap_does_not_shift_names(tmp_path):
     cfg["id2label"] = {"1": "b", "0": "a", "2": "c"}  # order in the file does not matter
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     assert vitkit.load(tmp_path / "hf").labels == ["a", "b", "c"]
+
+
+def test_explain_of_a_model_without_cls_does_not_claim_cls_attention(tmp_path, capsys):
+    cfg = tiny_cfg(class_token=False, pooling="gap", reg_tokens=2, pos_embed_prefix=False)
+    vitkit.save(randomise(vitkit.create_model(cfg)).eval(), tmp_path / "m")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    assert main(["explain", str(tmp_path / "m"), str(tmp_path / "a.png"), "--out", str(tmp_path / "e.png")]) == 0
+    out = capsys.readouterr().out
+    assert "[CLS]" not in out and "mean patch-query attention, layer 1" in out
