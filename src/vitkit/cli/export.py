@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "(inputs/outputs stay float32)")
     p.add_argument("--atol", type=float, default=None,
                    help=f"largest max-abs difference accepted (default {FP32_ATOL:g}, {FP16_ATOL:g} with --fp16)")
-    p.add_argument("--size", help="input size N or HxW (default: the model's; others need dynamic_img_size)")
+    p.add_argument("--size", help="input size N or HxW (default: the model's; another size resamples the "
+                                  "position embedding at load, as vitkit.load(..., image_size=) does)")
     p.set_defaults(func=run)
 
 
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.opset < 7:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
-    model = load(args.src)
-    report = export_onnx(model, args.onnx, image_size=parse_size(args.size), dynamic_batch=args.dynamic_batch,
+    # a checkpoint loaded from disk cannot be made dynamic_img_size by the user: load it at the size asked for
+    model = load(args.src, image_size=parse_size(args.size))
+    report = export_onnx(model, args.onnx, dynamic_batch=args.dynamic_batch,
                          batch_size=args.batch_size, opset=args.opset, fp16=args.fp16, atol=args.atol)
     per_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in report.diffs.items())
     shape = "x".join(str(s) for s in report.input_shape)

@@ -27,10 +27,11 @@ class Explanation:
     layer: int  # 0-based block index the map ends at
     head: int | None  # the head shown ("last" only); None = heads averaged
     grid: tuple[int, int]  # (gh, gw) patch grid
+    query: str = "[CLS]"  # whose attention row is drawn: "[CLS]", or "mean patch-query" without a [CLS]
 
     def describe(self) -> str:
         what = f"attention rollout to layer {self.layer}" if self.method == "rollout" else \
-            f"[CLS] attention, layer {self.layer}"
+            f"{self.query} attention, layer {self.layer}"
         return what + (f", head {self.head}" if self.head is not None else ", heads averaged")
 
 
@@ -97,4 +98,4 @@ def explain(runner: ModelRunner | VisionTransformer, image: Image.Image, method:
         preds = [(labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
     return Explanation(image=_model_view(x[0], cfg.mean, cfg.std), heatmap=heat.cpu().numpy().astype(np.float32),
                        head_maps=per_head.cpu().numpy().astype(np.float32), predictions=preds, method=method,
-                       layer=layer, head=head, grid=grid)
+                       layer=layer, head=head, grid=grid, query="[CLS]" if has_cls else "mean patch-query")

@@ -55,7 +55,7 @@ def render_explanation(expl: Explanation, path: str | os.PathLike, dpi: int = 10
     fig = _figure(12, 4)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.1]})
     axes[0].imshow(expl.image)
-    axes[0].set_title(f"input {expl.image.shape[1]}x{expl.image.shape[0]}", fontsize=9)
+    axes[0].set_title(f"input {expl.image.shape[0]}x{expl.image.shape[1]}", fontsize=9)  # HxW, as --size
     axes[0].axis("off")
     _overlay(axes[1], expl.image, expl.heatmap, expl.describe())
     ax = axes[2]

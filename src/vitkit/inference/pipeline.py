@@ -67,6 +67,9 @@ class ModelRunner:
             raise TypeError(f"expected a vitkit VisionTransformer, got {type(model).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            # checked here once, not per image by the decoder (which would skip every image for it)
+            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
         self.model = model
         if device is None:
             self.device = next(model.parameters()).device

@@ -54,7 +54,13 @@ def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = N
     if entry is None and not looks_like_repo_id(name):
         raise FileNotFoundError(f"checkpoint {name!r} does not exist, and is not a Hugging Face hub id "
                                 "('org/name') or a known pretrained name (vitkit.weights.list_pretrained())")
-    folder = download(entry.repo_id if entry else name, revision=revision, cache_dir=cache_dir)
+    try:
+        folder = download(entry.repo_id if entry else name, revision=revision, cache_dir=cache_dir)
+    except FileNotFoundError as e:
+        if entry is not None:
+            raise
+        # 'models/vit' may be a mistyped local folder as well as a hub id: say that it was looked for
+        raise FileNotFoundError(f"no local file or folder {name!r}; as a hub id: {e}") from None
     return _load_path(folder, hints, image_size, map_location, entry.preprocess_cfg() if entry else None)
 
 

@@ -83,9 +83,11 @@ def config_from_hf(cfg: dict[str, Any], file: str) -> tuple[ViTConfig, list[str]
     id2label = cfg.get("id2label")
     if isinstance(id2label, dict) and id2label:
         try:
-            labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+            by_index = {int(k): str(v) for k, v in id2label.items()}
         except (ValueError, TypeError):
             raise ValueError(f"{file}: 'id2label' keys must be integers") from None
+        # names only when they cover classes 0..n-1: sorting {0, 1, 5} would give class 2 the name of class 5
+        labels = [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(by_index))) else None
     try:
         return ViTConfig(image_size=hw, patch_size=patch, channels=channels, width=width, depth=depth, heads=heads,
                          mlp_ratio=ratio, qkv_bias=bool(cfg.get("qkv_bias", True)), distilled=mt == "deit",

@@ -107,11 +107,17 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
         prefix_rows = 1 if cls and has_pos and square_side(rows) is None else 0
         if has_pos:
             size = hints.get("image_size")
+            req = hints.get("requested_size")  # the size the caller loads at: settles non-square grids
+            if size is None and req is not None and not (prefix_rows and square_side(rows - 1)):
+                rh, rw = (req, req) if isinstance(req, int) else tuple(req)
+                n = (rh // p) * (rw // p)
+                if rows == n or (cls and rows == n + 1):  # e.g. 4*6 + 1 = 25 rows, also a 5x5 grid
+                    size, prefix_rows = (rh, rw), rows - n
             if size is None:
                 side = square_side(rows - prefix_rows)
                 if side is None:
                     raise ValueError(f"{file}: position embedding has {rows} rows, not a square grid; "
-                                     "pass image_size=(H, W)")
+                                     "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
                 size = side * p
         else:
             size = hints.get("image_size", 224)

@@ -55,10 +55,13 @@ def _heads(width: int, hints: dict[str, Any], source: str) -> int:
                      "pass heads=N")
 
 
-def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, Any] | None = None) -> ViTConfig:
+def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, Any] | None = None,
+                 requested_size: int | tuple[int, int] | None = None) -> ViTConfig:
     """The ViTConfig a timm-layout state dict describes; ``hints`` fill in what tensors cannot say.
 
     hints: heads, image_size, pooling, fc_norm, norm_eps, act, labels, architecture (a timm model name).
+    ``requested_size``: the size the caller will load at; taken as the checkpoint's own when the
+    position embedding is not a square grid plus prefix rows but fits that size (non-square models).
     """
     hints = dict(hints or {})
     arch = hints.pop("architecture", None)
@@ -102,11 +105,15 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
             kw.update(image_size=(gh, gw), pos_embed_prefix=rows == n + n_prefix and n_prefix > 0)
         elif n_prefix and (side := square_side(rows - n_prefix)) is not None:
             kw.update(image_size=side * p, pos_embed_prefix=True)
+        elif requested_size is not None and rows in (n := _patches(requested_size, p), n + n_prefix):
+            # e.g. timm img_size=(224, 256): 14*16 + 1 = 225 rows would also read as a 15x15 grid without
+            # a [CLS] row; the caller's size settles it
+            kw.update(image_size=requested_size, pos_embed_prefix=rows == n + n_prefix and n_prefix > 0)
         elif (side := square_side(rows)) is not None:
             kw.update(image_size=side * p, pos_embed_prefix=False)
         else:
             raise ValueError(f"{source}: pos_embed has {rows} rows, not a square grid (+{n_prefix} prefix tokens); "
-                             "pass image_size=(H, W)")
+                             "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
     else:
         kw.update(pos_embed="none", image_size=hints.get("image_size") or 224)
     if kw["labels"] is not None and len(kw["labels"]) != kw["num_classes"]:
@@ -115,6 +122,11 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         return ViTConfig(**kw)
     except ValueError as e:
         raise ValueError(f"{source}: the tensors describe an impossible ViT: {e}") from None
+
+
+def _patches(size: int | tuple[int, int], p: int) -> int:
+    h, w = (size, size) if isinstance(size, int) else size
+    return (h // p) * (w // p)
 
 
 def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig, source: str) -> tuple[dict, list[str]]:

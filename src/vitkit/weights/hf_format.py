@@ -12,7 +12,7 @@ from ..data.preprocess import PreprocessConfig
 from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_hf import hf_to_vitkit, vitkit_to_hf
-from .preprocess_cfg import from_hf_processor, to_hf_processor
+from .preprocess_cfg import default_for, from_hf_processor, to_hf_processor
 from .safe_io import atomic_write, read_sharded, read_state_file
 
 MAX_JSON_BYTES = 10 * 1024 * 1024
@@ -60,7 +60,7 @@ def load_hf_folder(folder: Path, hf_cfg: dict[str, Any], image_size=None, map_lo
         pre, source = from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
     else:
         pre, source = ((default_preprocess, "vitkit pretrained table") if default_preprocess else
-                       (PreprocessConfig(size=cfg.image_hw), "default (ViTImageProcessor)"))
+                       (default_for(cfg.image_hw, cfg.channels), "default (ViTImageProcessor)"))
     info = dict(format="hf", source=str(folder), weights=str(file), model_type=hf_cfg["model_type"],
                 ignored_keys=ignored, preprocess_source=source)
     return build_model(cfg, ours, pre, info, image_size, map_location)

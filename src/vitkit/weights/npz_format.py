@@ -12,6 +12,7 @@ from ..data.preprocess import PreprocessConfig
 from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_npz import npz_to_vitkit, vitkit_to_npz
+from .preprocess_cfg import default_for
 from .safe_io import atomic_write, read_npz
 
 # the original vision_transformer input pipeline: resize straight to the model size, bilinear, [-1, 1]
@@ -22,8 +23,8 @@ def load_npz(path: Path, hints: dict[str, Any] | None = None, image_size=None, m
              default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
     """A vitkit model from a Google ``.npz`` (architecture inferred from the arrays)."""
     arrays = read_npz(path)
-    cfg, state = npz_to_vitkit(arrays, str(path), hints)
-    pre = default_preprocess or PreprocessConfig(size=cfg.image_hw, **GOOGLE_DEFAULT)
+    cfg, state = npz_to_vitkit(arrays, str(path), {**(hints or {}), "requested_size": image_size})
+    pre = default_preprocess or default_for(cfg.image_hw, cfg.channels, **GOOGLE_DEFAULT)
     info = dict(format="npz", source=str(path), weights=str(path), ignored_keys=[],
                 preprocess_source="vitkit pretrained table" if default_preprocess else "default (Google ViT)")
     return build_model(cfg, state, pre, info, image_size, map_location)

@@ -29,6 +29,14 @@ def _hw(d: Any, file: str, field: str) -> tuple[int, int] | int:
     raise ValueError(f"{file}: field {field!r} must be {{height, width}}, {{shortest_edge}} or an int, got {d!r}")
 
 
+def default_for(size: tuple[int, int], channels: int, **kw: Any) -> PreprocessConfig:
+    """A format's default preprocessing ``kw`` for a model taking ``channels``: a 1-channel model gets
+    grey images ("L") and the first mean/std value (the defaults are all 0.5 per channel)."""
+    if channels == 1:
+        kw.update(mode="L", mean=tuple(kw.get("mean", (0.5,) * 3))[:1], std=tuple(kw.get("std", (0.5,) * 3))[:1])
+    return PreprocessConfig(size=size, **kw)
+
+
 def from_hf_processor(d: dict[str, Any], file: str) -> PreprocessConfig:
     """A PreprocessConfig from a transformers image processor config (``preprocessor_config.json``)."""
     if not isinstance(d, dict):
@@ -60,6 +68,8 @@ def from_hf_processor(d: dict[str, Any], file: str) -> PreprocessConfig:
     kw["rescale"] = float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
     if d.get("do_normalize", True):
         kw.update(mean=d.get("image_mean", (0.5, 0.5, 0.5)), std=d.get("image_std", (0.5, 0.5, 0.5)))
+        if isinstance(kw["mean"], (list, tuple)) and len(kw["mean"]) == 1:  # a processor for 1-channel models
+            kw["mode"] = "L"
     else:
         kw.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     try:

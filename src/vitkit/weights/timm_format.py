@@ -14,7 +14,7 @@ from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
 from .hf_format import read_folder_weights
-from .preprocess_cfg import from_timm_cfg, to_timm_cfg
+from .preprocess_cfg import default_for, from_timm_cfg, to_timm_cfg
 from .safe_io import SAFETENSORS_SUFFIXES, atomic_write, read_safetensors_metadata, read_state_file
 
 META_CONFIG = "vitkit_config"  # safetensors metadata: our exact config and preprocessing (JSON)
@@ -44,10 +44,10 @@ def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{path}: metadata {META_CONFIG!r} is not a valid vitkit config: {e}") from None
     if cfg is None:
-        cfg = infer_config(state, str(path), hints)
+        cfg = infer_config(state, str(path), hints, requested_size=image_size)
     ours, ignored = timm_to_vitkit(state, cfg, str(path))
     if pre is None:
-        pre = PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)
+        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
     info = dict(format="timm", source=str(path), weights=str(path), ignored_keys=ignored, preprocess_source=pre_source)
     return build_model(cfg, ours, pre, info, image_size, map_location)
 
@@ -73,19 +73,20 @@ def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] |
     state = unwrap(state, str(file))
     if pre is not None and "image_size" not in hints:
         hints["image_size"] = pre.size
-    cfg = infer_config(state, str(file), hints)
+    cfg = infer_config(state, str(file), hints, requested_size=image_size)
     ours, ignored = timm_to_vitkit(state, cfg, str(file))
     info = dict(format="timm", source=str(folder), weights=str(file), ignored_keys=ignored,
                 preprocess_source=str(folder / "config.json") if pre else "default (timm ViT)")
     if pre is None:
-        pre = PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)
+        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
     return build_model(cfg, ours, pre, info, image_size, map_location)
 
 
 def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
     """Write a timm state dict: ``*.safetensors`` / ``*.pth`` / ``*.bin`` as one file, or a folder
     (any other name) in timm's hub layout (``config.json`` + ``model.safetensors``) that
-    ``timm.create_model('local-dir:PATH')`` reads. safetensors files carry our exact config as metadata."""
+    ``timm.create_model('local-dir:PATH', pretrained=True)`` reads (without ``pretrained=True`` timm
+    initialises randomly). safetensors files carry our exact config as metadata."""
     import torch
     from safetensors.torch import save_file
 
@@ -107,8 +108,15 @@ def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
         raise NotADirectoryError(f"{path} exists and is not a folder")
     cfg = model.cfg
     args = timm_model_args(cfg)  # raises when timm cannot build this model
+    if cfg.distilled:  # built by timm's VisionTransformerDistilled: [CLS] + dist rows in pos_embed, token pooling
+        bad = [why for cond, why in ((cfg.reg_tokens, "register tokens"),
+                                     (not cfg.pos_embed_prefix, "a patch-only position embedding"),
+                                     (cfg.pooling != "cls", "mean pooling")) if cond]
+        if bad:
+            raise ValueError(f"timm's distilled DeiT cannot express a distilled model with {' and '.join(bad)}; "
+                             "save it as vitkit, or as a timm .safetensors file")
     arch = _timm_name(cfg)
-    pcfg = dict(to_timm_cfg(pre or PreprocessConfig(size=cfg.image_hw, **TIMM_VIT_DEFAULT)),
+    pcfg = dict(to_timm_cfg(pre or default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)),
                 num_classes=cfg.num_classes, license="unknown", first_conv="patch_embed.proj", classifier="head")
     config = dict(architecture=arch, num_classes=cfg.num_classes, num_features=cfg.num_features,
                   global_pool=args["global_pool"], model_args=args, pretrained_cfg=pcfg)
@@ -126,9 +134,17 @@ _TIMM_REGISTERED = {(s, p, r) for s in ("tiny", "small", "base", "large") for p,
 
 def _timm_name(cfg: ViTConfig) -> str:
     """A timm model name for the folder's ``architecture``: the matching registered name when there is one,
-    else ``vit_base_patch16_224`` (``model_args`` carry every size either way, and override the name's)."""
+    else ``vit_base_patch16_224`` (``model_args`` carry every size either way, and override the name's).
+    Distilled models need a DeiT distilled name: timm builds them with another class (``dist_token``)."""
     from ..config import VARIANTS
 
+    if cfg.distilled:
+        for name in ("tiny", "small", "base"):
+            v = VARIANTS[name]
+            if (v["width"], v["depth"], v["heads"], cfg.patch_size, cfg.image_hw) == \
+                    (cfg.width, cfg.depth, cfg.heads, 16, (224, 224)):
+                return f"deit_{name}_distilled_patch16_224"
+        return "deit_base_distilled_patch16_224"
     for name, v in VARIANTS.items():
         key = (name, cfg.patch_size, cfg.image_hw[0])
         if (v["width"], v["depth"], v["heads"]) == (cfg.width, cfg.depth, cfg.heads) and key in _TIMM_REGISTERED \
