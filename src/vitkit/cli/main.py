@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["models"]  # module names under vitkit.cli
+COMMANDS = ["models", "bench"]  # module names under vitkit.cli
 
 
 class UserError(Exception):
