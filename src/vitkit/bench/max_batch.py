@@ -43,7 +43,7 @@ def find_max_batch(try_batch: Callable[[int], None], start: int = 1, limit: int 
             if not is_oom(e):
                 raise
             ok = False
-        _release()
+            _release()  # drop what the failed step left behind before the next try
         tried.append((b, ok))
         return ok
 
