@@ -18,7 +18,7 @@ from helpers import tiny_cfg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROW_KEYS = {"impl", "kind", "backend", "mode", "image_size", "image_hw", "tokens", "batch", "dtype", "device",
+ROW_KEYS = {"impl", "kind", "backend", "mode", "image_size", "image_hw", "tokens", "batch", "dtype", "device", "linear",
             "compile", "cuda_graphs", "channels_last", "sdpa", "params", "gflops_per_image", "times_s", "median_s",
             "spread", "img_per_s", "tflops", "pct_of_peak", "peak_mem_mb", "max_abs_diff_vs_vitkit"}
 

@@ -220,3 +220,39 @@ def test_matmul_peak_is_positive():
     p = measure_matmul_peak(CPU, "fp32", n=128, iters=2)
     assert p["tflops"] > 0 and p["n"] == 128
     assert measure_matmul_peak(CPU, "fp8", n=64, iters=1)["tflops"] > 0
+
+
+# --- CPU kernels ---------------------------------------------------------------------------
+
+def test_onednn_linears_keep_weights_and_outputs():
+    from vitkit.bench.cpu import OneDNNLinear, onednn_available, use_onednn_linears
+
+    cfg = tiny_cfg(width=64)
+    ref = randomise(VisionTransformer(cfg), 0).eval()
+    m = randomise(VisionTransformer(cfg), 0).eval()
+    keys = set(m.state_dict())
+    assert onednn_available()  # the CI's PyTorch (x86 wheels) has oneDNN: the fast path is what is tested
+    assert use_onednn_linears(m) == 4 * cfg.depth
+    assert isinstance(m.blocks[1].mlp.fc2, OneDNNLinear) and m.blocks[1].mlp.fc2.weight is m.blocks[1].mlp.fc2.weight
+    assert set(m.state_dict()) == keys and sum(p.numel() for p in m.parameters()) == cfg.num_params()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        a, b = ref(x), m(x)
+    assert a.abs().max() > 1e-2 and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # with autograd the module falls back to F.linear, so training works and gets gradients
+    m.train()
+    m(x).sum().backward()
+    assert m.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_bench_uses_onednn_for_vitkit_cpu_inference_only():
+    from vitkit.bench import BenchOptions, run_bench
+
+    opts = dict(model=tiny_cfg(), batch_sizes=(2,), device="cpu", warmup=0, iters=1, compare=("timm",))
+    rows = {r["impl"]: r for r in run_bench(BenchOptions(**opts))["rows"]}
+    assert rows["vitkit"]["linear"] == "onednn" and rows["timm"]["linear"] == "aten"
+    assert rows["timm"]["max_abs_diff_vs_vitkit"] <= 1e-5
+    assert run_bench(BenchOptions(**opts, cpu_linear="aten"))["rows"][0]["linear"] == "aten"
+    assert run_bench(BenchOptions(**{**opts, "compare": ()}, mode="train"))["rows"][0]["linear"] == "aten"
+    with pytest.raises(ValueError, match="--cpu-linear onednn is for CPU inference"):
+        run_bench(BenchOptions(**opts, cpu_linear="onednn", mode="train"))

@@ -16,6 +16,7 @@ PEERS = ("timm", "hf")
 BACKENDS = ("torch", "onnxruntime")
 COMPILE_MODES = ("off", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 SDPA_CHOICES = ("auto", "cudnn", "flash", "efficient", "math")
+CPU_LINEARS = ("auto", "onednn", "aten")
 SWEEP_SIZES = (224, 384, 512, 1024)  # the resolution sweep of issue 6: 197 .. 4097 tokens at P=16
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_BATCH = 1 << 20
@@ -39,6 +40,7 @@ class BenchOptions:
     compare: tuple[str, ...] = ()  # peers: "timm", "hf" (transformers)
     backends: tuple[str, ...] = ("torch",)  # how vitkit runs: PyTorch and/or an exported ONNX model
     sdpa: str = "auto"  # attention kernel for vitkit; peers keep PyTorch's default dispatch
+    cpu_linear: str = "auto"  # vitkit's block Linears on the CPU: "onednn", "aten" (F.linear), "auto"
     warmup: int = 3
     iters: int = 10
     num_classes: int | None = None  # None: the model's own
@@ -64,6 +66,14 @@ class BenchOptions:
             raise ValueError(f"--device {self.device}: no CUDA device is visible (torch.cuda.is_available() is False)")
         return dev
 
+    def use_onednn(self, device: torch.device) -> bool:
+        """Whether vitkit's block Linears run through oneDNN in this run."""
+        if self.cpu_linear == "aten" or device.type != "cpu":
+            return False
+        from .cpu import onednn_available
+
+        return self.mode == "infer" and self.dtype in ("fp32", "bf16") and onednn_available()
+
     def peer_compile_mode(self) -> str:
         return self.compile if self.peer_compile is None else self.peer_compile
 
@@ -80,6 +90,7 @@ class BenchOptions:
         one_of("peer_compile", self.peer_compile_mode(), COMPILE_MODES)
         one_of("sdpa", self.sdpa, SDPA_CHOICES)
         one_of("ort_level", self.ort_level, ("basic", "extended", "all"))
+        one_of("cpu_linear", self.cpu_linear, CPU_LINEARS)
         for p in self.compare:
             one_of("compare", p, PEERS)
         if len(set(self.compare)) != len(self.compare):
@@ -127,6 +138,13 @@ class BenchOptions:
                                  "graphs; choose one")
         if self.sdpa in ("cudnn", "efficient") and not cuda:
             raise ValueError(f"--sdpa {self.sdpa} is a CUDA kernel; on the cpu use auto, flash or math")
+        if self.cpu_linear == "onednn":
+            from .cpu import onednn_available
+
+            if cuda or self.mode != "infer" or self.dtype not in ("fp32", "bf16"):
+                raise ValueError("--cpu-linear onednn is for CPU inference in fp32 or bf16")
+            if not onednn_available():
+                raise ValueError("--cpu-linear onednn: this PyTorch build has no oneDNN (torch.backends.mkldnn)")
         if "onnxruntime" in self.backends:
             if cuda:
                 raise ValueError("--backend onnxruntime times the exported model on the CPU; use --device cpu")

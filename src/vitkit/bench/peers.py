@@ -67,9 +67,11 @@ def build_hf(cfg: ViTConfig) -> nn.Module:
         raise _missing("hf", e) from None
     why = []
     for bad, name in ((cfg.pooling != "cls", "pooling='gap'"), (cfg.reg_tokens > 0, "register tokens"),
-                      (cfg.distilled, "a distillation token"), (cfg.pos_embed != "learned", f"pos_embed={cfg.pos_embed!r}"),
+                      (cfg.distilled, "a distillation token"),
+                      (cfg.pos_embed != "learned", f"pos_embed={cfg.pos_embed!r}"),
                       (not cfg.pos_embed_prefix, "pos_embed_prefix=False"),
-                      (cfg.layer_scale_init is not None, "LayerScale"), (cfg.representation_size, "representation_size"),
+                      (cfg.layer_scale_init is not None, "LayerScale"),
+                      (cfg.representation_size, "representation_size"),
                       (cfg.use_fc_norm, "fc_norm"), (not cfg.patch_bias, "patch_bias=False"),
                       (cfg.num_classes == 0, "num_classes=0"), (cfg.dynamic_img_pad, "dynamic_img_pad"),
                       (cfg.drop_path > 0, "drop_path"), (cfg.image_hw[0] != cfg.image_hw[1], "a non-square image")):

@@ -70,8 +70,8 @@ def to_command(opts: BenchOptions) -> str:
             a.append(flag)
     if opts.compare:
         a += ["--compare", ",".join(opts.compare)]
-    a += ["--backend", ",".join(opts.backends), "--sdpa", opts.sdpa, "--warmup", str(opts.warmup),
-          "--iters", str(opts.iters)]
+    a += ["--backend", ",".join(opts.backends), "--sdpa", opts.sdpa, "--cpu-linear", opts.cpu_linear,
+          "--warmup", str(opts.warmup), "--iters", str(opts.iters)]
     if opts.num_classes is not None:
         a += ["--num-classes", str(opts.num_classes)]
     if opts.threads is not None:
@@ -131,13 +131,18 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
 
     if "torch" in opts.backends:
         impl = _Impl("vitkit", "vitkit", "torch", opts.dtype, n_params)
-        impl.max_abs_diff = 0.0 if opts.check_outputs else None
         impl.sdpa = backend_names(vit_sdpa)
         model = VisionTransformer(cfg)
         model.load_state_dict(state)
-        spec = StepSpec(opts.mode, opts.dtype, opts.compile, opts.cuda_graphs, opts.channels_last, vit_sdpa)
+        spec = StepSpec(opts.mode, opts.dtype, opts.compile, opts.cuda_graphs, opts.channels_last, vit_sdpa,
+                        onednn_linear=opts.use_onednn(device))
         log(f"  preparing vitkit ({opts.mode}, {opts.dtype}, compile={opts.compile})")
         _prepare_torch(impl, model, x, y, spec, device, opts.warmup)
+        if opts.check_outputs and opts.mode == "infer":  # the prepared model (dtype, kernels) vs the fp32 one
+            with torch.inference_mode():
+                impl.max_abs_diff = _max_diff(impl.model(check_x.to(device, TORCH_DTYPES[opts.dtype])).cpu(), ref_out)
+        elif opts.check_outputs:
+            impl.max_abs_diff = 0.0  # training runs the reference weights in fp32/autocast: nothing swapped
         impls.append(impl)
 
     for peer_name in opts.compare:
@@ -173,6 +178,12 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
     log(f"  timing {', '.join(i.name for i in impls)}: {opts.iters} interleaved rounds")
     times = interleaved({i.name: i.step for i in impls}, device, warmup=1 if opts.warmup else 0, iters=opts.iters)
     return impls, times
+
+
+def _linear_kind(impl: _Impl) -> str | None:
+    if impl.spec is None:
+        return None  # ONNX Runtime: its own kernels
+    return "onednn" if impl.spec.onednn_linear else "aten"
 
 
 def _peak_mem_mb(impl: _Impl, device: torch.device) -> float | None:
@@ -221,7 +232,8 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict[str, Any]:
                         "compile": impl.spec.compile if impl.spec else None,
                         "cuda_graphs": impl.spec.cuda_graphs if impl.spec else False,
                         "channels_last": opts.channels_last if impl.spec else False,
-                        "sdpa": impl.sdpa, "params": impl.params, "gflops_per_image": cfg.flops() / 1e9,
+                        "sdpa": impl.sdpa, "linear": _linear_kind(impl), "params": impl.params,
+                        "gflops_per_image": cfg.flops() / 1e9,
                         "times_s": times[impl.name], "median_s": t, "spread": spread(times[impl.name]),
                         "img_per_s": batch / t, "tflops": tflops, "pct_of_peak": 100 * tflops / peak_tflops,
                         "peak_mem_mb": _peak_mem_mb(impl, device), "max_abs_diff_vs_vitkit": impl.max_abs_diff}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu import use_onednn_linears
 from .fp8 import convert_to_fp8
 from .sdpa import sdpa_context
 
@@ -32,6 +33,7 @@ class StepSpec:
     cuda_graphs: bool = False
     channels_last: bool = False
     sdpa: list | None = None  # SDPA kernels in priority order (vitkit.bench.sdpa), None = PyTorch's choice
+    onednn_linear: bool = False  # vitkit's block Linears through oneDNN (CPU inference; vitkit.bench.cpu)
 
 
 def fused_adamw(params, device: torch.device, capturable: bool = False) -> torch.optim.AdamW:
@@ -52,6 +54,8 @@ def prepare_model(model: nn.Module, spec: StepSpec, device: torch.device) -> nn.
         model.to(TORCH_DTYPES[spec.dtype])
         if spec.dtype == "fp8":
             convert_to_fp8(model)
+        if spec.onednn_linear:
+            use_onednn_linears(model)
     else:
         model.train()
     if spec.channels_last:
@@ -89,7 +93,8 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, spec: S
     if spec.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = y.to(device) if y is not None else None
-    fn = model if spec.compile == "off" else torch.compile(model, mode=None if spec.compile == "default" else spec.compile)
+    fn = model if spec.compile == "off" else \
+        torch.compile(model, mode=None if spec.compile == "default" else spec.compile)
 
     if spec.mode == "infer":
         def run():

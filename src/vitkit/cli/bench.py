@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..bench.options import BACKENDS, COMPILE_MODES, DTYPES, MODES, PEERS, SDPA_CHOICES, SWEEP_SIZES, BenchOptions
+from ..bench.options import (BACKENDS, COMPILE_MODES, CPU_LINEARS, DTYPES, MODES, PEERS, SDPA_CHOICES, SWEEP_SIZES,
+                             BenchOptions)
 from .main import UserError
 
 
@@ -56,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sdpa", choices=SDPA_CHOICES, default="auto",
                    help="attention kernel for vitkit; auto = cuDNN, flash, efficient in that order on the GPU "
                         "in bf16/fp16, PyTorch's choice otherwise (peers always get PyTorch's choice)")
+    p.add_argument("--cpu-linear", choices=CPU_LINEARS, default="auto",
+                   help="vitkit's block Linears on the CPU: onednn (oneDNN inner product, inference), aten "
+                        "(F.linear, as the peers), auto = onednn for CPU inference in fp32/bf16 (default auto)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation first (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed steps per implementation (default 10)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: the model's own)")
@@ -80,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         image_sizes=SWEEP_SIZES if args.sweep else (tuple(args.image_size) if args.image_size else None),
         dtype=args.dtype, device=args.device, compile=args.compile, peer_compile=args.peer_compile,
         cuda_graphs=args.cuda_graphs, peer_cuda_graphs=args.peer_cuda_graphs, channels_last=args.channels_last,
-        compare=tuple(args.compare), backends=tuple(args.backend), sdpa=args.sdpa, warmup=args.warmup,
-        iters=args.iters, num_classes=args.num_classes, threads=args.threads, ort_level=args.ort_level,
-        max_batch=args.max_batch, max_batch_limit=args.max_batch_limit, check_outputs=not args.no_check)
+        compare=tuple(args.compare), backends=tuple(args.backend), sdpa=args.sdpa, cpu_linear=args.cpu_linear,
+        warmup=args.warmup, iters=args.iters, num_classes=args.num_classes, threads=args.threads,
+        ort_level=args.ort_level, max_batch=args.max_batch, max_batch_limit=args.max_batch_limit, check_outputs=not args.no_check)
     if args.json:  # fail on a bad output path now, not after minutes of timing
         from pathlib import Path
 

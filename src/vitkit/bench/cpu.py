@@ -1,0 +1,64 @@
+"""vitkit's CPU inference kernels: the block Linears through oneDNN instead of the BLAS ``addmm``.
+
+On x86 CPUs PyTorch runs an fp32 ``nn.Linear`` as MKL's ``addmm``, which first
+copies the bias into the output and then accumulates the product onto it. oneDNN's
+inner-product primitive (``torch.ops.mkldnn._linear_pointwise``, the op that
+``torch.compile``'s CPU back-end emits) adds the bias in its epilogue and, on the
+AMD EPYC this was measured on, ran ViT-S/16's Linears about 20-30 % faster
+(benchmarks/README.md). The function is unchanged; the summation order inside the
+product differs, so outputs move by float32 rounding (~1e-6 relative).
+
+Opt-in and inference only: :func:`use_onednn_linears` swaps modules in place,
+sharing the same weight tensors; anything the op cannot take (no oneDNN build,
+autograd, another device or dtype) falls back to ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch has the oneDNN linear op."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class OneDNNLinear(nn.Module):
+    """A Linear computed by oneDNN on the CPU (fp32/bf16, no grad), by ``F.linear`` otherwise."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the same Parameters: state dict and parameter count unchanged
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=oneDNN"
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Swap the Linears inside ``model.blocks`` for :class:`OneDNNLinear` in place; return how many.
+
+    Returns 0 (and changes nothing) when this PyTorch has no oneDNN.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError("use_onednn_linears expects a vitkit VisionTransformer (a model with .blocks)")
+    if not onednn_available():
+        return 0
+    count = 0
+    for blk in blocks:
+        for parent in (blk.attn, blk.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, OneDNNLinear(child))
+                    count += 1
+    return count
