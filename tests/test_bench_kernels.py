@@ -256,3 +256,25 @@ def test_bench_uses_onednn_for_vitkit_cpu_inference_only():
     assert run_bench(BenchOptions(**{**opts, "compare": ()}, mode="train"))["rows"][0]["linear"] == "aten"
     with pytest.raises(ValueError, match="--cpu-linear onednn is for CPU inference"):
         run_bench(BenchOptions(**opts, cpu_linear="onednn", mode="train"))
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+def test_onednn_fused_gelu_matches_both_gelus(act):
+    from vitkit.bench.cpu import OneDNNLinear, use_onednn_linears
+
+    cfg = tiny_cfg(width=64, act=act)
+    ref = randomise(VisionTransformer(cfg), 0).eval()
+    m = randomise(VisionTransformer(cfg), 0).eval()
+    use_onednn_linears(m)
+    fc1 = m.blocks[0].mlp.fc1
+    assert isinstance(fc1, OneDNNLinear) and fc1.gelu == ("tanh" if act == "gelu_tanh" else "none")
+    assert isinstance(m.blocks[0].mlp.act, torch.nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(ref(x), m(x), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # grad-free but not inference mode: still the oneDNN path
+        assert torch.allclose(ref(x), m(x), atol=1e-5, rtol=1e-5)
+    h = torch.randn(5, 64, requires_grad=True)  # the autograd fallback applies the GELU itself
+    lin = torch.nn.Linear(64, 32)
+    want = torch.nn.functional.gelu(lin(h), approximate=fc1.gelu)
+    assert torch.allclose(OneDNNLinear(lin, gelu=fc1.gelu)(h), want, atol=1e-6)

@@ -26,28 +26,42 @@ def onednn_available() -> bool:
 
 
 class OneDNNLinear(nn.Module):
-    """A Linear computed by oneDNN on the CPU (fp32/bf16, no grad), by ``F.linear`` otherwise."""
+    """A Linear (optionally followed by GELU) computed by oneDNN on the CPU (fp32/bf16, no grad),
+    by ``F.linear`` (+ ``F.gelu``) otherwise.
 
-    def __init__(self, linear: nn.Linear):
+    ``gelu``: None, "none" (exact erf GELU) or "tanh": the activation fused into the
+    product's epilogue, which saves one pass over the (B, N, mlp_dim) hidden tensor.
+    """
+
+    def __init__(self, linear: nn.Linear, gelu: str | None = None):
         super().__init__()
+        if gelu not in (None, "none", "tanh"):
+            raise ValueError(f"gelu must be None, 'none' (erf) or 'tanh', got {gelu!r}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameters: state dict and parameter count unchanged
         self.bias = linear.bias
+        self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            if self.gelu is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], self.gelu)
+        out = F.linear(x, self.weight, self.bias)
+        return out if self.gelu is None else F.gelu(out, approximate=self.gelu)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=oneDNN"
+        act = "" if self.gelu is None else f", fused GELU ({self.gelu})"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=oneDNN{act}"
 
 
 def use_onednn_linears(model: nn.Module) -> int:
     """Swap the Linears inside ``model.blocks`` for :class:`OneDNNLinear` in place; return how many.
 
-    Returns 0 (and changes nothing) when this PyTorch has no oneDNN.
+    The MLP's GELU moves into its first Linear (``mlp.act`` becomes Identity), which
+    computes the same ``fc2(drop(gelu(fc1(x))))``. Returns 0 (and changes nothing)
+    when this PyTorch has no oneDNN.
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:
@@ -59,6 +73,10 @@ def use_onednn_linears(model: nn.Module) -> int:
         for parent in (blk.attn, blk.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, OneDNNLinear(child))
+                    gelu = None
+                    if parent is blk.mlp and name == "fc1" and isinstance(getattr(parent, "act", None), nn.GELU):
+                        gelu = parent.act.approximate  # "none" (erf) or "tanh"
+                        parent.act = nn.Identity()
+                    setattr(parent, name, OneDNNLinear(child, gelu=gelu))
                     count += 1
     return count
