@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROW_KEYS = {"impl", "kind", "backend", "mode", "image_size", "image_hw", "tokens", "batch", "dtype", "device", "linear",
             "compile", "cuda_graphs", "channels_last", "sdpa", "params", "gflops_per_image", "times_s", "median_s",
-            "spread", "img_per_s", "tflops", "pct_of_peak", "peak_mem_mb", "max_abs_diff_vs_vitkit"}
+            "spread", "min_s", "img_per_s", "tflops", "pct_of_peak", "peak_mem_mb", "max_abs_diff_vs_vitkit"}
 
 
 def _opts(**kw):
@@ -50,6 +50,9 @@ def test_run_bench_rows_ratios_and_flops():
     assert set(ratios) == {("vitkit", p, b) for p in ("timm", "hf") for b in (2, 3)}
     for (num, den, b), v in ratios.items():
         assert v == pytest.approx(by[(num, b)]["img_per_s"] / by[(den, b)]["img_per_s"])
+    for q in doc["ratios"]:
+        assert q["ratio_fastest"] == pytest.approx(by[(q["denominator"], q["batch"])]["min_s"]
+                                                   / by[(q["numerator"], q["batch"])]["min_s"])
     json.dumps(doc)  # everything is JSON-serialisable
 
 

@@ -278,3 +278,38 @@ def test_onednn_fused_gelu_matches_both_gelus(act):
     lin = torch.nn.Linear(64, 32)
     want = torch.nn.functional.gelu(lin(h), approximate=fc1.gelu)
     assert torch.allclose(OneDNNLinear(lin, gelu=fc1.gelu)(h), want, atol=1e-6)
+
+
+# --- memory linear in tokens: no (B, heads, N, N) tensor on the default path ------------------
+
+class _Shapes(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.add(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_default_attention_path_never_builds_the_token_by_token_matrix(mode):
+    cfg = tiny_cfg(image_size=64)  # 65 tokens, 4 heads
+    m = VisionTransformer(cfg).train(mode == "train")
+    x = torch.randn(2, 3, 64, 64)
+    nxn = (2, cfg.heads, cfg.num_tokens, cfg.num_tokens)
+    rec = _Shapes()
+    with rec:
+        if mode == "train":
+            m(x).sum().backward()
+        else:
+            with torch.inference_mode():
+                m(x)
+    assert nxn not in rec.shapes and len(rec.shapes) > 10
+    control = _Shapes()  # the plain path (attention maps) does build it: the check can fail
+    with control, torch.no_grad():
+        m(x, attn_impl="plain")
+    assert nxn in control.shapes

@@ -133,9 +133,9 @@ class BenchOptions:
             raise ValueError("--cuda-graphs needs a CUDA device; this run is on the cpu")
         for flag, graphs, comp in (("--cuda-graphs", self.cuda_graphs, self.compile),
                                    ("--peer-cuda-graphs", self.peer_cuda_graphs, self.peer_compile_mode())):
-            if graphs and comp == "reduce-overhead":
-                raise ValueError(f"{flag} with compile mode reduce-overhead: that mode already captures CUDA "
-                                 "graphs; choose one")
+            if graphs and comp in ("reduce-overhead", "max-autotune"):
+                raise ValueError(f"{flag} with compile mode {comp}: that mode already captures CUDA graphs; use "
+                                 "max-autotune-no-cudagraphs or default with " + flag)
         if self.sdpa in ("cudnn", "efficient") and not cuda:
             raise ValueError(f"--sdpa {self.sdpa} is a CUDA kernel; on the cpu use auto, flash or math")
         if self.cpu_linear == "onednn":
