@@ -313,3 +313,15 @@ def test_default_attention_path_never_builds_the_token_by_token_matrix(mode):
     with control, torch.no_grad():
         m(x, attn_impl="plain")
     assert nxn in control.shapes
+
+
+def test_forward_compiles_as_one_graph_without_breaks():
+    # graph breaks and host syncs cost GPU time; torch._dynamo.explain traces without compiling kernels
+    cfg = tiny_cfg(width=64)
+    m = VisionTransformer(cfg).eval()
+    e = torch._dynamo.explain(m)(torch.randn(2, 3, 32, 32))
+    assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+    f8 = VisionTransformer(cfg).eval().to(torch.bfloat16)
+    convert_to_fp8(f8)
+    e = torch._dynamo.explain(f8)(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
