@@ -55,6 +55,11 @@ def test_convert_to_fp8_model_stays_close_to_fp32():
     m = randomise(VisionTransformer(cfg), seed=1).eval().to(torch.bfloat16)
     assert convert_to_fp8(m) == 4 * cfg.depth  # qkv, proj, fc1, fc2 per block
     assert isinstance(m.blocks[0].attn.qkv, Fp8Linear) and isinstance(m.head, torch.nn.Linear)
+    ends = VisionTransformer(tiny_cfg(depth=3, width=64)).to(torch.bfloat16)
+    assert convert_to_fp8(ends, skip_blocks=(0, -1)) == 4
+    assert [isinstance(b.mlp.fc1, Fp8Linear) for b in ends.blocks] == [False, True, False]
+    with pytest.raises(ValueError, match="block 3 out of range"):
+        convert_to_fp8(VisionTransformer(tiny_cfg(depth=3, width=64)), skip_blocks=(3,))
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
         a, b = ref(x), m(x.bfloat16()).float()

@@ -72,17 +72,27 @@ def emulate_fp8_linear(layer: Fp8Linear, x: torch.Tensor) -> torch.Tensor:
     return out.to(layer.out_dtype).reshape(*x.shape[:-1], layer.out_features)
 
 
-def convert_to_fp8(model: nn.Module, out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True) -> int:
+def convert_to_fp8(model: nn.Module, out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = True,
+                   skip_blocks: tuple[int, ...] = ()) -> int:
     """Replace the Linears inside ``model.blocks`` by :class:`Fp8Linear` in place; return how many.
 
     The rest of the model should already be in ``out_dtype`` (``model.to(torch.bfloat16)``):
-    patch embedding, norms, attention and head are left as they are.
+    patch embedding, norms, attention and head are left as they are. ``skip_blocks``:
+    block indices (negative from the end) kept in ``out_dtype``, e.g. ``(0, -1)`` for
+    the first and last, which are the most sensitive to quantisation.
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError("convert_to_fp8 expects a vitkit VisionTransformer (a model with .blocks)")
+    depth = len(blocks)
+    for i in skip_blocks:
+        if not -depth <= i < depth:
+            raise ValueError(f"skip_blocks: block {i} out of range for a model of depth {depth}")
+    skip = {i % depth for i in skip_blocks}
     count = 0
-    for blk in blocks:
+    for bi, blk in enumerate(blocks):
+        if bi in skip:
+            continue
         for parent in (blk.attn, blk.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
