@@ -129,6 +129,21 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
     peer_dtype = "bf16" if opts.dtype == "fp8" else opts.dtype  # peers have no FP8 mode: their best is bf16
     vit_sdpa = choose_sdpa_backends(opts.sdpa, device.type, TORCH_DTYPES[opts.dtype], cfg.head_dim)
 
+    # peers first: a config a peer cannot express fails here, before anything is compiled or timed
+    peers = []
+    for peer_name in opts.compare:
+        peer = build_peer(peer_name, cfg)
+        copy_weights(peer_name, peer, state)
+        impl = _Impl(peer_name, peer_name, "torch", peer_dtype, sum(p.numel() for p in peer.parameters()))
+        if opts.check_outputs:
+            peer.eval()
+            with torch.no_grad():
+                impl.max_abs_diff = _max_diff(peer(check_x), ref_out)
+            if impl.max_abs_diff > 1e-3:
+                log(f"  warning: {peer_name}'s output differs from vitkit's by {impl.max_abs_diff:.2e} on the "
+                    "same weights")
+        peers.append((impl, peer))
+
     if "torch" in opts.backends:
         impl = _Impl("vitkit", "vitkit", "torch", opts.dtype, n_params)
         impl.sdpa = backend_names(vit_sdpa)
@@ -145,14 +160,8 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
             impl.max_abs_diff = None  # training: the reference weights themselves, not compared
         impls.append(impl)
 
-    for peer_name in opts.compare:
-        peer = build_peer(peer_name, cfg)
-        copy_weights(peer_name, peer, state)
-        impl = _Impl(peer_name, peer_name, "torch", peer_dtype, sum(p.numel() for p in peer.parameters()))
-        if opts.check_outputs:
-            peer.eval()
-            with torch.no_grad():
-                impl.max_abs_diff = _max_diff(peer(check_x), ref_out)
+    for impl, peer in peers:
+        peer_name = impl.name
         spec = StepSpec(opts.mode, peer_dtype, opts.peer_compile_mode(), opts.peer_cuda_graphs, opts.channels_last,
                         None)
         log(f"  preparing {peer_name} ({opts.mode}, {peer_dtype}, compile={opts.peer_compile_mode()})")
@@ -234,7 +243,8 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict[str, Any]:
                         "channels_last": opts.channels_last if impl.spec else False,
                         "sdpa": impl.sdpa, "linear": _linear_kind(impl), "params": impl.params,
                         "gflops_per_image": cfg.flops() / 1e9,
-                        "times_s": times[impl.name], "median_s": t, "min_s": min(times[impl.name]), "spread": spread(times[impl.name]),
+                        "times_s": times[impl.name], "median_s": t, "min_s": min(times[impl.name]),
+                        "spread": spread(times[impl.name]),
                         "img_per_s": batch / t, "tflops": tflops, "pct_of_peak": 100 * tflops / peak_tflops,
                         "peak_mem_mb": _peak_mem_mb(impl, device), "max_abs_diff_vs_vitkit": impl.max_abs_diff}
                     doc["rows"].append(row)
