@@ -259,7 +259,7 @@ def test_bench_uses_onednn_for_vitkit_cpu_inference_only():
     assert rows["timm"]["max_abs_diff_vs_vitkit"] <= 1e-5
     assert run_bench(BenchOptions(**opts, cpu_linear="aten"))["rows"][0]["linear"] == "aten"
     assert run_bench(BenchOptions(**{**opts, "compare": ()}, mode="train"))["rows"][0]["linear"] == "aten"
-    with pytest.raises(ValueError, match="--cpu-linear onednn is for CPU inference"):
+    with pytest.raises(ValueError, match="--cpu-linear onednn is for eager CPU inference"):
         run_bench(BenchOptions(**opts, cpu_linear="onednn", mode="train"))
 
 

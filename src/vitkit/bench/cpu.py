@@ -8,7 +8,8 @@ AMD EPYC this was measured on, ran ViT-S/16's Linears about 20-30 % faster
 (benchmarks/README.md). The function is unchanged; the summation order inside the
 product differs, so outputs move by float32 rounding (~1e-6 relative).
 
-Opt-in and inference only: :func:`use_onednn_linears` swaps modules in place,
+Inference only, eager only (under ``torch.compile`` the module is plain ``F.linear``):
+:func:`use_onednn_linears` swaps modules in place,
 sharing the same weight tensors; anything the op cannot take (no oneDNN build,
 autograd, another device or dtype) falls back to ``F.linear``.
 """
@@ -43,7 +44,9 @@ class OneDNNLinear(nn.Module):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under torch.compile, inductor lowers F.linear to its own CPU kernels (this op needs frozen weights)
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype
+                and not torch.compiler.is_compiling()
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             if self.gelu is None:
                 return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")

@@ -72,7 +72,8 @@ class BenchOptions:
             return False
         from .cpu import onednn_available
 
-        return self.mode == "infer" and self.dtype in ("fp32", "bf16") and onednn_available()
+        return (self.mode == "infer" and self.dtype in ("fp32", "bf16") and self.compile == "off"
+                and onednn_available())
 
     def peer_compile_mode(self) -> str:
         return self.compile if self.peer_compile is None else self.peer_compile
@@ -141,8 +142,8 @@ class BenchOptions:
         if self.cpu_linear == "onednn":
             from .cpu import onednn_available
 
-            if cuda or self.mode != "infer" or self.dtype not in ("fp32", "bf16"):
-                raise ValueError("--cpu-linear onednn is for CPU inference in fp32 or bf16")
+            if cuda or self.mode != "infer" or self.dtype not in ("fp32", "bf16") or self.compile != "off":
+                raise ValueError("--cpu-linear onednn is for eager CPU inference in fp32 or bf16 (without --compile)")
             if not onednn_available():
                 raise ValueError("--cpu-linear onednn: this PyTorch build has no oneDNN (torch.backends.mkldnn)")
         if "onnxruntime" in self.backends:
