@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime int8 check")
     ap.add_argument("--out", default=str(Path(__file__).with_name("fp8_agreement_digits.json")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,12 +83,28 @@ def main() -> None:
         "agreement_bf16_vs_fp32": _agree_mixed(model, bf16, x),
         "threshold": 0.995,
     }
+    doc["agreement_ort_int8_vs_fp32"] = None if args.no_ort else _ort_int8_agreement(model.cpu(), x.cpu())
     doc["passes"] = {"fp8": doc["agreement_fp8_vs_bf16"] >= doc["threshold"],
-                     "fp8_ends_bf16": doc["agreement_fp8_ends_bf16_vs_bf16"] >= doc["threshold"]}
+                     "fp8_ends_bf16": doc["agreement_fp8_ends_bf16_vs_bf16"] >= doc["threshold"],
+                     "ort_int8": None if args.no_ort else doc["agreement_ort_int8_vs_fp32"] >= doc["threshold"]}
     write_json(doc, args.out)
     print(json.dumps({k: doc[k] for k in ("accuracy", "agreement_fp8_vs_bf16", "agreement_fp8_ends_bf16_vs_bf16",
-                                          "agreement_fp8_vs_fp32",
+                                          "agreement_fp8_vs_fp32", "agreement_ort_int8_vs_fp32",
                                           "agreement_bf16_vs_fp32", "passes", "train_seconds")}, indent=2))
+
+
+@torch.no_grad()
+def _ort_int8_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Agreement of the int8-quantised ONNX Runtime model (vitkit bench --ort-int8) with fp32 PyTorch."""
+    import tempfile
+
+    from vitkit.bench.onnx_backend import _export_onnx, ort_session, quantize_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _export_onnx(model.float().eval(), x, Path(tmp) / "m.onnx")
+        q = ort_session(quantize_int8(path, Path(tmp) / "m8.onnx"))
+        out = torch.from_numpy(q.run(None, {q.get_inputs()[0].name: x.float().numpy()})[0])
+    return (model(x.float()).argmax(-1) == out.argmax(-1)).float().mean().item()
 
 
 @torch.no_grad()

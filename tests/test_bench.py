@@ -73,13 +73,17 @@ def test_resolution_sweep_builds_each_size():
 
 
 def test_onnxruntime_backend_row_and_ratios(tmp_path):
-    doc = run_bench(_opts(backends=("torch", "onnxruntime"), compare=("timm",)))
+    doc = run_bench(_opts(model=tiny_cfg(width=64), backends=("torch", "onnxruntime"), compare=("timm",),
+                          ort_int8=True))
     rows = {r["impl"]: r for r in doc["rows"]}
-    assert set(rows) == {"vitkit", "timm", "vitkit[onnxruntime]"}
+    assert set(rows) == {"vitkit", "timm", "vitkit[onnxruntime]", "vitkit[onnxruntime-int8]"}
     ort = rows["vitkit[onnxruntime]"]
     assert ort["backend"] == "onnxruntime" and ort["max_abs_diff_vs_vitkit"] < 1e-4 and ort["peak_mem_mb"] is None
+    q8 = rows["vitkit[onnxruntime-int8]"]
+    assert q8["dtype"] == "int8" and 1e-5 < q8["max_abs_diff_vs_vitkit"] < 0.5  # quantised: close, not equal
     pairs = {(q["numerator"], q["denominator"]) for q in doc["ratios"]}
-    assert pairs == {("vitkit", "timm"), ("vitkit[onnxruntime]", "vitkit"), ("vitkit[onnxruntime]", "timm")}
+    assert pairs == {("vitkit", "timm"), ("vitkit[onnxruntime]", "vitkit"), ("vitkit[onnxruntime]", "timm"),
+                     ("vitkit[onnxruntime-int8]", "vitkit"), ("vitkit[onnxruntime-int8]", "timm")}
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -98,6 +102,7 @@ def test_onnxruntime_backend_row_and_ratios(tmp_path):
     (dict(backends=("onnxruntime",), mode="train"), "onnxruntime times inference only"),
     (dict(backends=("onnxruntime",), dtype="bf16"), "onnxruntime times the fp32 export"),
     (dict(device="tpu"), "--device 'tpu'"),
+    (dict(ort_int8=True), "--ort-int8 needs --backend onnxruntime"),
     (dict(image_sizes=(30,)), "not divisible by patch_size 8"),
 ])
 def test_bad_options_are_refused_before_any_work(kw, msg):

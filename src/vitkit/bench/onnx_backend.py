@@ -32,6 +32,19 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | os.P
     return path
 
 
+def quantize_int8(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation of an ONNX model's matrix products (ONNX Runtime's quantize_dynamic):
+    int8 weights (symmetric, per tensor), activations quantised per call. Changes the numbers: check
+    top-1 agreement with the fp32 model (benchmarks/fp8_agreement.py does, on digits)."""
+    _require_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    return Path(out)
+
+
 def _require_ort():
     try:
         import onnxruntime

@@ -46,6 +46,7 @@ class BenchOptions:
     num_classes: int | None = None  # None: the model's own
     threads: int | None = None  # CPU threads for torch and ONNX Runtime; None: leave as is
     ort_level: str = "all"  # ONNX Runtime graph optimisation level: basic | extended | all
+    ort_int8: bool = False  # also time the ONNX model with int8 dynamic quantisation (not fp32: a different number)
     max_batch: bool = False  # search the largest batch that fits (GPU)
     max_batch_limit: int = 4096
     check_outputs: bool = True  # compare every implementation's output with vitkit's (same weights)
@@ -153,6 +154,8 @@ class BenchOptions:
                 raise ValueError("--backend onnxruntime times inference only; use --mode infer")
             if self.dtype != "fp32":
                 raise ValueError("--backend onnxruntime times the fp32 export; use --dtype fp32")
+        if self.ort_int8 and "onnxruntime" not in self.backends:
+            raise ValueError("--ort-int8 needs --backend onnxruntime")
         if self.max_batch and not cuda:
             raise ValueError("--max-batch needs a CUDA device: on the CPU running out of memory is not an error "
                              "that can be caught (the kernel kills the process)")

@@ -78,6 +78,8 @@ def to_command(opts: BenchOptions) -> str:
         a += ["--threads", str(opts.threads)]
     if "onnxruntime" in opts.backends:
         a += ["--ort-level", opts.ort_level]
+    if opts.ort_int8:
+        a.append("--ort-int8")
     return shlex.join(a)
 
 
@@ -182,6 +184,19 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
             runner()
         impl.step = runner
         impls.append(impl)
+        if opts.ort_int8:
+            from .onnx_backend import quantize_int8
+
+            log("  quantising the ONNX model to int8 (dynamic)")
+            qpath = quantize_int8(path, workdir / f"vitkit_{h}x{w}_b{batch}_int8.onnx")
+            qrunner = OrtRunner(ort_session(qpath, opts.threads, opts.ort_level), x)
+            impl = _Impl("vitkit[onnxruntime-int8]", "vitkit", "onnxruntime", "int8", n_params)
+            if opts.check_outputs:
+                impl.max_abs_diff = _max_diff(qrunner.output()[:2], ref_out)
+            for _ in range(opts.warmup):
+                qrunner()
+            impl.step = qrunner
+            impls.append(impl)
 
     del ref
     log(f"  timing {', '.join(i.name for i in impls)}: {opts.iters} interleaved rounds")

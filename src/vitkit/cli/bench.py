@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how vitkit runs: torch, onnxruntime (CPU, exported ONNX model), or both (default torch)")
     p.add_argument("--ort-level", choices=("basic", "extended", "all"), default="all",
                    help="ONNX Runtime graph optimisation level (default all)")
+    p.add_argument("--ort-int8", action="store_true",
+                   help="with --backend onnxruntime, also time the model with int8 dynamic quantisation "
+                        "(a lower-precision row, reported as dtype int8)")
     p.add_argument("--sdpa", choices=SDPA_CHOICES, default="auto",
                    help="attention kernel for vitkit; auto = cuDNN, flash, efficient in that order on the GPU "
                         "in bf16/fp16, PyTorch's choice otherwise (peers always get PyTorch's choice)")
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs, peer_cuda_graphs=args.peer_cuda_graphs, channels_last=args.channels_last,
         compare=tuple(args.compare), backends=tuple(args.backend), sdpa=args.sdpa, cpu_linear=args.cpu_linear,
         warmup=args.warmup, iters=args.iters, num_classes=args.num_classes, threads=args.threads,
-        ort_level=args.ort_level, max_batch=args.max_batch, max_batch_limit=args.max_batch_limit, check_outputs=not args.no_check)
+        ort_level=args.ort_level, ort_int8=args.ort_int8, max_batch=args.max_batch,
+        max_batch_limit=args.max_batch_limit, check_outputs=not args.no_check)
     if args.json:  # fail on a bad output path now, not after minutes of timing
         from pathlib import Path
 
