@@ -22,7 +22,7 @@ PEER_NAMES = {"timm": "timm", "hf": "transformers"}
 def _missing(peer: str, e: ImportError) -> ValueError:
     pkg = PEER_NAMES[peer]
     return ValueError(f"--compare {peer} needs the {pkg!r} package, which is not importable ({e}); "
-                      f"pip install {pkg}")
+                      f"pip install {pkg} (or 'vitkit[bench]')")
 
 
 def build_timm(cfg: ViTConfig) -> nn.Module:
