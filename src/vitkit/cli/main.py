@@ -14,7 +14,7 @@ import sys
 from ..errors import UserError  # defined outside this module so `python -m vitkit.cli.main` catches it too
 
 # module names under vitkit.cli
-COMMANDS = ["models", "demo", "train", "eval", "convert", "predict", "explain", "export", "features"]
+COMMANDS = ["models", "demo", "train", "eval", "convert", "predict", "explain", "export", "features", "bench"]
 
 EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                    PermissionError)

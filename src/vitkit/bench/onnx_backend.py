@@ -1,0 +1,95 @@
+"""Timing vitkit as an exported ONNX model in ONNX Runtime (CPU).
+
+The export here is a small private helper around ``torch.onnx.export``; vitkit's
+export module (``vitkit.export``, issue 5) is the public way to export and should
+replace it once it lands. onnxruntime is imported only when this backend is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LEVELS = ("basic", "extended", "all")
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write ``model`` (eval, fp32) as ONNX with a fixed input shape; returns the path."""
+    path = Path(path)
+    model = model.eval()
+    # the exporter reports its progress on stdout/stderr and warns about things a user cannot act on
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["pixels"], output_names=["logits"],
+                          dynamo=True, external_data=False)
+    return path
+
+
+def quantize_int8(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation of an ONNX model's matrix products (ONNX Runtime's quantize_dynamic):
+    int8 weights (symmetric, per tensor), activations quantised per call. Changes the numbers: check
+    top-1 agreement with the fp32 model (benchmarks/fp8_agreement.py does, on digits)."""
+    _require_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger
+        try:
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+    return Path(out)
+
+
+def _require_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ValueError(f"--backend onnxruntime needs the 'onnxruntime' package ({e}); "
+                         "pip install 'vitkit[export]'") from None
+    return onnxruntime
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, level: str = "all"):
+    """An ONNX Runtime CPU session tuned for throughput.
+
+    ``level``: graph optimisation level (basic: constant folding and redundant nodes;
+    extended: + fused GELU / LayerNorm / attention kernels; all: + layout changes).
+    ``threads``: intra-op threads (None: torch's current thread count, so both backends
+    get the same cores); inter-op parallelism is off (one graph branch at a time).
+    """
+    ort = _require_ort()
+    if level not in LEVELS:
+        raise ValueError(f"ONNX Runtime optimisation level must be one of {LEVELS}, got {level!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    """``runner()`` runs the session once on a fixed input; ``runner.output()`` returns the logits."""
+
+    def __init__(self, session, x: torch.Tensor):
+        self.session = session
+        self.feed = {session.get_inputs()[0].name: np.ascontiguousarray(x.detach().cpu().numpy())}
+
+    def __call__(self):
+        return self.session.run(None, self.feed)
+
+    def output(self) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, self.feed)[0])
