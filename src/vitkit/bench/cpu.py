@@ -3,9 +3,9 @@
 On x86 CPUs PyTorch runs an fp32 ``nn.Linear`` as MKL's ``addmm``, which first
 copies the bias into the output and then accumulates the product onto it. oneDNN's
 inner-product primitive (``torch.ops.mkldnn._linear_pointwise``, the op that
-``torch.compile``'s CPU back-end emits) adds the bias in its epilogue and, on the
-AMD EPYC this was measured on, ran ViT-S/16's Linears 20-33 % faster in a micro-benchmark
-(benchmarks/README.md). The function is unchanged; the summation order inside the
+``torch.compile``'s CPU back-end emits) adds the bias in its epilogue. The end-to-end
+effect is what benchmarks/README.md records (the `vitkit` rows, `--cpu-linear auto`);
+no separate micro-benchmark is recorded. The function is unchanged; the summation order inside the
 product differs, so outputs move by float32 rounding (~1e-6 relative).
 
 Inference only, eager only (under ``torch.compile`` the module is plain ``F.linear``):
