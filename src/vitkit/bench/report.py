@@ -6,12 +6,13 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..utils.atomic import atomic_write_text
 
 SCHEMA = "vitkit.bench/1"
 
@@ -62,18 +63,7 @@ def write_json(doc: dict[str, Any], path: str | os.PathLike) -> Path:
         raise IsADirectoryError(f"--json {str(path)!r} is a directory; give a file name")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--json {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return path
 
 

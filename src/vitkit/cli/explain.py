@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.atomic import check_output_path
+from ..utils.atomic import check_output_path
 from .main import UserError
 from .predict import add_runtime_args
 

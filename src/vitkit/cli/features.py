@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from ..inference.atomic import atomic_write, atomic_write_text, check_output_path
+from ..utils.atomic import atomic_write, atomic_write_text, check_output_path
 from ..inference.features import POOLS
 from ..inference.images import list_images
 from .main import UserError

@@ -15,7 +15,7 @@ import json
 import sys
 
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..inference.atomic import atomic_write_text, check_output_path
+from ..utils.atomic import atomic_write_text, check_output_path
 from ..inference.device import DEVICES, DTYPES
 from ..inference.images import list_images
 from .main import UserError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference.atomic import atomic_write
+from ..utils.atomic import atomic_write
 from .explainer import Explanation
 
 CMAP = "jet"

@@ -13,7 +13,8 @@ from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_hf import hf_to_vitkit, vitkit_to_hf
 from .preprocess_cfg import default_for, from_hf_processor, to_hf_processor
-from .safe_io import atomic_write, read_sharded, read_state_file
+from ..utils.atomic import atomic_write
+from .safe_io import read_sharded, read_state_file
 
 MAX_JSON_BYTES = 10 * 1024 * 1024
 # weights files in the order they are preferred: safetensors first, pickles only when nothing else is there

@@ -13,7 +13,8 @@ from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_npz import npz_to_vitkit, vitkit_to_npz
 from .preprocess_cfg import default_for
-from .safe_io import atomic_write, read_npz
+from ..utils.atomic import atomic_write
+from .safe_io import read_npz
 
 # the original vision_transformer input pipeline: resize straight to the model size, bilinear, [-1, 1]
 GOOGLE_DEFAULT = dict(resize="squash", crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)

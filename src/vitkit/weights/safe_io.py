@@ -274,22 +274,3 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in read_npz(path).items()}
     raise ValueError(f"{path}: unknown weights file type {path.suffix!r} "
                      f"(accepted: {SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + ('.npz',)})")
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then fsync and rename onto ``path``; an earlier file stays intact on failure."""
-    path = Path(path)
-    if not path.parent.is_dir():  # else the writer fails naming its temporary file (or with its own error type)
-        raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist (writing {path.name})")
-    if path.is_dir():
-        raise IsADirectoryError(f"output {str(path)!r} is a folder; a file is written there")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

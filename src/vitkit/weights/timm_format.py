@@ -15,7 +15,8 @@ from .build import build_model
 from .convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
 from .hf_format import read_folder_weights
 from .preprocess_cfg import default_for, from_timm_cfg, to_timm_cfg
-from .safe_io import SAFETENSORS_SUFFIXES, atomic_write, read_safetensors_metadata, read_state_file
+from ..utils.atomic import atomic_write
+from .safe_io import SAFETENSORS_SUFFIXES, read_safetensors_metadata, read_state_file
 
 META_CONFIG = "vitkit_config"  # safetensors metadata: our exact config and preprocessing (JSON)
 META_PREPROCESS = "vitkit_preprocess"

@@ -21,20 +21,12 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ViTConfig
 from ..models.vit import VisionTransformer
+from ..utils.atomic import atomic_write, atomic_write_text
 
 FORMAT = "vitkit"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_vitkit(model: VisionTransformer, path: str | os.PathLike, preprocess: dict[str, Any] | None = None) -> Path:
@@ -48,14 +40,10 @@ def save_vitkit(model: VisionTransformer, path: str | os.PathLike, preprocess: d
         raise NotADirectoryError(f"{out} exists and is not a folder; vitkit checkpoints are folders")
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / WEIGHTS_NAME)
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict(),
             "preprocess": preprocess}
-    _atomic_write_bytes(out / CONFIG_NAME, json.dumps(meta, indent=2).encode())
+    atomic_write_text(out / CONFIG_NAME, json.dumps(meta, indent=2))
     return out
 
 

@@ -22,8 +22,12 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = ()) -
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded.
+
+    The temporary file sits beside ``path`` and keeps its suffix (so ``np.save`` and
+    ``savefig`` see the right extension). Used by every writer in vitkit except the
+    training checkpoints (train/checkpoint.py also fsyncs the folder and reports a full disk).
 
     A failure (or a kill) part-way leaves any existing file at ``path`` untouched.
     """
@@ -31,7 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     folder = path.parent
     # a fresh name beside the target (same file system, so the rename is atomic); created with
     # the usual permissions (umask), which mkstemp's 0600 would not give
-    tmp = str(folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
     open(tmp, "xb").close()
     try:
         write(tmp)
@@ -39,8 +43,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
     return path
 
