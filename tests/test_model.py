@@ -208,3 +208,46 @@ def test_set_image_size_keeps_sincos_fixed():
     m.set_image_size(64)
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
     assert "pos_embed" not in m.state_dict()  # fixed, recomputed, never saved
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(distilled=True), dict(reg_tokens=3), dict(pooling="gap", reg_tokens=2),
+                                dict(layer_scale_init=0.1, fc_norm=True), dict(representation_size=24),
+                                dict(num_classes=0)])
+@pytest.mark.parametrize("impl", ["fused", "plain"])
+def test_forward_computes_only_the_head_tokens_in_the_last_block_with_the_same_result(kw, impl):
+    """forward() skips the last block's work for tokens the head does not read; the logits (and their
+    gradients) equal forward_head(forward_features(x)), which computes every token."""
+    m = create_model(tiny_cfg(**kw)).train()  # training: the gradients must agree too (no dropout in tiny_cfg)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(3, 3, 32, 32)
+    full = m.forward_head(m.forward_features(x, impl))
+    g_full = torch.autograd.grad(full.square().sum(), list(m.parameters()), allow_unused=True)
+    short = m(x, impl)
+    g_short = torch.autograd.grad(short.square().sum(), list(m.parameters()), allow_unused=True)
+    assert short.shape == full.shape and full.abs().max() > 0
+    assert (short - full).abs().max() <= 1e-5
+    for a, b in zip(g_full, g_short):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, a.abs().max().item())
+    # the last block really runs on fewer tokens with cls pooling, and on all of them with gap
+    seen = []
+    hook = m.blocks[-1].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    with torch.no_grad():
+        m(x, impl)
+    hook.remove()
+    assert seen == [m.cfg.num_tokens if m.cfg.pooling == "gap" else (2 if m.cfg.distilled else 1)]
+
+
+def test_forward_distilled_matches_the_full_token_path():
+    m = create_model(tiny_cfg(distilled=True)).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, dist = m.forward_distilled(x)
+        t = m.forward_features(x)
+        assert (cls - m.head(m.fc_norm(t[:, 0]))).abs().max() <= 1e-5
+        assert (dist - m.head_dist(m.fc_norm(t[:, 1]))).abs().max() <= 1e-5
+        assert ((cls + dist) / 2 - m(x)).abs().max() <= 1e-5

@@ -24,25 +24,29 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, impl: str = "fused") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, N, D) -> (out (B, N, D), attention probabilities (B, heads, N, N) or None).
+    def forward(self, x: torch.Tensor, impl: str = "fused",
+                queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, D) -> (out (B, Q, D), attention probabilities (B, heads, Q, N) or None).
 
         ``impl="fused"`` runs F.scaled_dot_product_attention (flash / memory-efficient
         kernels; no (N, N) tensor is kept) and returns None for the weights.
         ``impl="plain"`` computes softmax(QKᵀ/√d)V explicitly and returns the weights.
+        ``queries``: only the first Q tokens ask (all N are still attended to); None = Q = N.
         """
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if queries is not None:
+            q = q[:, :, :queries]  # (B, heads, Q, head_dim)
         p_drop = self.attn_drop if self.training else 0.0
         if impl == "fused":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)
             weights = None
         elif impl == "plain":
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Q, N)
             weights = attn.softmax(dim=-1)
             out = F.dropout(weights, p_drop, self.training) @ v  # (B, heads, N, head_dim)
         else:
             raise ValueError(f"unknown attention implementation {impl!r}; accepted: {ATTENTION_IMPLS}")
-        out = out.transpose(1, 2).reshape(B, N, D)
+        out = out.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.proj_drop(self.proj(out)), weights
