@@ -230,7 +230,7 @@ def test_matmul_peak_is_positive():
 # --- CPU kernels ---------------------------------------------------------------------------
 
 def test_onednn_linears_keep_weights_and_outputs():
-    from vitkit.bench.cpu import OneDNNLinear, onednn_available, use_onednn_linears
+    from vitkit.inference.cpu import OneDNNLinear, onednn_available, use_onednn_linears
 
     cfg = tiny_cfg(width=64)
     ref = randomise(VisionTransformer(cfg), 0).eval()
@@ -254,8 +254,9 @@ def test_bench_uses_onednn_for_vitkit_cpu_inference_only():
     from vitkit.bench import BenchOptions, run_bench
 
     opts = dict(model=tiny_cfg(), batch_sizes=(2,), device="cpu", warmup=0, iters=1, compare=("timm",))
-    rows = {r["impl"]: r for r in run_bench(BenchOptions(**opts))["rows"]}
+    rows = {r["impl"]: r for r in run_bench(BenchOptions(**opts, cpu_linear="onednn"))["rows"]}
     assert rows["vitkit"]["linear"] == "onednn" and rows["timm"]["linear"] == "aten"
+    assert run_bench(BenchOptions(**opts))["rows"][0]["linear"] in ("onednn", "aten")  # auto: the faster, timed
     assert rows["timm"]["max_abs_diff_vs_vitkit"] <= 1e-5
     assert run_bench(BenchOptions(**opts, cpu_linear="aten"))["rows"][0]["linear"] == "aten"
     assert run_bench(BenchOptions(**{**opts, "compare": ()}, mode="train"))["rows"][0]["linear"] == "aten"
@@ -265,7 +266,7 @@ def test_bench_uses_onednn_for_vitkit_cpu_inference_only():
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
 def test_onednn_fused_gelu_matches_both_gelus(act):
-    from vitkit.bench.cpu import OneDNNLinear, use_onednn_linears
+    from vitkit.inference.cpu import OneDNNLinear, use_onednn_linears
 
     cfg = tiny_cfg(width=64, act=act)
     ref = randomise(VisionTransformer(cfg), 0).eval()

@@ -96,7 +96,8 @@ def test_model_predict_convenience(model_dir, photos):
     model.train()
     preds = model.predict(photos / "coffee.jpg", topk=3)
     assert model.training  # the mode is restored
-    assert preds == vitkit.pipeline(model_dir)(photos / "coffee.jpg", topk=3)
+    # the same kernels (a pipeline that loads its own model may pick oneDNN's: float32 rounding apart)
+    assert preds == vitkit.pipeline(model_dir, cpu_kernels="aten")(photos / "coffee.jpg", topk=3)
     assert len(model.predict([photos / "coffee.jpg", photos / "chelsea.jpg"])) == 2
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..config import ViTConfig
+from ..inference.cpu import CPU_KERNELS
 
 MODES = ("infer", "train")
 DTYPES = ("fp32", "bf16", "fp16", "fp8")
@@ -16,7 +17,7 @@ PEERS = ("timm", "hf")
 BACKENDS = ("torch", "onnxruntime")
 COMPILE_MODES = ("off", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 SDPA_CHOICES = ("auto", "cudnn", "flash", "efficient", "math")
-CPU_LINEARS = ("auto", "onednn", "aten")
+CPU_LINEARS = CPU_KERNELS
 SWEEP_SIZES = (224, 384, 512, 1024)  # the resolution sweep of issue 6: 197 .. 4097 tokens at P=16
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_BATCH = 1 << 20
@@ -40,7 +41,7 @@ class BenchOptions:
     compare: tuple[str, ...] = ()  # peers: "timm", "hf" (transformers)
     backends: tuple[str, ...] = ("torch",)  # how vitkit runs: PyTorch and/or an exported ONNX model
     sdpa: str = "auto"  # attention kernel for vitkit; peers keep PyTorch's default dispatch
-    cpu_linear: str = "auto"  # vitkit's block Linears on the CPU: "onednn", "aten" (F.linear), "auto"
+    cpu_linear: str = "auto"  # vitkit's block Linears on the CPU: "onednn", "aten" (F.linear), "auto" (the faster)
     warmup: int = 3
     iters: int = 10
     num_classes: int | None = None  # None: the model's own
@@ -67,14 +68,13 @@ class BenchOptions:
             raise ValueError(f"--device {self.device}: no CUDA device is visible (torch.cuda.is_available() is False)")
         return dev
 
-    def use_onednn(self, device: torch.device) -> bool:
-        """Whether vitkit's block Linears run through oneDNN in this run."""
-        if self.cpu_linear == "aten" or device.type != "cpu":
-            return False
-        from .cpu import onednn_available
-
-        return (self.mode == "infer" and self.dtype in ("fp32", "bf16") and self.compile == "off"
-                and onednn_available())
+    def vitkit_cpu_linear(self, device: torch.device) -> str:
+        """The CPU kernel choice for vitkit's block Linears in this run: "auto" / "onednn" for eager CPU
+        inference in fp32/bf16 (vitkit.inference.cpu.optimize_for_cpu), "aten" otherwise."""
+        if device.type != "cpu" or not (self.mode == "infer" and self.dtype in ("fp32", "bf16")
+                                        and self.compile == "off"):
+            return "aten"
+        return self.cpu_linear
 
     def peer_compile_mode(self) -> str:
         return self.compile if self.peer_compile is None else self.peer_compile
@@ -141,7 +141,7 @@ class BenchOptions:
         if self.sdpa in ("cudnn", "efficient") and not cuda:
             raise ValueError(f"--sdpa {self.sdpa} is a CUDA kernel; on the cpu use auto, flash or math")
         if self.cpu_linear == "onednn":
-            from .cpu import onednn_available
+            from ..inference.cpu import onednn_available
 
             if cuda or self.mode != "infer" or self.dtype not in ("fp32", "bf16") or self.compile != "off":
                 raise ValueError("--cpu-linear onednn is for eager CPU inference in fp32 or bf16 (without --compile)")

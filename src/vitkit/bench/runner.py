@@ -103,7 +103,8 @@ class _Impl:
 
 def _prepare_torch(impl: _Impl, model, x, y, spec: StepSpec, device, warmup: int) -> None:
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    impl.model = prepare_model(model, spec, device)
+    rows = x.shape[0] * getattr(getattr(model, "cfg", None), "num_tokens", 1)  # tokens per batch, for the CPU kernels
+    impl.model = prepare_model(model, spec, device, rows)
     step = make_step(impl.model, x, y, spec, device)
     for _ in range(warmup):  # compile, autotune, lazy inits: before anything is timed
         step.run()
@@ -152,7 +153,7 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
         model = VisionTransformer(cfg)
         model.load_state_dict(state)
         spec = StepSpec(opts.mode, opts.dtype, opts.compile, opts.cuda_graphs, opts.channels_last, vit_sdpa,
-                        onednn_linear=opts.use_onednn(device))
+                        cpu_linear=opts.vitkit_cpu_linear(device))
         log(f"  preparing vitkit ({opts.mode}, {opts.dtype}, compile={opts.compile})")
         _prepare_torch(impl, model, x, y, spec, device, opts.warmup)
         if opts.check_outputs and opts.mode == "infer":  # the prepared model (dtype, kernels) vs the fp32 one
@@ -207,7 +208,7 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
 def _linear_kind(impl: _Impl) -> str | None:
     if impl.spec is None:
         return None  # ONNX Runtime: its own kernels
-    return "onednn" if impl.spec.onednn_linear else "aten"
+    return impl.spec.cpu_linear
 
 
 def _peak_mem_mb(impl: _Impl, device: torch.device) -> float | None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu import use_onednn_linears
+from ..inference.cpu import optimize_for_cpu
 from .fp8 import convert_to_fp8
 from .sdpa import sdpa_context
 
@@ -33,7 +33,8 @@ class StepSpec:
     cuda_graphs: bool = False
     channels_last: bool = False
     sdpa: list | None = None  # SDPA kernels in priority order (vitkit.bench.sdpa), None = PyTorch's choice
-    onednn_linear: bool = False  # vitkit's block Linears through oneDNN (CPU inference; vitkit.bench.cpu)
+    cpu_linear: str = "aten"  # CPU inference: "onednn", "aten" or "auto" (vitkit.inference.cpu.optimize_for_cpu);
+    #                           prepare_model replaces "auto" with the kernel it chose
 
 
 def fused_adamw(params, device: torch.device, capturable: bool = False) -> torch.optim.AdamW:
@@ -45,17 +46,18 @@ def fused_adamw(params, device: torch.device, capturable: bool = False) -> torch
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True, capturable=capturable)
 
 
-def prepare_model(model: nn.Module, spec: StepSpec, device: torch.device) -> nn.Module:
+def prepare_model(model: nn.Module, spec: StepSpec, device: torch.device, rows: int | None = None) -> nn.Module:
     """Move to ``device``; for inference cast weights to the run's dtype (training keeps fp32 master
-    weights and uses autocast); fp8 swaps the block Linears for FP8 ones; channels-last patch kernel."""
+    weights and uses autocast); fp8 swaps the block Linears for FP8 ones; the CPU Linear kernel
+    (chosen on ``rows`` tokens, batch x tokens); channels-last patch kernel."""
     model = model.to(device)
     if spec.mode == "infer":
         model.eval()
         model.to(TORCH_DTYPES[spec.dtype])
         if spec.dtype == "fp8":
             convert_to_fp8(model)
-        if spec.onednn_linear:
-            use_onednn_linears(model)
+        if spec.cpu_linear != "aten":
+            spec.cpu_linear = optimize_for_cpu(model, spec.cpu_linear, rows)
     else:
         model.train()
     if spec.channels_last:

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in bf16/fp16, PyTorch's choice otherwise (peers always get PyTorch's choice)")
     p.add_argument("--cpu-linear", choices=CPU_LINEARS, default="auto",
                    help="vitkit's block Linears on the CPU: onednn (oneDNN inner product, inference), aten "
-                        "(F.linear, as the peers), auto = onednn for CPU inference in fp32/bf16 (default auto)")
+                        "(F.linear, as the peers), auto = the faster of the two, timed on the model's shapes, for CPU "
+                        "inference in fp32/bf16 (default auto)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation first (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed steps per implementation (default 10)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: the model's own)")

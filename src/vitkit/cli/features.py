@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, (".npy",))
     paths, had_folder = list_images(args.images)
     runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, cpu_kernels="auto")
     chunks, kept, skipped = [], [], []
     bar = None
     if had_folder:

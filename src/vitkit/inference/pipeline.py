@@ -18,6 +18,7 @@ from ..config import ViTConfig
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, _source_name, open_image
 from ..data.preprocess import PreprocessConfig, preprocess
 from ..models.vit import VisionTransformer
+from .cpu import CPU_KERNELS, optimize_for_cpu
 from .device import autocast, resolve_device, resolve_dtype
 
 
@@ -58,11 +59,14 @@ class ModelRunner:
     ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or None (= where the model already is;
     otherwise the model is moved there). ``dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``: run under
     autocast; weights are not converted. ``max_pixels``: the decoder's pixel limit.
+    ``cpu_kernels``: on the CPU in fp32, put the block Linears on the faster kernel in place
+    ("auto", "onednn" or "aten"; :func:`vitkit.inference.cpu.optimize_for_cpu`: the same function,
+    float32 rounding apart); None (default) leaves the model as it is.
     """
 
     def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = None, dtype: str = "fp32",
                  batch_size: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 preprocess_cfg: PreprocessConfig | None = None):
+                 preprocess_cfg: PreprocessConfig | None = None, cpu_kernels: str | None = None):
         if not isinstance(model, VisionTransformer):
             raise TypeError(f"expected a vitkit VisionTransformer, got {type(model).__name__}")
         if batch_size < 1:
@@ -77,6 +81,12 @@ class ModelRunner:
             self.device = resolve_device(device)
             model.to(self.device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.cpu_kernel = "aten"
+        if cpu_kernels is not None:
+            if cpu_kernels not in CPU_KERNELS:
+                raise ValueError(f"cpu_kernels must be one of {CPU_KERNELS} or None, got {cpu_kernels!r}")
+            if self.device.type == "cpu" and self.dtype == torch.float32:
+                self.cpu_kernel = optimize_for_cpu(model, cpu_kernels, rows=batch_size * model.cfg.num_tokens)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocess_cfg = preprocess_cfg or model.preprocess_cfg or default_preprocess_cfg(model.cfg)
@@ -175,12 +185,13 @@ def pipeline(src: str | os.PathLike | VisionTransformer, **kwargs) -> ImageClass
     """An image classifier from ``src``: anything :func:`vitkit.load` accepts, or a model in memory.
 
     ``clf = vitkit.pipeline("runs/digits"); clf("seven.png", topk=3)`` -> [("7", 0.98), ...].
-    Keyword arguments go to :class:`ImageClassificationPipeline` (``device`` defaults to
-    ``"auto"`` when loading from ``src``).
+    Keyword arguments go to :class:`ImageClassificationPipeline` (when loading from ``src``,
+    ``device`` defaults to ``"auto"`` and ``cpu_kernels`` to ``"auto"``: the pipeline owns that model).
     """
     if isinstance(src, VisionTransformer):
         return ImageClassificationPipeline(src, **kwargs)
     from ..weights.api import load
 
     kwargs.setdefault("device", "auto")
+    kwargs.setdefault("cpu_kernels", "auto")
     return ImageClassificationPipeline(load(src), **kwargs)
