@@ -98,10 +98,12 @@ def _ort_int8_agreement(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Agreement of the int8-quantised ONNX Runtime model (vitkit bench --ort-int8) with fp32 PyTorch."""
     import tempfile
 
-    from vitkit.bench.onnx_backend import _export_onnx, ort_session, quantize_int8
+    from vitkit.bench.onnx_backend import ort_session, quantize_int8
+    from vitkit.export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = _export_onnx(model.float().eval(), x, Path(tmp) / "m.onnx")
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model.float().eval(), path)  # dynamic batch
         q = ort_session(quantize_int8(path, Path(tmp) / "m8.onnx"))
         out = torch.from_numpy(q.run(None, {q.get_inputs()[0].name: x.float().numpy()})[0])
     return (model(x.float()).argmax(-1) == out.argmax(-1)).float().mean().item()

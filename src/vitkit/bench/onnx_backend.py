@@ -1,8 +1,9 @@
 """Timing vitkit as an exported ONNX model in ONNX Runtime (CPU).
 
-The export here is a small private helper around ``torch.onnx.export``; vitkit's
-export module (``vitkit.export``, issue 5) is the public way to export and should
-replace it once it lands. onnxruntime is imported only when this backend is asked for.
+The file is what ``vitkit export`` writes (:func:`vitkit.export.onnx.export_onnx`: checked
+against PyTorch before it is used); this module opens it in a session tuned for
+throughput and, on request, quantises it to int8. onnxruntime is imported only when this
+backend is asked for.
 """
 
 from __future__ import annotations
@@ -18,19 +19,6 @@ import numpy as np
 import torch
 
 LEVELS = ("basic", "extended", "all")
-
-
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write ``model`` (eval, fp32) as ONNX with a fixed input shape; returns the path."""
-    path = Path(path)
-    model = model.eval()
-    # the exporter reports its progress on stdout/stderr and warns about things a user cannot act on
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["pixels"], output_names=["logits"],
-                          dynamo=True, external_data=False)
-    return path
 
 
 def quantize_int8(path: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -24,21 +24,36 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+# instruction-set features that decide which CPU kernels are fast (MKL vs oneDNN, bf16, int8)
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu_info() -> dict[str, Any]:
+    """The first processor's model name, vendor, family/model/stepping (an "AMD EPYC" name alone does not tell
+    Zen 4 from Zen 5, whose fp32 kernels differ ~2x) and the ISA flags in _ISA_FLAGS it has."""
+    info: dict[str, Any] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key in ("model name", "vendor_id", "cpu family", "model", "stepping"):
+                    info[key.replace(" ", "_")] = value
+                elif key == "flags":
+                    have = set(value.split())
+                    info["isa"] = [f for f in _ISA_FLAGS if f in have]
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    info.setdefault("model_name", platform.processor() or platform.machine())
+    return info
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, load, GPU, library versions."""
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": (cpu := _cpu_info())["model_name"], "cpu_id": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "load_avg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "versions": {p: _version(p) for p in ("torch", "vitkit", "timm", "transformers", "onnxruntime", "onnx")},

@@ -172,10 +172,12 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
         impls.append(impl)
 
     if "onnxruntime" in opts.backends:
-        from .onnx_backend import OrtRunner, _export_onnx, ort_session
+        from ..export.onnx import export_onnx
+        from .onnx_backend import OrtRunner, ort_session
 
-        log("  exporting vitkit to ONNX and opening an ONNX Runtime session")
-        path = _export_onnx(ref, x, workdir / f"vitkit_{h}x{w}_b{batch}.onnx")
+        log("  exporting vitkit to ONNX (vitkit.export, fixed batch) and opening an ONNX Runtime session")
+        path = workdir / f"vitkit_{h}x{w}_b{batch}.onnx"
+        export_onnx(ref, path, image_size=(h, w), dynamic_batch=False, batch_size=batch)
         runner = OrtRunner(ort_session(path, opts.threads, opts.ort_level), x)
         impl = _Impl("vitkit[onnxruntime]", "vitkit", "onnxruntime", "fp32", n_params)
         if opts.check_outputs:
