@@ -52,8 +52,9 @@ def _cpu_info() -> dict[str, Any]:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, load, GPU, library versions."""
+    cpu = _cpu_info()
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": (cpu := _cpu_info())["model_name"], "cpu_id": cpu,
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu["model_name"], "cpu_id": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "load_avg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "versions": {p: _version(p) for p in ("torch", "vitkit", "timm", "transformers", "onnxruntime", "onnx")},
