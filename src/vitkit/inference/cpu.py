@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CPU_KERNELS = ("auto", "onednn", "aten")
+TIMING_ROWS = 512  # the most tokens "auto" times the kernels on
 
 
 def onednn_available() -> bool:
@@ -97,7 +98,7 @@ def use_onednn_linears(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def time_block_linears(model: nn.Module, kernel: str, rows: int, repeats: int = 5) -> float:
+def time_block_linears(model: nn.Module, kernel: str, rows: int, repeats: int = 3) -> float:
     """Median seconds for one block's Linears (qkv, proj, fc1 + GELU, fc2) on ``rows`` tokens of the
     model's dtype, through ``kernel`` ("onednn" or "aten": ``F.linear`` as timm runs them)."""
     blk = _blocks(model)[0]
@@ -131,8 +132,10 @@ def optimize_for_cpu(model: nn.Module, kernel: str = "auto", rows: int | None = 
 
     ``kernel``: "onednn" (swap for :class:`OneDNNLinear`), "aten" (leave ``nn.Linear``), or
     "auto": time both on one block's Linears with ``rows`` tokens (default: the model's
-    tokens x 8 images) and keep the faster. Weights, state dict and the function are the
-    same either way. Only fp32/bf16 weights on the CPU are changed.
+    tokens x 8 images; at most TIMING_ROWS, so that choosing costs well under a second for
+    ViT-B: the kernels' ranking is the same at that size) and keep the faster. Weights,
+    state dict and the function are the same either way. Only fp32/bf16 weights on the
+    CPU are changed.
     """
     if kernel not in CPU_KERNELS:
         raise ValueError(f"kernel must be one of {CPU_KERNELS}, got {kernel!r}")
@@ -144,7 +147,7 @@ def optimize_for_cpu(model: nn.Module, kernel: str = "auto", rows: int | None = 
     if any(isinstance(m, OneDNNLinear) for m in blocks.modules()):
         return "onednn"  # already swapped
     if kernel == "auto":
-        rows = rows or 8 * model.cfg.num_tokens
+        rows = min(rows or 8 * model.cfg.num_tokens, TIMING_ROWS)
         # interleaved, twice each, so a slow moment on a shared machine falls on both
         t = {"onednn": [], "aten": []}
         for _ in range(2):
