@@ -101,9 +101,9 @@ class _Impl:
         self.sdpa: list[str] | None = None
 
 
-def _prepare_torch(impl: _Impl, model, x, y, spec: StepSpec, device, warmup: int) -> None:
+def _prepare_torch(impl: _Impl, model, x, y, spec: StepSpec, device, warmup: int, rows: int | None = None) -> None:
+    """``rows``: tokens per batch, what the CPU kernel choice is timed on (vitkit only)."""
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    rows = x.shape[0] * getattr(getattr(model, "cfg", None), "num_tokens", 1)  # tokens per batch, for the CPU kernels
     impl.model = prepare_model(model, spec, device, rows)
     step = make_step(impl.model, x, y, spec, device)
     for _ in range(warmup):  # compile, autotune, lazy inits: before anything is timed
@@ -155,7 +155,7 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
         spec = StepSpec(opts.mode, opts.dtype, opts.compile, opts.cuda_graphs, opts.channels_last, vit_sdpa,
                         cpu_linear=opts.vitkit_cpu_linear(device))
         log(f"  preparing vitkit ({opts.mode}, {opts.dtype}, compile={opts.compile})")
-        _prepare_torch(impl, model, x, y, spec, device, opts.warmup)
+        _prepare_torch(impl, model, x, y, spec, device, opts.warmup, rows=batch * cfg.num_tokens)
         if opts.check_outputs and opts.mode == "infer":  # the prepared model (dtype, kernels) vs the fp32 one
             with torch.inference_mode():
                 impl.max_abs_diff = _max_diff(impl.model(check_x.to(device, TORCH_DTYPES[opts.dtype])).cpu(), ref_out)
