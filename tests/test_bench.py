@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -170,6 +171,12 @@ def test_cli_writes_json_and_prints_table(tmp_path, capsys):
     assert doc["options"]["compare"] == ["timm"] and len(doc["rows"]) == 2
     assert doc["command"].startswith(f"vitkit bench {cfg} --mode infer --batch 2 --dtype fp32 --device cpu")
     assert doc["machine"]["cpu_count"] >= 1 and doc["date"].endswith("+00:00")
+    # the CPU is identified beyond its marketing name (kernel speed differs ~2x between generations)
+    cpu_id = doc["machine"]["cpu_id"]
+    assert cpu_id["model_name"] == doc["machine"]["cpu"]
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert {"vendor_id", "cpu_family", "model"} <= set(cpu_id) and "avx2" in cpu_id["isa"]
+    assert doc["matmul_peak"]["kernel"] in ("aten", "onednn")
 
 
 @pytest.mark.parametrize("argv,msg", [
