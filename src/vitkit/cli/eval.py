@@ -62,9 +62,9 @@ def load_for_eval(src: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import DataSpec, TensorImageDataset, collate_skipping, load_eval_source
+    from ..inference.cpu import optimize_for_cpu
     from ..train.augment import eval_transform
     from ..train.checkpoint import write_bytes_atomic
-    from ..inference.cpu import optimize_for_cpu
     from ..train.metrics import evaluate, format_report, plot_confusion
 
     if args.batch_size < 1:

@@ -45,7 +45,7 @@ class Attention(nn.Module):
         elif impl == "plain":
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, Q, N)
             weights = attn.softmax(dim=-1)
-            out = F.dropout(weights, p_drop, self.training) @ v  # (B, heads, N, head_dim)
+            out = F.dropout(weights, p_drop, self.training) @ v  # (B, heads, Q, head_dim)
         else:
             raise ValueError(f"unknown attention implementation {impl!r}; accepted: {ATTENTION_IMPLS}")
         out = out.transpose(1, 2).reshape(B, q.shape[2], D)
