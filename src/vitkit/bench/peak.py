@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..inference.cpu import onednn_available
+from ..inference.cpu import onednn_available, onednn_linear
 from .fp8 import quantize_rows
 from .timing import interleaved
 
@@ -39,7 +39,7 @@ def measure_matmul_peak(device: torch.device, dtype: str, n: int | None = None, 
         steps = {"aten": lambda: a @ b}
         if device.type == "cpu" and dtype in ("fp32", "bf16") and onednn_available():
             bt = b.t().contiguous()  # (out, in), the layout of a Linear weight
-            steps["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+            steps["onednn"] = lambda: onednn_linear(a, bt, None)
         with torch.inference_mode():
             t = interleaved(steps, device, warmup=2, iters=iters)
         kernel = min(t, key=lambda k: min(t[k]))

@@ -33,6 +33,23 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  gelu: str | None = None) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)`` by oneDNN's inner product, bias and GELU ("none" = erf, "tanh") in its
+    epilogue; no GELU when ``gelu`` is None. CPU, fp32/bf16, no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none" if gelu is None else "gelu", [], gelu or "")
+
+
+def aten_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                gelu: str | None = None) -> torch.Tensor:
+    """The same as :func:`onednn_linear` through ``F.linear`` (+ ``F.gelu``): what timm and transformers run."""
+    out = F.linear(x, weight, bias)
+    return out if gelu is None else F.gelu(out, approximate=gelu)
+
+
+LINEARS = {"onednn": onednn_linear, "aten": aten_linear}
+
+
 class OneDNNLinear(nn.Module):
     """A Linear (optionally followed by GELU) computed by oneDNN on the CPU (fp32/bf16, no grad),
     by ``F.linear`` (+ ``F.gelu``) otherwise.
@@ -56,10 +73,8 @@ class OneDNNLinear(nn.Module):
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype
                 and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias,
-                                                      "none" if self.gelu is None else "gelu", [], self.gelu or "")
-        out = F.linear(x, self.weight, self.bias)
-        return out if self.gelu is None else F.gelu(out, approximate=self.gelu)
+            return onednn_linear(x, self.weight, self.bias, self.gelu)
+        return aten_linear(x, self.weight, self.bias, self.gelu)
 
     def extra_repr(self) -> str:
         act = "" if self.gelu is None else f", fused GELU ({self.gelu})"
@@ -108,15 +123,11 @@ def time_block_linears(model: nn.Module, kernel: str, rows: int, repeats: int = 
     layers = [(blk.attn.qkv, None), (blk.attn.proj, None), (blk.mlp.fc1, gelu), (blk.mlp.fc2, None)]
     xs = [torch.randn(rows, lin.in_features, dtype=p.dtype) for lin, _ in layers]
 
+    linear = LINEARS[kernel]
+
     def run():
         for (lin, g), x in zip(layers, xs):
-            if kernel == "onednn":
-                torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "none" if g is None else "gelu", [],
-                                                   g or "")
-            else:
-                out = F.linear(x, lin.weight, lin.bias)
-                if g is not None:
-                    F.gelu(out, approximate=g)
+            linear(x, lin.weight, lin.bias, g)
 
     run()  # first-call set-up (oneDNN primitive creation, BLAS buffers)
     times = []
