@@ -28,12 +28,13 @@ def test_non_square_timm_state_dict_loads_when_image_size_is_given(tmp_path, cap
     # size cannot be guessed; the error says "pass image_size=(H, W)", and doing so must work
     theirs = _timm(img_size=(32, 48))
     save_file(theirs.state_dict(), tmp_path / "ns.safetensors")
-    ours = vitkit.load(tmp_path / "ns.safetensors", image_size=(32, 48))
+    ours = vitkit.load(tmp_path / "ns.safetensors", image_size=(32, 48), heads=4)
     assert ours.cfg.image_hw == (32, 48)
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert max_diff(ours(x), theirs(x)) <= 1e-5
-    assert main(["convert", str(tmp_path / "ns.safetensors"), str(tmp_path / "out"), "--image-size", "32", "48"]) == 0
+    assert main(["convert", str(tmp_path / "ns.safetensors"), str(tmp_path / "out"), "--image-size", "32", "48",
+                 "--heads", "4"]) == 0
     assert "image 32x48" in capsys.readouterr().out
 
 
@@ -47,8 +48,8 @@ def test_grey_checkpoints_without_preprocessing_get_grey_preprocessing(tmp_path)
     hf.save_pretrained(tmp_path / "hf")
     save_file(_timm(in_chans=1).state_dict(), tmp_path / "t.safetensors")
     img = Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3) % 251)
-    for src in (tmp_path / "hf", tmp_path / "t.safetensors"):
-        model = vitkit.load(src)
+    for src, kw in ((tmp_path / "hf", {}), (tmp_path / "t.safetensors", {"heads": 4})):
+        model = vitkit.load(src, **kw)
         assert model.preprocess_cfg.mode == "L" and len(model.preprocess_cfg.mean) == 1
         preds = model.predict(img, topk=3)
         assert len(preds) == 3 and abs(sum(p for _, p in preds) - 1) < 1e-5

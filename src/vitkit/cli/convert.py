@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .main import UserError
+from .model_args import add_model_args, load_kwargs
 
 SUFFIX_FORMATS = {".npz": "npz", ".safetensors": "timm", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
 
@@ -20,11 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=("vitkit", "hf", "timm", "npz"), default=None,
                    help="output format (default: from DST's suffix: .npz -> npz, .safetensors/.pth/.bin -> timm, "
                         "otherwise vitkit)")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N", default=None,
-                   help="resample the position embedding for this input size (one value, or H W)")
-    p.add_argument("--heads", type=int, default=None,
-                   help="number of attention heads, for timm state dicts whose width is not a standard size")
     p.add_argument("--force", action="store_true", help="overwrite DST if it already exists")
+    add_model_args(p, two_values=True)
     p.set_defaults(func=run)
 
 
@@ -35,12 +33,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.to or SUFFIX_FORMATS.get(dst.suffix, "vitkit")
     if dst.exists() and not args.force:
         raise UserError(f"{dst} already exists; pass --force to overwrite it")
-    size = None
-    if args.image_size:
-        if len(args.image_size) > 2:
-            raise UserError("--image-size takes one value or two (H W)")
-        size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    model = load(args.src, image_size=size, heads=args.heads)
+    model = load(args.src, **load_kwargs(args))
     out = save(model, dst, format=fmt)
     cfg = model.cfg
     print(f"{args.src} ({model.load_info.get('format')}) -> {out} ({fmt}): width {cfg.width}, depth {cfg.depth}, "

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import torch
 
+from .model_args import add_model_args
+
 DESCRIPTION = """\
 Score a model on a data set: top-1, top-5, per-class accuracy and the confusion matrix
 (printed, and saved as confusion.png with results.json in --out).
 
-MODEL: a run folder (its model/), a vitkit checkpoint folder, or a training checkpoint (.pt).
+MODEL: anything vitkit.load reads: a run folder (its model/), a training checkpoint (.pt), a vitkit,
+Hugging Face or timm folder, a timm state-dict file, a Google .npz or a hub id. The model's own
+preprocessing (resize, crop, mean/std) is applied to the images.
 --data: digits or lfw-faces (their validation split), a folder (its val/ part when it has one,
 else its class folders), or a CSV of path,label. Class names are matched to the model's labels.
 """
@@ -22,7 +26,8 @@ else its class folders), or a CSV of path,label. Class names are matched to the 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a model on data",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder, vitkit checkpoint folder or training .pt")
+    p.add_argument("model", metavar="MODEL", help="anything vitkit.load reads (run folder, training .pt, vitkit/HF/timm "
+                                                  "folder, timm file, .npz, hub id)")
     p.add_argument("--data", required=True, help="digits, lfw-faces, a folder or a .csv of path,label")
     p.add_argument("--out", help="folder for confusion.png and results.json (default: RUN/eval-<data> for a run "
                                  "folder, else ./vitkit-eval)")
@@ -32,47 +37,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image instead of "
                                                                "skipping and reporting it")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
-def load_for_eval(src: str):
-    """(model in eval mode, run folder or None) from a run folder, vitkit folder or training .pt."""
-    from ..models.vit import VisionTransformer
-    from ..config import ViTConfig
-    from ..train.model_setup import find_model_folder, preprocess_for
+def load_for_eval(src: str, **overrides):
+    """(model in eval mode, run folder or None): anything vitkit.load reads; a run folder (or a checkpoint in
+    its checkpoints/) is where results go by default."""
     from ..weights.api import load
 
-    p = Path(src)
-    if not p.exists():
-        raise FileNotFoundError(f"{src} does not exist (expected a run folder, a vitkit checkpoint folder or a .pt)")
-    folder = find_model_folder(p)
-    run_dir = p if folder is not None and folder != p else None
-    if folder is not None:
-        return load(folder), run_dir
-    if p.is_file() and p.suffix == ".pt":
-        from ..train.checkpoint import load_checkpoint
-
-        ck = load_checkpoint(p)
-        model = VisionTransformer(ViTConfig.from_dict(ck["model_config"]))
-        model.load_state_dict(ck["model"])
-        model.preprocess_cfg = preprocess_for(model.cfg)
-        return model.eval(), (p.parent.parent if p.parent.name == "checkpoints" else None)
-    raise ValueError(f"{src} is neither a run folder, a vitkit checkpoint folder nor a training checkpoint (.pt)")
+    model = load(src, **overrides)
+    info = model.load_info
+    run_dir = info.get("run")
+    if run_dir is None and info["format"] == "train-checkpoint" and Path(src).parent.name == "checkpoints":
+        run_dir = Path(src).parent.parent
+    return model, (Path(run_dir) if run_dir else None)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.preprocess import default_preprocess
     from ..data.datasets import DataSpec, TensorImageDataset, collate_skipping, load_eval_source
     from ..inference.cpu import optimize_for_cpu
-    from ..train.augment import eval_transform
+    from ..train.augment import EvalTransform
+    from .model_args import load_kwargs
     from ..train.checkpoint import write_bytes_atomic
     from ..train.metrics import evaluate, format_report, plot_confusion
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    model, run_dir = load_for_eval(args.model)
+    model, run_dir = load_for_eval(args.model, **load_kwargs(args))
     cfg = model.cfg
+    pre = model.preprocess_cfg or default_preprocess(cfg.image_hw, cfg.channels)
+    normalise = EvalTransform(pre.mean, pre.std)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    spec = DataSpec(image_size=cfg.image_hw, channels=cfg.channels, strict=args.strict_data)
+    spec = DataSpec(image_size=cfg.image_hw, channels=cfg.channels, strict=args.strict_data, preprocess=pre)
     ds = load_eval_source(args.data, spec, list(cfg.labels) if cfg.labels else None)
     if len(ds.classes) != cfg.num_classes:
         raise ValueError(f"the data {args.data!r} has {len(ds.classes)} classes {ds.classes[:10]}, the model "
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
         def __getitem__(self, i):
             x, y = ds[i]
-            return (None, y) if x is None else (eval_transform(x), y)
+            return (None, y) if x is None else (normalise(x), y)
 
     loader = torch.utils.data.DataLoader(View(), batch_size=args.batch_size, num_workers=workers,
                                          collate_fn=collate_skipping)

@@ -6,6 +6,7 @@ import argparse
 
 from ..utils.atomic import check_output_path
 from .main import UserError
+from .model_args import add_model_args, load_kwargs
 from .predict import add_runtime_args
 
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="run at this input size, N or HxW (default: the model's preprocessing size)")
     p.add_argument("--topk", type=int, default=5, help="predictions listed beside the map (default 5)")
     add_runtime_args(p)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.out, args.grid):
         if out:
             check_output_path(out, (".png",))
-    model = load(args.src)
+    model = load(args.src, **load_kwargs(args))
     if size is not None:
         # this model copy is the command's own: let it take other sizes (position embedding resampled)
         model.patch_embed.dynamic_img_size = True

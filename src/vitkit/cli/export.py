@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .explain import parse_size
+from .model_args import add_model_args, load_kwargs
 from .main import UserError
 
 
@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "(inputs/outputs stay float32)")
     p.add_argument("--atol", type=float, default=None,
                    help=f"largest max-abs difference accepted (default {FP32_ATOL:g}, {FP16_ATOL:g} with --fp16)")
-    p.add_argument("--size", help="input size N or HxW (default: the model's; another size resamples the "
-                                  "position embedding at load, as vitkit.load(..., image_size=) does)")
+    add_model_args(p, size_aliases=("--size",))
     p.set_defaults(func=run)
 
 
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.opset < 7:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
     # a checkpoint loaded from disk cannot be made dynamic_img_size by the user: load it at the size asked for
-    model = load(args.src, image_size=parse_size(args.size))
+    model = load(args.src, **load_kwargs(args))
     report = export_onnx(model, args.onnx, dynamic_batch=args.dynamic_batch,
                          batch_size=args.batch_size, opset=args.opset, fp16=args.fp16, atol=args.atol)
     per_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in report.diffs.items())

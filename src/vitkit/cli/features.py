@@ -12,6 +12,7 @@ from ..utils.atomic import atomic_write, atomic_write_text, check_output_path
 from ..inference.features import POOLS
 from ..inference.images import list_images
 from .main import UserError
+from .model_args import add_model_args, load_kwargs
 from .predict import add_runtime_args
 
 
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block index (0-based, negative from the end), final norm applied; default: the last")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_runtime_args(p)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.out, (".npy",))
     paths, had_folder = list_images(args.images)
-    runner = ModelRunner(load(args.src), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+    runner = ModelRunner(load(args.src, **load_kwargs(args)), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                          max_pixels=args.max_pixels, cpu_kernels="auto")
     chunks, kept, skipped = [], [], []
     bar = None

@@ -19,6 +19,7 @@ from ..utils.atomic import atomic_write_text, check_output_path
 from ..inference.device import DEVICES, DTYPES
 from ..inference.images import list_images
 from .main import UserError
+from .model_args import add_model_args, load_kwargs
 
 JSON_SCHEMA_VERSION = 1
 CSV_COLUMNS = ["image", "rank", "label", "index", "probability", "error"]
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", metavar="OUT", help="also write results as CSV to OUT ('-' = stdout only)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     add_runtime_args(p)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if out and out != "-":
             check_output_path(out)
     paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
-    clf = pipeline(args.src, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+    clf = pipeline(args.src, load_kwargs=load_kwargs(args), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    max_pixels=args.max_pixels)
     to_stdout = "-" in (args.json, args.csv)
     results = []

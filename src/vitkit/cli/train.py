@@ -42,6 +42,10 @@ HELP: dict[str, str] = {
     "patch_size": "patch size for a model built from a name or config",
     "model_overrides": "ViTConfig fields for a model built from a name or config, as KEY=VALUE[,KEY=VALUE...], "
                        "e.g. width=64,depth=4,heads=4",
+    "heads": "attention heads of a checkpoint that does not store them (a bare timm state dict whose width "
+             "is no published size)",
+    "pooling": "cls or gap, for a checkpoint that does not say",
+    "act": "gelu or gelu_tanh, for a checkpoint that does not say (a JAX .npz)",
     "val_fraction": "fraction held out for validation when the source has no validation part (default 0.2)",
     "strict_data": "stop at the first unreadable image file with its path (default: skip it and report it)",
     "workers": "data-loading processes (default 0 for the built-ins, else min(4, CPUs - 1))",

@@ -34,6 +34,7 @@ from PIL import Image
 
 from .builtin import BUILTIN
 from .decode import open_image
+from .preprocess import PreprocessConfig, resize_crop
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -101,7 +102,8 @@ class FileImageDataset(ImageDataset):
     """Images read from files with vitkit's safe decoder, one per item."""
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], classes: list[str],
-                 image_size: tuple[int, int], channels: int, name: str, strict: bool = False):
+                 image_size: tuple[int, int], channels: int, name: str, strict: bool = False,
+                 preprocess: PreprocessConfig | None = None):
         self.paths = [str(p) for p in paths]
         self.targets = [int(t) for t in targets]
         self.classes = list(classes)
@@ -111,6 +113,10 @@ class FileImageDataset(ImageDataset):
             raise ValueError(f"image files give 1- or 3-channel input; the model wants {channels} channels")
         self.name = name
         self.strict = strict
+        # resize (and crop) as the model's preprocessing does; without one: squash, bilinear
+        self.geometry = PreprocessConfig(size=self.size, mode=self.mode, mean=(0.5,) * channels, std=(0.5,) * channels,
+                                         resize=preprocess.resize, crop_pct=preprocess.crop_pct,
+                                         interpolation=preprocess.interpolation) if preprocess else None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
         path = self.paths[i]
@@ -120,7 +126,11 @@ class FileImageDataset(ImageDataset):
             if self.strict:
                 raise UnreadableImage(f"unreadable image {path}: {e} (run without --strict-data to skip such files)") from None
             return None, f"{path}: {e}"
-        img = img.convert(self.mode).resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+        img = img.convert(self.mode)
+        if self.geometry is not None:
+            img = resize_crop(img, self.geometry)
+        else:
+            img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
         a = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(a)), self.targets[i]
@@ -135,6 +145,7 @@ class DataSpec:
     val_fraction: float = 0.2  # held out when the source has no validation part
     seed: int = 0  # of that split
     strict: bool = False  # stop at the first unreadable file instead of skipping it
+    preprocess: PreprocessConfig | None = None  # the model's: its resize / crop / interpolation for image files
 
 
 def _sort_classes(names: set[str]) -> list[str]:
@@ -261,7 +272,8 @@ def load_source(source: str, spec: DataSpec, val_source: str | None = None) -> t
     else:
         paths, targets, classes = _file_items(source)
         name = source
-    mk = lambda ps, ts, nm: FileImageDataset(ps, ts, classes, spec.image_size, spec.channels, nm, spec.strict)
+    mk = lambda ps, ts, nm: FileImageDataset(ps, ts, classes, spec.image_size, spec.channels, nm, spec.strict,
+                                         spec.preprocess)
     if val_source:
         vpaths, vtargets, _ = _file_items(val_source, classes)
         return mk(paths, targets, name), mk(vpaths, vtargets, val_source)
@@ -292,7 +304,8 @@ def load_eval_source(source: str, spec: DataSpec, classes: list[str] | None = No
     if p.is_dir() and (p / "val").is_dir():
         p = p / "val"
     paths, targets, found = _file_items(str(p), classes)
-    return FileImageDataset(paths, targets, found, spec.image_size, spec.channels, str(p), spec.strict)
+    return FileImageDataset(paths, targets, found, spec.image_size, spec.channels, str(p), spec.strict,
+                            spec.preprocess)
 
 
 # --- turning items into training / evaluation batches -------------------------------

@@ -108,6 +108,12 @@ def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return _centre_crop(img.resize((nw, nh), interp), h, w)
 
 
+def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The geometric part of ``cfg`` (resize, centre crop) on a PIL image already in ``cfg.mode``: what
+    training data sets use, so a model trains on pixels laid out as it will see them at inference."""
+    return _resize_crop(img, cfg)
+
+
 def preprocess(images: Image.Image | Sequence[Image.Image], cfg: PreprocessConfig) -> torch.Tensor:
     """PIL image(s) -> (B, C, H, W) float32, resized, cropped, rescaled and normalised."""
     if isinstance(images, Image.Image):
@@ -123,3 +129,16 @@ def preprocess(images: Image.Image | Sequence[Image.Image], cfg: PreprocessConfi
         a = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
         out.append(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))))
     return torch.stack(out)
+
+
+def default_preprocess(size: int | tuple[int, int], channels: int, **kw: Any) -> PreprocessConfig:
+    """The preprocessing of a model that carries none, or a format's default with ``kw`` changed: resize
+    straight to ``size`` (bilinear), 0..1, mean = std = 0.5 (so -1..1). A 1-channel model gets grey
+    images ("L") and the first mean/std value; other channel counts cannot be fed from image files."""
+    if channels not in (1, 3):
+        raise ValueError(f"the model takes {channels} channels; images can only be fed to 1- or 3-channel "
+                         "models (give it tensors instead)")
+    kw = {"resize": "squash", "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, **kw}
+    if channels == 1:
+        kw.update(mode="L", mean=tuple(kw["mean"])[:1], std=tuple(kw["std"])[:1])
+    return PreprocessConfig(size=size, **kw)

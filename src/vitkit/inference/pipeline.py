@@ -16,22 +16,16 @@ from PIL import Image
 
 from ..config import ViTConfig
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, _source_name, open_image
-from ..data.preprocess import PreprocessConfig, preprocess
+from ..data.preprocess import PreprocessConfig, default_preprocess, preprocess
 from ..models.vit import VisionTransformer
 from .cpu import CPU_KERNELS, optimize_for_cpu
 from .device import autocast, resolve_device, resolve_dtype
 
 
 def default_preprocess_cfg(cfg: ViTConfig) -> PreprocessConfig:
-    """The preprocessing used for a model that carries none: resize straight to the model's
-    image size (bilinear), scale to 0..1, normalise with mean = std = 0.5 (so -1..1);
-    grey ("L") for 1-channel models, RGB for 3-channel ones."""
-    if cfg.channels not in (1, 3):
-        raise ValueError(f"the model takes {cfg.channels} channels and carries no preprocess config; "
-                         "images can only be fed to 1- or 3-channel models without one")
-    n = cfg.channels
-    return PreprocessConfig(size=cfg.image_hw, resize="squash", interpolation="bilinear",
-                            mean=(0.5,) * n, std=(0.5,) * n, mode="RGB" if n == 3 else "L")
+    """The preprocessing used for a model that carries none (:func:`vitkit.data.preprocess.default_preprocess`:
+    resize straight to the model's size, bilinear, mean = std = 0.5; grey for 1-channel models)."""
+    return default_preprocess(cfg.image_hw, cfg.channels)
 
 
 def class_names(model: VisionTransformer) -> list[str]:
@@ -181,17 +175,21 @@ class ImageClassificationPipeline(ModelRunner):
         return out[0] if single else out
 
 
-def pipeline(src: str | os.PathLike | VisionTransformer, **kwargs) -> ImageClassificationPipeline:
+def pipeline(src: str | os.PathLike | VisionTransformer, load_kwargs: dict | None = None,
+             **kwargs) -> ImageClassificationPipeline:
     """An image classifier from ``src``: anything :func:`vitkit.load` accepts, or a model in memory.
+    ``load_kwargs``: the :func:`vitkit.load` overrides (heads, image_size, pooling...).
 
     ``clf = vitkit.pipeline("runs/digits"); clf("seven.png", topk=3)`` -> [("7", 0.98), ...].
     Keyword arguments go to :class:`ImageClassificationPipeline` (when loading from ``src``,
     ``device`` defaults to ``"auto"`` and ``cpu_kernels`` to ``"auto"``: the pipeline owns that model).
     """
     if isinstance(src, VisionTransformer):
+        if load_kwargs:
+            raise ValueError("load_kwargs are for loading src from a checkpoint; this model is already in memory")
         return ImageClassificationPipeline(src, **kwargs)
     from ..weights.api import load
 
     kwargs.setdefault("device", "auto")
     kwargs.setdefault("cpu_kernels", "auto")
-    return ImageClassificationPipeline(load(src), **kwargs)
+    return ImageClassificationPipeline(load(src, **(load_kwargs or {})), **kwargs)

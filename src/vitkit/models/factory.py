@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from ..config import ViTConfig, parse_model_name
+from ..utils.jsonfile import read_json
 from .vit import VisionTransformer
 
 
@@ -17,16 +17,12 @@ def resolve_config(name_or_config: str | os.PathLike | dict | ViTConfig, **overr
         cfg = src
     elif isinstance(src, dict):
         cfg = ViTConfig.from_dict(src)
-    elif isinstance(src, (str, os.PathLike)) and str(src).endswith(".json"):
+    elif isinstance(src, (str, os.PathLike)) and (os.path.isfile(src) or str(src).endswith(".json")):
         path = os.fspath(src)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"config file {path!r} is not valid JSON: {e}") from None
-        cfg = ViTConfig.from_dict(data.get("model", data) if isinstance(data, dict) else data)
+        data = read_json(path)
+        cfg = ViTConfig.from_dict(data.get("model", data))
     elif isinstance(src, str):
         cfg = parse_model_name(src)
     else:

@@ -11,17 +11,26 @@ image, so the training loop's generator (dropout, stochastic depth) is left unto
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig, parse_randaugment
 
-MEAN, STD = 0.5, 0.5  # inputs in [0, 1] -> [-1, 1]; saved with the model as its PreprocessConfig
+MEAN, STD = 0.5, 0.5  # from-scratch default: inputs in [0, 1] -> [-1, 1]; saved with the model's PreprocessConfig
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - MEAN) / STD
+def normalize(x: torch.Tensor, mean: float | Sequence[float] = MEAN, std: float | Sequence[float] = STD) -> torch.Tensor:
+    """(x - mean) / std per channel of a (..., C, H, W) tensor in [0, 1] (the model's PreprocessConfig values;
+    a fine-tuned checkpoint keeps its own, e.g. ImageNet's)."""
+    if not isinstance(mean, (int, float)):
+        if len(set(mean)) == 1 and len(set(std)) == 1:  # one value for every channel: the scalar form
+            mean, std = mean[0], std[0]
+        else:
+            mean = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+            std = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean) / std
 
 
 def random_affine(x: torch.Tensor, g: torch.Generator, rotate: float, translate: float, scale: float) -> torch.Tensor:
@@ -39,7 +48,8 @@ def random_affine(x: torch.Tensor, g: torch.Generator, rotate: float, translate:
 class TrainTransform:
     """``(x (C, H, W) in [0, 1], seed) -> normalised augmented (C, H, W)`` as set by a TrainConfig."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, mean: Sequence[float] = (MEAN,), std: Sequence[float] = (STD,)):
+        self.mean, self.std = tuple(mean), tuple(std)
         self.rotate, self.translate, self.scale, self.hflip = cfg.rotate, cfg.translate, cfg.scale, cfg.hflip
         self.randaugment = None
         if cfg.randaugment:
@@ -64,12 +74,18 @@ class TrainTransform:
                 torch.manual_seed(seed)
                 if self.randaugment is not None:  # works on uint8 images
                     x = self.randaugment((x * 255).round().clamp(0, 255).to(torch.uint8)).float() / 255
-                x = normalize(x)
+                x = normalize(x, self.mean, self.std)
                 if self.erasing is not None:
                     x = self.erasing(x)
             return x
-        return normalize(x)
+        return normalize(x, self.mean, self.std)
 
 
-def eval_transform(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    return normalize(x)
+class EvalTransform:
+    """``(x (C, H, W) in [0, 1], seed) -> normalised (C, H, W)``: no augmentation."""
+
+    def __init__(self, mean: Sequence[float] = (MEAN,), std: Sequence[float] = (STD,)):
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        return normalize(x, self.mean, self.std)

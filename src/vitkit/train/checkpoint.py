@@ -98,6 +98,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def prefers_ema(last_val: dict[str, Any] | None, has_ema: bool) -> bool:
+    """Whether a run's weights for inference are the EMA's: when its last validation scored them higher.
+    The one rule behind ``RUN/model`` and a checkpoint given to ``vitkit.load``."""
+    last_val = last_val or {}
+    return has_ema and (last_val.get("ema_top1") or -1) > (last_val.get("top1") if last_val.get("top1") is not None
+                                                            else -1)
+
+
+def inference_weights(state: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor]]:
+    """("ema" | "model", state dict) of a training checkpoint: the weights its run would save as its model."""
+    ema = state.get("ema")
+    if prefers_ema(state.get("progress", {}).get("last_val"), bool(ema)):
+        return "ema", ema["model"]
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{state.get('_path', 'checkpoint')}: holds no model state dict")
+    return "model", state["model"]
+
+
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 

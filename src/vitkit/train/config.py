@@ -33,6 +33,9 @@ class TrainConfig:
     image_size: int | None = None  # input side; default: the model's (pos-embed resampled for checkpoints)
     patch_size: int | None = None  # override for a model built from a name/config (not for checkpoints)
     model_overrides: dict[str, Any] | None = None  # ViTConfig fields for a name/config model, e.g. {width: 96}
+    heads: int | None = None  # for a checkpoint that does not say (a bare timm state dict), as vitkit.load(heads=)
+    pooling: str | None = None  # likewise: cls | gap
+    act: str | None = None  # likewise: gelu | gelu_tanh
     val_fraction: float = 0.2  # held out when the source has no validation part (stratified, seed 0)
     strict_data: bool = False  # stop at the first unreadable image instead of skipping and reporting it
     workers: int | None = None  # data-loading processes; default 0 for in-memory data, else min(4, CPUs)
@@ -102,6 +105,10 @@ class TrainConfig:
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+    def load_options(self) -> dict[str, Any]:
+        """The vitkit.load overrides for a checkpoint given as --model."""
+        return {k: v for k, v in (("heads", self.heads), ("pooling", self.pooling), ("act", self.act)) if v is not None}
 
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)

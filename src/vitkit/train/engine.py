@@ -27,12 +27,12 @@ from ..data.builtin import BUILTIN
 from ..weights.api import save as save_model
 from . import checkpoint as ckpt
 from . import distributed as D
-from .augment import TrainTransform, eval_transform
+from .augment import EvalTransform, TrainTransform
 from .config import TrainConfig
 from .ema import ModelEma
 from .metrics import evaluate, plot_curves
 from .mixup import Mixer, soft_target_cross_entropy
-from .model_setup import architecture_diff, build_model, preprocess_for
+from .model_setup import architecture_diff, build_model
 from .optim import WarmupCosine, build_optimizer
 
 Hook = Callable[..., None]
@@ -126,11 +126,12 @@ class Trainer:
         else:
             classes = source_classes(cfg.data)
         model, notes = build_model(cfg.model, classes, native, cfg.image_size, cfg.patch_size,
-                                   0.0 if cfg.linear_probe else cfg.drop_path, cfg.model_overrides)
+                                   0.0 if cfg.linear_probe else cfg.drop_path, cfg.model_overrides,
+                                   cfg.load_options())
         mcfg = model.cfg
         if train_ds is None:
             spec = DataSpec(image_size=mcfg.image_hw, channels=mcfg.channels, val_fraction=cfg.val_fraction,
-                            strict=cfg.strict_data)
+                            strict=cfg.strict_data, preprocess=model.preprocess_cfg)
             train_ds, val_ds = load_source(cfg.data, spec, cfg.val_data)
         if list(train_ds.classes) != classes:
             raise ValueError(f"training data classes {train_ds.classes} differ from {classes}")
@@ -163,7 +164,7 @@ class Trainer:
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(("head.", "head_dist.")))
             notes.append("linear probe: backbone frozen, only the head trains")
-        model.preprocess_cfg = preprocess_for(mcfg)
+        pre = model.preprocess_cfg  # the checkpoint's when fine-tuning, else vitkit's default
         self.raw = model.to(info.device)
         ema_decay = cfg.ema
         if ema_decay and cfg.fsdp and info.enabled:
@@ -182,13 +183,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.mixer = Mixer(len(classes), cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob,
                            cfg.label_smoothing)
-        self.transform = TrainTransform(cfg)
+        self.transform = TrainTransform(cfg, pre.mean, pre.std)
+        self.eval_transform = EvalTransform(pre.mean, pre.std)
         self.workers = cfg.workers if cfg.workers is not None else (
             0 if isinstance(train_ds, TensorImageDataset) else min(4, max(1, (os.cpu_count() or 2) - 1)))
 
         # --- progress
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best = {"top1": -1.0, "epoch": None, "step": None}
+        self.last_val: dict[str, Any] = {}  # top1 / ema_top1 of the last validation: which weights infer
         _seed_all(cfg.seed + 1000003 * info.rank)  # dropout / stochastic depth differ per process
         if resume is not None:
             self._load_resume(resume)
@@ -270,7 +273,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.state_dict() if self.ema else None,
                 "progress": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                             "global_step": self.global_step, "best": dict(self.best)},
+                             "global_step": self.global_step, "best": dict(self.best),
+                             "last_val": dict(self.last_val)},
                 "rng": rngs, "world_size": self.info.world_size}
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -302,6 +306,7 @@ class Trainer:
         p = st["progress"]
         self.epoch, self.batch_in_epoch, self.global_step = p["epoch"], p["batch_in_epoch"], p["global_step"]
         self.best = dict(p["best"])
+        self.last_val = dict(p.get("last_val") or {})
         rngs = st.get("rng") or []
         if len(rngs) == self.info.world_size:
             ckpt.set_rng_state(rngs[self.info.rank])
@@ -363,7 +368,7 @@ class Trainer:
         per = math.ceil(n / W)
         idx = [(i, True) for i in range(r, n, W)] + [(0, False)] * (per - len(range(r, n, W)))
         bs = max(1, self.cfg.batch_size // W)
-        view = _EvalView(ds)
+        view = _EvalView(ds, self.eval_transform)
         return self._loader(view, [idx[i:i + bs] for i in range(0, len(idx), bs)], 0)
 
     def validate(self) -> dict[str, Any]:
@@ -488,6 +493,7 @@ class Trainer:
             improved = False
             if self.val_ds is not None and (shown % cfg.eval_every == 0 or last_epoch):
                 last_val = self.validate()
+                self.last_val = {k: last_val.get(k) for k in ("top1", "ema_top1")}
                 score = max(last_val["top1"], last_val.get("ema_top1") or -1.0)
                 improved = score > self.best["top1"]
                 if improved:
@@ -513,7 +519,7 @@ class Trainer:
     def _finish(self, last_val: dict[str, Any], elapsed: float, start_step: int) -> dict[str, Any]:
         """Save the final model as a vitkit folder (``RUN/model``: the EMA weights when they
         validate better) and print the one-line summary."""
-        use_ema = self.ema is not None and (last_val.get("ema_top1") or -1) > last_val.get("top1", -1)
+        use_ema = ckpt.prefers_ema(last_val, self.ema is not None)
         final = self.ema.module if use_ema else D.unwrap(self.model)
         state = D.full_model_state(self.model) if not use_ema else None
         summary = {"steps": self.global_step, "epochs": self.epoch, "seconds": round(elapsed, 1),
@@ -542,8 +548,8 @@ class Trainer:
 class _EvalView(torch.utils.data.Dataset):
     """Validation items ``(index, real)``: normalised image and label, label -1 for padding."""
 
-    def __init__(self, base: ImageDataset):
-        self.base = base
+    def __init__(self, base: ImageDataset, transform: EvalTransform):
+        self.base, self.transform = base, transform
 
     def __len__(self) -> int:
         return len(self.base)
@@ -553,7 +559,7 @@ class _EvalView(torch.utils.data.Dataset):
         x, y = self.base[i]
         if x is None:
             return (None, y) if real else (None, "")
-        return eval_transform(x), (y if real else -1)
+        return self.transform(x), (y if real else -1)
 
 
 def train_ds_channels(ds: ImageDataset) -> int:

@@ -1,5 +1,6 @@
-"""The model a run trains: built from a name/config, or loaded from a checkpoint to fine-tune
-(head replaced for new classes, position embedding resampled for a new resolution)."""
+"""The model a run trains: built from a name/config, or loaded through ``vitkit.load`` from any checkpoint it
+reads, to fine-tune (head replaced for new classes, position embedding resampled for a new resolution, the
+checkpoint's preprocessing kept)."""
 
 from __future__ import annotations
 
@@ -10,62 +11,62 @@ from typing import Any
 import torch
 
 from ..config import ViTConfig
-from ..data.preprocess import PreprocessConfig
-from ..layers import resample_pos_embed
+from ..data.preprocess import PreprocessConfig, default_preprocess
 from ..models.factory import resolve_config
 from ..models.vit import VisionTransformer
-from ..weights.vitkit_format import CONFIG_NAME, WEIGHTS_NAME, read_vitkit_config
-from .augment import MEAN, STD
 
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
-
-
-def find_model_folder(src: str | os.PathLike) -> Path | None:
-    """A vitkit checkpoint folder for ``src``: the folder itself, or a run folder's ``model/``."""
-    p = Path(src)
-    if p.is_dir() and (p / CONFIG_NAME).is_file():
-        return p
-    if p.is_dir() and (p / "model" / CONFIG_NAME).is_file():
-        return p / "model"
-    return None
+BYTES_PER_TRAINED_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 
 
 def preprocess_for(cfg: ViTConfig) -> PreprocessConfig:
-    """How the trained model wants its pixels: squash-resize (bilinear) and mean = std = 0.5."""
-    c = cfg.channels
-    return PreprocessConfig(size=cfg.image_hw, resize="squash", interpolation="bilinear", mean=(MEAN,) * c,
-                            std=(STD,) * c, mode="L" if c == 1 else "RGB")
+    """How a model trained from scratch wants its pixels: squash-resize (bilinear) and mean = std = 0.5."""
+    return default_preprocess(cfg.image_hw, cfg.channels)
 
 
-def _pretrained(src: str) -> tuple[ViTConfig, dict[str, torch.Tensor], str] | None:
-    """(config, state dict, description) when ``src`` names a checkpoint; None for names/configs."""
-    folder = find_model_folder(src)
-    if folder is not None:
-        from safetensors.torch import load_file
+def is_checkpoint(src: str) -> bool:
+    """Whether ``--model`` names a checkpoint (anything vitkit.load reads) rather than a name or config file."""
+    from ..weights.formats import FORMATS
+    from ..weights.hub import looks_like_repo_id
+    from ..weights.pretrained import find_pretrained
 
-        cfg, _ = read_vitkit_config(folder)
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{folder} is not a vitkit checkpoint: {WEIGHTS_NAME} is missing")
-        return cfg, load_file(str(weights)), str(folder)
-    if str(src).endswith(".pt"):
-        from .checkpoint import load_checkpoint
+    p = Path(src)
+    if p.exists():
+        return any(f.sniff(p) for f in FORMATS)
+    try:
+        resolve_config(src)
+        return False  # a model name ("B/16" also looks like a hub id: the name wins)
+    except (ValueError, FileNotFoundError):
+        return find_pretrained(src) is not None or looks_like_repo_id(src)
 
-        ck = load_checkpoint(src)
-        return ViTConfig.from_dict(ck["model_config"]), ck["model"], str(src)
-    if os.path.isdir(src):
-        raise ValueError(f"--model {src!r} is a folder but not a vitkit checkpoint (no {CONFIG_NAME}, no model/)")
-    return None
+
+def check_trainable(cfg: ViTConfig, source: str) -> None:
+    """Refuse, before allocating anything, a model whose training state cannot fit this machine's memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = cfg.num_params() * BYTES_PER_TRAINED_PARAM
+    if need > ram:
+        raise ValueError(f"{source}: a model of {cfg.num_params() / 1e9:.1f}B parameters (width {cfg.width}, depth "
+                         f"{cfg.depth}) needs about {need / 2**30:.0f} GiB to train (weights, gradients, AdamW "
+                         f"state) and this machine has {ram / 2**30:.0f} GiB; refused before allocating")
 
 
 def build_model(model: str, classes: list[str], data_channels: int, image_size: int | None = None,
                 patch_size: int | None = None, drop_path: float = 0.0,
-                overrides: dict[str, Any] | None = None) -> tuple[VisionTransformer, list[str]]:
-    """The model to train and notes on what was adapted (printed by the engine)."""
+                overrides: dict[str, Any] | None = None, load_options: dict[str, Any] | None = None
+                ) -> tuple[VisionTransformer, list[str]]:
+    """The model to train (its ``preprocess_cfg`` set) and notes on what was adapted (printed by the engine).
+
+    ``load_options``: the overrides of :func:`vitkit.load` (heads, pooling, act) for checkpoints that do not
+    say them."""
     notes: list[str] = []
     n = len(classes)
-    pre = _pretrained(model)
-    if pre is None:
+    if not is_checkpoint(model):
+        if load_options:
+            raise ValueError(f"{sorted(load_options)} are loading options, for checkpoints; {model!r} is a model "
+                             "name or config (use --model-set KEY=VALUE to change its fields)")
         kw: dict[str, Any] = dict(channels=data_channels)
         kw.update(overrides or {})
         kw.update(num_classes=n, labels=list(classes), drop_path=drop_path)
@@ -74,38 +75,50 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
         if patch_size is not None:
             kw["patch_size"] = patch_size
         cfg = resolve_config(model, **kw)
-        return VisionTransformer(cfg), notes
+        check_trainable(cfg, model)
+        m = VisionTransformer(cfg)
+        m.preprocess_cfg = preprocess_for(cfg)
+        return m, notes
 
-    old_cfg, state, where = pre
+    from ..weights.api import load
+
+    if overrides:
+        raise ValueError(f"model overrides {sorted(overrides)} apply to models built from a name or config, "
+                         f"not to the checkpoint {model}")
+    src = load(model, image_size=image_size, dtype=torch.float32, **(load_options or {}))
+    old_cfg, where = src.cfg, src.load_info.get("source", model)
+    notes.append(f"fine-tuning from {where} ({src.load_info['format']})")
+    notes += src.load_info.get("notes", [])
     if patch_size is not None and patch_size != old_cfg.patch_size:
         raise ValueError(f"--patch-size {patch_size}: the checkpoint {where} has patch size {old_cfg.patch_size}, "
                          "which fine-tuning cannot change")
-    if overrides:
-        raise ValueError(f"model overrides {sorted(overrides)} apply to models built from a name or config, "
-                         f"not to the checkpoint {where}")
-    cfg = old_cfg.replace(num_classes=n, labels=list(classes), drop_path=drop_path,
-                          image_size=image_size if image_size is not None else old_cfg.image_size)
-    state = dict(state)
-    if old_cfg.num_classes != n or (old_cfg.labels is not None and list(old_cfg.labels) != list(classes)):
+    if old_cfg.channels != data_channels and not (data_channels == 1 and old_cfg.channels == 3):
+        raise ValueError(f"the checkpoint {where} takes {old_cfg.channels}-channel images, the data has "
+                         f"{data_channels} channel(s)")
+    cfg = old_cfg.replace(num_classes=n, labels=list(classes), drop_path=drop_path, dynamic_img_size=False)
+    check_trainable(cfg, where)
+    state = {k: v for k, v in src.state_dict().items()}
+    new_head = old_cfg.num_classes != n or (old_cfg.labels is not None and list(old_cfg.labels) != list(classes))
+    if new_head:
         for k in HEAD_KEYS:
             state.pop(k, None)
-        notes.append(f"head replaced: {old_cfg.num_classes} -> {n} classes")
-    if cfg.grid_size != old_cfg.grid_size and "pos_embed" in state:
-        prefix = old_cfg.num_prefix_tokens if old_cfg.pos_embed_prefix else 0
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], cfg.grid_size, old_cfg.grid_size, prefix)
-        notes.append(f"position embedding resampled: grid {old_cfg.grid_size[0]}x{old_cfg.grid_size[1]} -> "
-                     f"{cfg.grid_size[0]}x{cfg.grid_size[1]}")
-    m = VisionTransformer(cfg)
-    expected = m.state_dict()
-    missing = sorted(set(expected) - set(state) - set(HEAD_KEYS))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise ValueError(f"checkpoint {where} does not fit the model: missing {missing}, unexpected {unexpected}, "
-                         f"wrong shape {wrong}")
-    m.load_state_dict(state, strict=False)
-    notes.insert(0, f"fine-tuning from {where}")
+        notes.append(f"head replaced: {old_cfg.num_classes} -> {n} classes ({', '.join(classes[:5])}"
+                     f"{', ...' if n > 5 else ''})")
+    m = VisionTransformer(cfg)  # the new head keeps its fresh (seeded) initialisation
+    result = m.load_state_dict(state, strict=False)
+    left = sorted(set(result.missing_keys) - (set(HEAD_KEYS) if new_head else set()))
+    if left or result.unexpected_keys:
+        raise ValueError(f"vitkit bug: checkpoint {where} does not fit its own model: missing {left}, "
+                         f"unexpected {result.unexpected_keys}")
+    pre = src.preprocess_cfg if isinstance(src.preprocess_cfg, PreprocessConfig) else preprocess_for(cfg)
+    m.preprocess_cfg = pre
+    notes.append(f"preprocessing kept from the checkpoint: {describe_preprocess(pre)}")
     return m, notes
+
+
+def describe_preprocess(pre: PreprocessConfig) -> str:
+    return (f"{pre.resize} resize to {pre.size[0]}x{pre.size[1]} (crop {pre.crop_pct:g}), {pre.interpolation}, "
+            f"mean {tuple(round(v, 4) for v in pre.mean)}, std {tuple(round(v, 4) for v in pre.std)}")
 
 
 def architecture_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -27,30 +27,58 @@ def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int
     return new, state
 
 
-def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: PreprocessConfig | None,
-                info: dict[str, Any], image_size: int | tuple[int, int] | None = None,
-                map_location: str | torch.device = "cpu") -> VisionTransformer:
-    """A model in eval mode with ``preprocess_cfg`` and ``load_info`` ({format, source, ignored_keys, ...}).
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype, source: str, opts=None) -> dict[str, torch.Tensor]:
+    """Every tensor as ``dtype``: half-precision (or mixed) files are cast, said in one line; a tensor that is
+    not floating point (an integer or bool dtype, e.g. a header relabelled I32 over F32 data) is refused."""
+    bad = sorted(f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items() if not v.is_floating_point())
+    if bad:
+        raise ValueError(f"{source}: tensors that must hold floating-point weights are stored as integers or bools: "
+                         f"{bad[:10]}{' ...' if len(bad) > 10 else ''} (a corrupt or relabelled file)")
+    found = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+    want = str(dtype).replace("torch.", "")
+    if found and found != [want]:
+        msg = f"{source}: weights stored as {', '.join(found)}, cast to {want}"
+        if opts is not None:
+            opts.note(msg, loud=True)
+        state = {k: v.to(dtype) for k, v in state.items()}
+    return state
 
-    ``image_size``: load at another resolution, resampling the position embedding (only when asked).
+
+def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: PreprocessConfig | None,
+                info: dict[str, Any], opts=None) -> VisionTransformer:
+    """A model in eval mode with ``preprocess_cfg`` and ``load_info`` ({format, source, ignored_keys, notes...}).
+
+    ``opts`` (:class:`~vitkit.weights.options.LoadOptions`): ``image_size`` resamples the position embedding
+    (only when asked), ``dynamic_img_size``, ``dtype`` (float32 by default), ``map_location``.
     """
-    if image_size is not None:
-        cfg, state = resize_state(cfg, state, image_size)
+    from .options import LoadOptions
+
+    opts = opts if opts is not None else LoadOptions()
+    if opts.dynamic_img_size is not None:
+        cfg = cfg.replace(dynamic_img_size=bool(opts.dynamic_img_size))
+    if opts.image_size is not None:
+        old = cfg.grid_size
+        cfg, state = resize_state(cfg, state, opts.image_size)
+        if cfg.grid_size != old:
+            opts.note(f"position embedding resampled: grid {old[0]}x{old[1]} -> {cfg.grid_size[0]}x{cfg.grid_size[1]}")
         if preprocess is not None:
             preprocess = PreprocessConfig(**{**preprocess.to_dict(), "size": cfg.image_hw})
     if cfg.labels is None and cfg.num_classes == 1000:
         cfg = cfg.replace(labels=imagenet1k_classes())  # every 1k-class ViT uses the ImageNet-1k order
         info["labels"] = "imagenet-1k (shipped with vitkit)"
+    state = cast_state(state, opts.dtype, str(info.get("weights", info.get("source", "checkpoint"))), opts)
     model = _empty_model(cfg)
     model.load_state_dict(state, strict=True, assign=True)  # the loaded tensors become the parameters
     if cfg.pos_embed == "sincos2d":  # a fixed buffer, not in the state dict: compute it
-        model.register_buffer("pos_embed", sincos_2d_pos_embed(cfg.grid_size, cfg.width), persistent=False)
+        model.register_buffer("pos_embed", sincos_2d_pos_embed(cfg.grid_size, cfg.width).to(opts.dtype),
+                              persistent=False)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"vitkit bug: tensors {left} were not loaded")
     model.preprocess_cfg = preprocess
+    info["notes"] = list(opts.notes)
     model.load_info = info
-    return model.to(map_location).eval()
+    return model.to(opts.map_location).eval()
 
 
 def _empty_model(cfg: ViTConfig) -> VisionTransformer:

@@ -21,7 +21,11 @@ from .checks import check_state, need, square_side
 WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
 # keys of MAE pre-training checkpoints that belong to the decoder, not the encoder
 IGNORABLE = re.compile(r"^(decoder_|decoder\.|mask_token$)")
-HEADS_BY_WIDTH = {v["width"]: v["heads"] for v in VARIANTS.values()}  # 192:3, 384:6, 768:12, 1024:16, 1280:16
+# width -> heads of the published ViT sizes a bare state dict may come from: the paper's and DeiT's (VARIANTS),
+# and timm's other registered sizes (medium 512, betwixt 640, giant 1408, gigantic 1664). Every timm ViT of one of
+# these widths has that head count, whatever its depth. A state dict stores no head count; these are the only
+# widths where its shapes decide it.
+KNOWN_HEADS = {**{v["width"]: v["heads"] for v in VARIANTS.values()}, 512: 8, 640: 10, 1408: 16, 1664: 16}
 
 
 def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -44,25 +48,28 @@ def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _heads(width: int, hints: dict[str, Any], source: str) -> int:
+def _heads(width: int, depth: int, hints: dict[str, Any], source: str) -> int:
     if hints.get("heads"):
         return int(hints["heads"])
-    if width in HEADS_BY_WIDTH:
-        return HEADS_BY_WIDTH[width]
-    if width % 64 == 0:
-        return width // 64  # head width 64, as every published ViT size but Huge
-    raise ValueError(f"{source}: cannot tell the number of attention heads for width {width} from the tensors; "
-                     "pass heads=N")
+    if width in KNOWN_HEADS:
+        return KNOWN_HEADS[width]
+    choices = [h for h in range(1, width + 1) if width % h == 0 and width // h >= 16][-6:]
+    raise ValueError(f"{source}: a timm state dict does not store its number of attention heads, and width "
+                     f"{width} is no published ViT width that would decide it; pass heads=N "
+                     f"(CLI: --heads N); width {width} allows e.g. "
+                     + ", ".join(f"{h} (head width {width // h})" for h in choices))
 
 
 def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, Any] | None = None,
-                 requested_size: int | tuple[int, int] | None = None) -> ViTConfig:
+                 requested_size: int | tuple[int, int] | None = None, notes: list[str] | None = None) -> ViTConfig:
     """The ViTConfig a timm-layout state dict describes; ``hints`` fill in what tensors cannot say.
 
     hints: heads, image_size, pooling, fc_norm, norm_eps, act, labels, architecture (a timm model name).
     ``requested_size``: the size the caller will load at; taken as the checkpoint's own when the
     position embedding is not a square grid plus prefix rows but fits that size (non-square models).
+    ``notes``: what the shapes decided (head count from a published size, the pooling) is appended here.
     """
+    notes = notes if notes is not None else []
     hints = dict(hints or {})
     arch = hints.pop("architecture", None)
     if arch and "heads" not in hints:
@@ -83,8 +90,14 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     n_prefix = int(cls) + int(dist) + reg
     has_fc_norm = "fc_norm.weight" in state
     pooling = hints.get("pooling") or ("gap" if has_fc_norm or not cls else "cls")
+    if "pooling" not in hints:
+        notes.append(f"{source}: pooling {pooling!r} (" + ("fc_norm present" if has_fc_norm else "no [CLS] token"
+                     if not cls else "a [CLS] token and no fc_norm, as every timm ViT that pools [CLS]") + ")")
+    if "heads" not in hints and width in KNOWN_HEADS:
+        notes.append(f"{source}: {KNOWN_HEADS[width]} heads, those of every published ViT of width {width} "
+                     "(a state dict does not store them; heads=N if yours differ)")
     kw: dict[str, Any] = dict(
-        patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, hints, source),
+        patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, depth, hints, source),
         mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state, pooling=pooling,
         class_token=cls, reg_tokens=reg, distilled=dist, patch_bias="patch_embed.proj.bias" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,

@@ -12,28 +12,17 @@ from ..data.preprocess import PreprocessConfig
 from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_hf import hf_to_vitkit, vitkit_to_hf
-from .preprocess_cfg import default_for, from_hf_processor, to_hf_processor
+from .preprocess_cfg import from_hf_processor, to_hf_processor
+from ..data.preprocess import default_preprocess
+from ..utils.jsonfile import read_json
+from .options import LoadOptions
 from ..utils.atomic import atomic_write
 from .safe_io import read_sharded, read_state_file
 
-MAX_JSON_BYTES = 10 * 1024 * 1024
 # weights files in the order they are preferred: safetensors first, pickles only when nothing else is there
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 VITKIT_KEY = "vitkit"  # our own extras inside config.json (preprocessing), ignored by transformers
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A small JSON object file, with errors naming the file."""
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ValueError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return d
 
 
 def read_folder_weights(folder: Path) -> tuple[dict, Path]:
@@ -45,11 +34,11 @@ def read_folder_weights(folder: Path) -> tuple[dict, Path]:
     raise FileNotFoundError(f"{folder}: no weights file; looked for {list(WEIGHT_FILES)}")
 
 
-def load_hf_folder(folder: Path, hf_cfg: dict[str, Any], image_size=None, map_location="cpu",
-                   default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
-    """A vitkit model from a transformers folder (config already read from ``folder/config.json``)."""
+def read_hf_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
+    """A vitkit model from a transformers folder (``config.json`` with ``model_type``, + weights)."""
     from .convert_hf import config_from_hf
 
+    hf_cfg = read_json(folder / "config.json")
     config_from_hf(hf_cfg, str(folder / "config.json"))  # refuse bad configs before reading any weights
     state, file = read_folder_weights(folder)
     cfg, ours, ignored = hf_to_vitkit(state, hf_cfg, str(file))
@@ -60,11 +49,14 @@ def load_hf_folder(folder: Path, hf_cfg: dict[str, Any], image_size=None, map_lo
     elif pre_file.is_file():
         pre, source = from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
     else:
-        pre, source = ((default_preprocess, "vitkit pretrained table") if default_preprocess else
-                       (default_for(cfg.image_hw, cfg.channels), "default (ViTImageProcessor)"))
+        pre, source = ((opts.default_preprocess, "vitkit pretrained table") if opts.default_preprocess else
+                       (default_preprocess(cfg.image_hw, cfg.channels), "default (ViTImageProcessor)"))
+    if opts.act is not None and opts.act != cfg.act:
+        raise ValueError(f"{folder / 'config.json'} says hidden_act gives act={cfg.act!r}; act={opts.act!r} is "
+                         "for files that do not say")
     info = dict(format="hf", source=str(folder), weights=str(file), model_type=hf_cfg["model_type"],
                 ignored_keys=ignored, preprocess_source=source)
-    return build_model(cfg, ours, pre, info, image_size, map_location)
+    return build_model(cfg, ours, pre, info, opts)
 
 
 def save_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:

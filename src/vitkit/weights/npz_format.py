@@ -12,7 +12,8 @@ from ..data.preprocess import PreprocessConfig
 from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_npz import npz_to_vitkit, vitkit_to_npz
-from .preprocess_cfg import default_for
+from ..data.preprocess import default_preprocess
+from .options import LoadOptions
 from ..utils.atomic import atomic_write
 from .safe_io import read_npz
 
@@ -20,15 +21,14 @@ from .safe_io import read_npz
 GOOGLE_DEFAULT = dict(resize="squash", crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
-def load_npz(path: Path, hints: dict[str, Any] | None = None, image_size=None, map_location="cpu",
-             default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
+def read_npz_file(path: Path, opts: LoadOptions) -> VisionTransformer:
     """A vitkit model from a Google ``.npz`` (architecture inferred from the arrays)."""
     arrays = read_npz(path)
-    cfg, state = npz_to_vitkit(arrays, str(path), {**(hints or {}), "requested_size": image_size})
-    pre = default_preprocess or default_for(cfg.image_hw, cfg.channels, **GOOGLE_DEFAULT)
+    cfg, state = npz_to_vitkit(arrays, str(path), {**opts.hints(), "requested_size": opts.image_size})
+    pre = opts.default_preprocess or default_preprocess(cfg.image_hw, cfg.channels, **GOOGLE_DEFAULT)
     info = dict(format="npz", source=str(path), weights=str(path), ignored_keys=[],
-                preprocess_source="vitkit pretrained table" if default_preprocess else "default (Google ViT)")
-    return build_model(cfg, state, pre, info, image_size, map_location)
+                preprocess_source="vitkit pretrained table" if opts.default_preprocess else "default (Google ViT)")
+    return build_model(cfg, state, pre, info, opts)
 
 
 def save_npz(model: VisionTransformer, path: str | os.PathLike) -> Path:

@@ -29,14 +29,6 @@ def _hw(d: Any, file: str, field: str) -> tuple[int, int] | int:
     raise ValueError(f"{file}: field {field!r} must be {{height, width}}, {{shortest_edge}} or an int, got {d!r}")
 
 
-def default_for(size: tuple[int, int], channels: int, **kw: Any) -> PreprocessConfig:
-    """A format's default preprocessing ``kw`` for a model taking ``channels``: a 1-channel model gets
-    grey images ("L") and the first mean/std value (the defaults are all 0.5 per channel)."""
-    if channels == 1:
-        kw.update(mode="L", mean=tuple(kw.get("mean", (0.5,) * 3))[:1], std=tuple(kw.get("std", (0.5,) * 3))[:1])
-    return PreprocessConfig(size=size, **kw)
-
-
 def from_hf_processor(d: dict[str, Any], file: str) -> PreprocessConfig:
     """A PreprocessConfig from a transformers image processor config (``preprocessor_config.json``)."""
     if not isinstance(d, dict):

@@ -14,9 +14,13 @@ from ..models.vit import VisionTransformer
 from .build import build_model
 from .convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
 from .hf_format import read_folder_weights
-from .preprocess_cfg import default_for, from_timm_cfg, to_timm_cfg
+from ..utils.jsonfile import read_json
+from .options import LoadOptions
+from .preprocess_cfg import from_timm_cfg, to_timm_cfg
+from ..data.preprocess import default_preprocess
 from ..utils.atomic import atomic_write
-from .safe_io import SAFETENSORS_SUFFIXES, read_safetensors_metadata, read_state_file
+from .safe_io import SAFETENSORS_SUFFIXES, read_safetensors_metadata
+from .sniff import is_safetensors, read_weights_file
 
 META_CONFIG = "vitkit_config"  # safetensors metadata: our exact config and preprocessing (JSON)
 META_PREPROCESS = "vitkit_preprocess"
@@ -24,18 +28,18 @@ META_PREPROCESS = "vitkit_preprocess"
 TIMM_VIT_DEFAULT = dict(resize="shortest", crop_pct=0.9, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
-def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=None, map_location="cpu",
-                    default_preprocess: PreprocessConfig | None = None) -> VisionTransformer:
-    """A vitkit model from a timm-layout state dict file; the architecture is inferred from the tensors."""
-    hints = dict(hints or {})
-    state = unwrap(read_state_file(path), str(path))
+def read_timm_file(path: Path, opts: LoadOptions) -> VisionTransformer:
+    """A vitkit model from a timm-layout state dict file (safetensors or a PyTorch pickle, by content); the
+    architecture comes from vitkit's own metadata when vitkit wrote it, else from the tensors' shapes."""
+    hints = opts.hints()
+    state = unwrap(read_weights_file(path), str(path))
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state):
         raise ValueError(f"{path} holds a Hugging Face transformers state dict; load its folder (with "
                          "config.json) instead of the weights file alone")
-    pre = default_preprocess
+    pre = opts.default_preprocess
     pre_source = "default (timm ViT)" if pre is None else "vitkit pretrained table"
     cfg = None
-    if path.suffix in SAFETENSORS_SUFFIXES:
+    if is_safetensors(path):
         meta = read_safetensors_metadata(path)
         if META_CONFIG in meta:  # written by vitkit: the exact config, no guessing
             try:
@@ -45,27 +49,27 @@ def load_timm_state(path: Path, hints: dict[str, Any] | None = None, image_size=
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{path}: metadata {META_CONFIG!r} is not a valid vitkit config: {e}") from None
     if cfg is None:
-        cfg = infer_config(state, str(path), hints, requested_size=image_size)
+        cfg = infer_config(state, str(path), hints, requested_size=opts.image_size, notes=opts.notes)
     ours, ignored = timm_to_vitkit(state, cfg, str(path))
     if pre is None:
-        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
+        pre = default_preprocess(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
     info = dict(format="timm", source=str(path), weights=str(path), ignored_keys=ignored, preprocess_source=pre_source)
-    return build_model(cfg, ours, pre, info, image_size, map_location)
+    return build_model(cfg, ours, pre, info, opts)
 
 
-def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] | None = None, image_size=None,
-                     map_location="cpu") -> VisionTransformer:
-    """A vitkit model from a timm hub folder (``config.json`` already read into ``meta``)."""
-    hints = dict(hints or {})
+def read_timm_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
+    """A vitkit model from a timm hub folder (``config.json`` with ``architecture``, + ``model.safetensors``)."""
+    hints = opts.hints()
+    meta = read_json(folder / "config.json")
     if "auto_map" in meta:
         raise ValueError(f"{folder / 'config.json'}: has 'auto_map'; vitkit never imports code from a checkpoint")
     args = meta.get("model_args") if isinstance(meta.get("model_args"), dict) else {}
     hints.setdefault("architecture", meta.get("architecture"))
-    if args.get("num_heads"):
-        hints.setdefault("heads", args["num_heads"])
+    if args.get("num_heads"):  # what the file says wins; an override that contradicts it is refused by load()
+        hints["heads"] = args["num_heads"]
     pool = args.get("global_pool", meta.get("global_pool"))
     if pool in ("avg", "token"):
-        hints.setdefault("pooling", "gap" if pool == "avg" else "cls")
+        hints["pooling"] = "gap" if pool == "avg" else "cls"
     if isinstance(meta.get("label_names"), list):
         hints.setdefault("labels", [str(n) for n in meta["label_names"]])
     pcfg = meta.get("pretrained_cfg")
@@ -74,13 +78,13 @@ def load_timm_folder(folder: Path, meta: dict[str, Any], hints: dict[str, Any] |
     state = unwrap(state, str(file))
     if pre is not None and "image_size" not in hints:
         hints["image_size"] = pre.size
-    cfg = infer_config(state, str(file), hints, requested_size=image_size)
+    cfg = infer_config(state, str(file), hints, requested_size=opts.image_size, notes=opts.notes)
     ours, ignored = timm_to_vitkit(state, cfg, str(file))
     info = dict(format="timm", source=str(folder), weights=str(file), ignored_keys=ignored,
                 preprocess_source=str(folder / "config.json") if pre else "default (timm ViT)")
     if pre is None:
-        pre = default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
-    return build_model(cfg, ours, pre, info, image_size, map_location)
+        pre = default_preprocess(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)
+    return build_model(cfg, ours, pre, info, opts)
 
 
 def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
@@ -117,7 +121,7 @@ def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
             raise ValueError(f"timm's distilled DeiT cannot express a distilled model with {' and '.join(bad)}; "
                              "save it as vitkit, or as a timm .safetensors file")
     arch = _timm_name(cfg)
-    pcfg = dict(to_timm_cfg(pre or default_for(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)),
+    pcfg = dict(to_timm_cfg(pre or default_preprocess(cfg.image_hw, cfg.channels, **TIMM_VIT_DEFAULT)),
                 num_classes=cfg.num_classes, license="unknown", first_conv="patch_embed.proj", classifier="head")
     config = dict(architecture=arch, num_classes=cfg.num_classes, num_features=cfg.num_features,
                   global_pool=args["global_pool"], model_args=args, pretrained_cfg=pcfg)

@@ -16,12 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import ViTConfig
 from ..models.vit import VisionTransformer
 from ..utils.atomic import atomic_write, atomic_write_text
+from ..utils.jsonfile import read_json
 
 FORMAT = "vitkit"
 FORMAT_VERSION = 1
@@ -53,37 +53,10 @@ def read_vitkit_config(path: str | os.PathLike) -> tuple[ViTConfig, dict[str, An
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} is not a vitkit checkpoint: {CONFIG_NAME} is missing")
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    meta = read_json(cfg_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a vitkit config (its 'format' field is not {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: unsupported format_version {meta.get('format_version')!r} "
                          f"(this vitkit reads {FORMAT_VERSION})")
     return ViTConfig.from_dict(meta["model"]), meta.get("preprocess")
-
-
-def load_vitkit(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VisionTransformer:
-    """Build the model described by a vitkit folder and load its weights (strict: every key must match)."""
-    folder = Path(path)
-    cfg, preprocess = read_vitkit_config(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder} is not a vitkit checkpoint: {WEIGHTS_NAME} is missing")
-    state = load_file(str(weights), device=str(map_location))
-    model = VisionTransformer(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {keys}" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong]))
-                           if keys)
-        raise ValueError(f"{weights} does not match its config: {detail}")
-    model.load_state_dict(state)
-    model.preprocess_cfg = preprocess
-    return model.eval()
