@@ -36,7 +36,8 @@ from .builtin import BUILTIN
 from .decode import open_image
 from .preprocess import PreprocessConfig, resize_crop
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# the one set of image suffixes a folder is searched for (case-insensitive), by data sets and by predict/features
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
 
 class UnreadableImage(ValueError):

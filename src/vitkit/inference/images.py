@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-# what a folder is searched for (case-insensitive); files named explicitly are tried whatever their suffix
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+from ..data.datasets import IMAGE_EXTENSIONS  # what a folder is searched for; files named explicitly are tried
 
 
 def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[Path], bool]:

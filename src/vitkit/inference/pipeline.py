@@ -17,6 +17,7 @@ from PIL import Image
 from ..config import ViTConfig
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, _source_name, open_image
 from ..data.preprocess import PreprocessConfig, default_preprocess, preprocess
+from ..models.classify import class_names, topk_labels
 from ..models.vit import VisionTransformer
 from .cpu import CPU_KERNELS, optimize_for_cpu
 from .device import autocast, resolve_device, resolve_dtype
@@ -26,15 +27,6 @@ def default_preprocess_cfg(cfg: ViTConfig) -> PreprocessConfig:
     """The preprocessing used for a model that carries none (:func:`vitkit.data.preprocess.default_preprocess`:
     resize straight to the model's size, bilinear, mean = std = 0.5; grey for 1-channel models)."""
     return default_preprocess(cfg.image_hw, cfg.channels)
-
-
-def class_names(model: VisionTransformer) -> list[str]:
-    """The model's label names, or ``class_<i>`` where it has none."""
-    n = model.cfg.num_classes
-    labels = list(model.labels or [])
-    if len(labels) != n:
-        labels = [f"class_{i}" for i in range(n)]
-    return labels
 
 
 @dataclass
@@ -126,8 +118,7 @@ class ImageClassificationPipeline(ModelRunner):
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
     def _topk(self, probs: torch.Tensor, k: int) -> tuple[list[tuple[str, float]], list[int]]:
-        vals, idx = probs.topk(min(k, probs.numel()))  # sorted, largest first
-        return [(self.labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())], idx.tolist()
+        return topk_labels(probs, self.labels, k)
 
     def run(self, sources: Iterable[ImageSource], topk: int = 5, progress: bool = False,
             raise_errors: bool = False) -> Iterator[Result]:

@@ -275,10 +275,11 @@ class VisionTransformer(nn.Module):
 
     def predict(self, images, topk: int = 5, **kwargs):
         """Classify image(s) (paths, bytes, PIL images, or a list of them) -> [(label, probability), ...]
-        per image, through vitkit's decoder and this model's preprocessing (see ``vitkit.pipeline``)."""
-        from ..inference.pipeline import ImageClassificationPipeline  # lazy: inference builds on the model
+        per image, through vitkit's decoder and this model's preprocessing, where the model is
+        (``batch_size``, ``max_pixels``; ``vitkit.pipeline`` adds devices and precision)."""
+        from .classify import predict
 
-        return ImageClassificationPipeline(self, **kwargs)(images, topk=topk)
+        return predict(self, images, topk=topk, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (embeddings and tokens)."""
