@@ -145,8 +145,12 @@ class BenchOptions:
 
             if cuda or self.mode != "infer" or self.dtype not in ("fp32", "bf16") or self.compile != "off":
                 raise ValueError("--cpu-linear onednn is for eager CPU inference in fp32 or bf16 (without --compile)")
-            if not onednn_available():
-                raise ValueError("--cpu-linear onednn: this PyTorch build has no oneDNN (torch.backends.mkldnn)")
+            import torch
+
+            dt = torch.bfloat16 if self.dtype == "bf16" else torch.float32
+            if not onednn_available(dt):
+                raise ValueError(f"--cpu-linear onednn: oneDNN's inner product does not run in {self.dtype} with "
+                                 "this PyTorch on this CPU (bf16 needs AVX-512)")
         if "onnxruntime" in self.backends:
             if cuda:
                 raise ValueError("--backend onnxruntime times the exported model on the CPU; use --device cpu")

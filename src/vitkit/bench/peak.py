@@ -37,7 +37,7 @@ def measure_matmul_peak(device: torch.device, dtype: str, n: int | None = None, 
         a, b = a.to(dt), b.to(dt)
 
         steps = {"aten": lambda: a @ b}
-        if device.type == "cpu" and dtype in ("fp32", "bf16") and onednn_available():
+        if device.type == "cpu" and dtype in ("fp32", "bf16") and onednn_available(dt):
             bt = b.t().contiguous()  # (out, in), the layout of a Linear weight
             steps["onednn"] = lambda: onednn_linear(a, bt, None)
         with torch.inference_mode():

@@ -10,7 +10,9 @@ is images per second from the median step time; achieved TFLOP/s uses
 
 from __future__ import annotations
 
+import functools
 import gc
+import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from ..config import ViTConfig
 from ..models import VisionTransformer
 from ..models.factory import resolve_config
+from ..weights.api import is_checkpoint, load
 from .memory import cpu_step_peak_bytes, cuda_step_peak_bytes, resident_bytes
 from .max_batch import find_max_batch
 from .options import BenchOptions
@@ -52,7 +55,16 @@ def bench_config(opts: BenchOptions, image_size: int | None) -> ViTConfig:
         over["image_size"] = image_size
     if opts.num_classes is not None:
         over["num_classes"] = opts.num_classes
-    return resolve_config(opts.model, **over)
+    src = opts.model
+    if isinstance(src, (str, os.PathLike)) and is_checkpoint(src):
+        src = checkpoint_config(str(src))  # a checkpoint's architecture (timed with seeded random weights)
+    return resolve_config(src, **over)
+
+
+@functools.lru_cache(maxsize=8)
+def checkpoint_config(src: str) -> ViTConfig:
+    """The architecture of a checkpoint, read through the one door (``vitkit.load``)."""
+    return load(src).cfg
 
 
 def to_command(opts: BenchOptions) -> str:

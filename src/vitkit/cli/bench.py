@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "process (warm-up, then medians; CUDA events on the GPU, perf_counter on the CPU). Reports "
                     "images/s, achieved TFLOP/s (ViTConfig.flops(), training = 3x forward), % of a measured "
                     "matrix-product peak, peak memory and vitkit/peer ratios; --json writes everything.")
-    p.add_argument("model", help="a model name (vit_small_patch16_224, S/16, B/16@384) or a config .json")
+    p.add_argument("model", help="a model name (vit_small_patch16_224, S/16, B/16@384), a config .json, or a "
+                                           "checkpoint (anything vitkit.load reads: its architecture is timed)")
     p.add_argument("--mode", choices=MODES, default="infer",
                    help="infer: forward only; train: forward + backward + fused AdamW step (default infer)")
     p.add_argument("--batch", type=int, nargs="+", default=[8], metavar="B", help="batch size(s) (default 8)")

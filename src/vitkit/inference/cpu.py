@@ -17,6 +17,7 @@ move by float32 rounding (~1e-6 relative). Inference only, eager only: under
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -28,9 +29,22 @@ CPU_KERNELS = ("auto", "onednn", "aten")
 TIMING_ROWS = 512  # the most tokens "auto" times the kernels on
 
 
-def onednn_available() -> bool:
-    """Whether this PyTorch has the oneDNN linear op."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch has the oneDNN linear op and it runs on this CPU in ``dtype`` (a CPU without
+    AVX-512 has no bf16 inner product: oneDNN cannot create the primitive there)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and _onednn_runs(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    x, w, b = torch.ones(2, 8, dtype=dtype), torch.ones(4, 8, dtype=dtype), torch.zeros(4, dtype=dtype)
+    try:
+        with torch.no_grad():
+            torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+        return True
+    except RuntimeError:  # "could not create a primitive descriptor ..."
+        return False
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -72,7 +86,8 @@ class OneDNNLinear(nn.Module):
         # under autocast F.linear is what runs in the autocast dtype
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == self.weight.dtype
                 and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+                and onednn_available(x.dtype)):
             return onednn_linear(x, self.weight, self.bias, self.gelu)
         return aten_linear(x, self.weight, self.bias, self.gelu)
 
@@ -96,7 +111,7 @@ def use_onednn_linears(model: nn.Module) -> int:
     when this PyTorch has no oneDNN.
     """
     blocks = _blocks(model)
-    if not onednn_available():
+    if not onednn_available(next(model.parameters()).dtype):
         return 0
     count = 0
     for blk in blocks:
@@ -152,8 +167,8 @@ def optimize_for_cpu(model: nn.Module, kernel: str = "auto", rows: int | None = 
         raise ValueError(f"kernel must be one of {CPU_KERNELS}, got {kernel!r}")
     blocks = _blocks(model)
     p = next(model.parameters())
-    if kernel == "aten" or not onednn_available() or p.device.type != "cpu" \
-            or p.dtype not in (torch.float32, torch.bfloat16) or len(blocks) == 0:
+    if kernel == "aten" or p.device.type != "cpu" or p.dtype not in (torch.float32, torch.bfloat16) \
+            or not onednn_available(p.dtype) or len(blocks) == 0:
         return "aten"
     if any(isinstance(m, OneDNNLinear) for m in blocks.modules()):
         return "onednn"  # already swapped

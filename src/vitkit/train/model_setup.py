@@ -14,6 +14,7 @@ from ..config import ViTConfig
 from ..data.preprocess import PreprocessConfig, default_preprocess
 from ..models.factory import resolve_config
 from ..models.vit import VisionTransformer
+from ..weights.api import is_checkpoint
 
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 BYTES_PER_TRAINED_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
@@ -22,22 +23,6 @@ BYTES_PER_TRAINED_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 def preprocess_for(cfg: ViTConfig) -> PreprocessConfig:
     """How a model trained from scratch wants its pixels: squash-resize (bilinear) and mean = std = 0.5."""
     return default_preprocess(cfg.image_hw, cfg.channels)
-
-
-def is_checkpoint(src: str) -> bool:
-    """Whether ``--model`` names a checkpoint (anything vitkit.load reads) rather than a name or config file."""
-    from ..weights.formats import FORMATS
-    from ..weights.hub import looks_like_repo_id
-    from ..weights.pretrained import find_pretrained
-
-    p = Path(src)
-    if p.exists():
-        return any(f.sniff(p) for f in FORMATS)
-    try:
-        resolve_config(src)
-        return False  # a model name ("B/16" also looks like a hub id: the name wins)
-    except (ValueError, FileNotFoundError):
-        return find_pretrained(src) is not None or looks_like_repo_id(src)
 
 
 def check_trainable(cfg: ViTConfig, source: str) -> None:

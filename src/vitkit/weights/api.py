@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from ..models.vit import VisionTransformer
-from .formats import BY_NAME, SAVE_FORMATS, detect
+from .formats import BY_NAME, FORMATS, SAVE_FORMATS, detect
 from .hub import download, looks_like_repo_id
 from .options import LoadOptions
 from .pretrained import find_pretrained
 
-__all__ = ["SAVE_FORMATS", "load", "save"]
+__all__ = ["SAVE_FORMATS", "is_checkpoint", "load", "save"]
 
 
 def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None, heads: int | None = None,
@@ -58,6 +58,21 @@ def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = N
     model = detect(path).read(path, opts)
     _check_overrides(model, opts, path)
     return model
+
+
+def is_checkpoint(src: str | os.PathLike) -> bool:
+    """Whether ``src`` names a checkpoint ``load`` reads (a path some format claims, a hub id, a pretrained
+    name) rather than a model name or config file. A model name wins over a hub id ("B/16" is both)."""
+    from ..models.factory import resolve_config
+
+    p = Path(src)
+    if p.exists():
+        return any(f.sniff(p) for f in FORMATS)
+    try:
+        resolve_config(str(src))
+        return False
+    except (ValueError, FileNotFoundError):
+        return find_pretrained(str(src)) is not None or looks_like_repo_id(str(src))
 
 
 def _check_overrides(model: VisionTransformer, opts: LoadOptions, path: Path) -> None:
