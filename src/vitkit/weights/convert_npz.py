@@ -43,7 +43,7 @@ PREFIXES = ("opt/target/", "params/img/", "params/", "")
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).float()
+    return torch.from_numpy(np.ascontiguousarray(a))  # in the file's dtype: the loader casts, and says so
 
 
 def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any] | None = None

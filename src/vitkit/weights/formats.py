@@ -55,8 +55,9 @@ def read_vitkit_folder(path: Path, opts: LoadOptions) -> VisionTransformer:
     state = read_safetensors(weights)
     check_state(state, cfg, str(weights))
     info = dict(format="vitkit", source=str(path), weights=str(weights), ignored_keys=[],
-                preprocess_source=str(path / CONFIG_NAME) if pre else "none")
-    return build_model(cfg, state, PreprocessConfig.from_dict(pre) if pre else None, info, opts)
+                preprocess_source=str(path / CONFIG_NAME) if pre else "default (vitkit)")
+    pre = PreprocessConfig.from_dict(pre) if pre else default_preprocess(cfg.image_hw, cfg.channels)
+    return build_model(cfg, state, pre, info, opts)
 
 
 def write_vitkit_folder(model: VisionTransformer, path: Path) -> Path:

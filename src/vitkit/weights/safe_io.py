@@ -179,7 +179,8 @@ def read_torch(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is a legacy tar checkpoint (PyTorch < 0.4 format); vitkit refuses it. "
                          "Re-save the state dict with a current PyTorch or as safetensors.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with open(path, "rb") as f:  # a file object: torch.load would pick a reader from a path's suffix
+            obj = torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
         found = _payload_globals(path) or [str(e).splitlines()[0][:200]]
         raise ValueError(f"{path}: refused to load: the pickle holds Python objects other than tensors and plain "
