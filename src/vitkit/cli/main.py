@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from ..errors import UserError  # defined outside this module so `python -m vitkit.cli.main` catches it too
@@ -31,7 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_library_notes() -> None:
+    """What the library says on the ``vitkit`` logger (a half-precision checkpoint cast to fp32...) goes to
+    stderr as ``vitkit: ...`` lines, once per message."""
+    log = logging.getLogger("vitkit")
+    if not any(getattr(h, "_vitkit_cli", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("vitkit: %(message)s"))
+        h._vitkit_cli = True
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _say_library_notes()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
