@@ -202,3 +202,16 @@ def test_yaml_numbers_without_a_dot_are_read_as_numbers(tmp_path):
     assert cfg.lr == 1e-3 and cfg.weight_decay == 0.05
     with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
         TrainConfig.from_dict({"lr": "fast"})
+
+
+def test_run_lock_is_exclusive_and_a_stale_file_does_not_block(tmp_path):
+    """RELIABILITY item 36 at the unit level: flock on RUN/.lock, per open file, released on close."""
+    from vitkit.train.lock import RunLock, RunLockedError
+
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(RunLockedError, match=rf"process {os.getpid()} holds the lock {tmp_path}/.lock"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert (tmp_path / ".lock").exists()  # the file stays; only the flock matters
+    with RunLock(tmp_path) as again:
+        assert again.held
