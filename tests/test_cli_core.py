@@ -1,4 +1,9 @@
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 import vitkit
 from vitkit.cli.main import main
@@ -46,3 +51,18 @@ def test_python_dash_m_module_reports_user_errors_without_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["models"], ["models", "--json"]])
+def test_output_into_a_closed_pipe_exits_quietly(argv):
+    """RELIABILITY item 40, second half: `vitkit models | head -1` with the reader already gone:
+    no BrokenPipeError traceback (nor 'Exception ignored' at exit), exit status 141 (128 + SIGPIPE)."""
+    r, w = os.pipe()
+    os.close(r)  # the reader has gone: every write to the pipe fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "vitkit.cli.main", *argv], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert p.stderr == ""

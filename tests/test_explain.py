@@ -1,6 +1,8 @@
 """Attention maps: [CLS] attention, rollout against a reference, registers left out, PNG overlays."""
 
+import errno
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.data.decode import open_image
 from vitkit.explain import attention_rollout, cls_attention, explain, render_explanation, render_head_grid
+from vitkit.utils import atomic
 
 
 def make_model(**kw):
@@ -176,3 +179,23 @@ def test_cli_explain_refuses_non_images(tmp_path, capsys):
     (tmp_path / "page.jpg").write_text("<html><body>not found</body></html>")
     rc = main(["explain", str(src), str(tmp_path / "page.jpg"), "--out", str(tmp_path / "a.png")])
     assert rc == 2 and "page.jpg is an HTML page" in capsys.readouterr().err
+
+
+def test_cli_explain_read_only_file_system_keeps_the_previous_png(cat, tmp_path, capsys, monkeypatch):
+    """RELIABILITY item 38 for `explain --out`: EROFS at the rename -> one line, exit 2, old PNG intact."""
+    src = vitkit.save(make_model(), tmp_path / "m")
+    out = tmp_path / "attn.png"
+    out.write_bytes(b"previous png")
+    real = os.replace
+
+    def replace(a, b):
+        if str(b) == str(out):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(b))
+        return real(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    rc = main(["explain", str(src), str(cat), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"vitkit: error: could not write {out}: the file system is read-only; the previous version is kept" in err
+    assert out.read_bytes() == b"previous png" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

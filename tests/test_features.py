@@ -1,6 +1,8 @@
 """Embeddings: `vitkit features` and extract_features against the model's own forward pass."""
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import vitkit
 from vitkit.cli.main import main
 from vitkit.data.decode import open_image
 from vitkit.inference import ModelRunner, extract_features
+from vitkit.utils import atomic
 
 PHOTOS = {"astronaut.png": skimage.data.astronaut, "chelsea.jpg": skimage.data.chelsea,
           "coffee.jpg": skimage.data.coffee}
@@ -109,3 +112,28 @@ def test_cli_features_errors(photos, tmp_path, capsys):
     assert main(["features", str(src), str(empty), "--out", str(tmp_path / "f.npy")]) == 2
     assert "holds no image files" in capsys.readouterr().err
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_cli_features_full_disk_keeps_the_previous_pair(photos, tmp_path, capsys, monkeypatch):
+    """RELIABILITY items 22/38 for `features --out`: ENOSPC while writing the sidecar (after the .npy
+    is complete) -> one line, exit 2, and the previous .npy and .json both intact (never a new
+    array beside an old list of images)."""
+    src = vitkit.save(make_model(), tmp_path / "m")
+    out = tmp_path / "feats.npy"
+    assert main(["features", str(src), str(photos / "coffee.jpg"), "--out", str(out)]) == 0
+    before = (out.read_bytes(), (tmp_path / "feats.json").read_bytes())
+    capsys.readouterr()
+    real = os.fsync
+
+    def fsync(fd):
+        if "feats.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    assert main(["features", str(src), str(photos), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"vitkit: error: could not write {tmp_path / 'feats.json'}: the disk is full; the previous version is kept" in err
+    assert "Traceback" not in err
+    assert (out.read_bytes(), (tmp_path / "feats.json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.json", "feats.npy", "m", "photos"]

@@ -18,6 +18,7 @@ from vitkit.cli.main import main
 from vitkit.data.builtin import load_digits
 from vitkit.data.decode import open_image
 from vitkit.inference.device import resolve_device, resolve_dtype
+from vitkit.utils import atomic
 
 LABELS = ["tabby", "astronaut", "coffee", "rocket", "teapot"]
 PHOTOS = {"chelsea.jpg": skimage.data.chelsea, "astronaut.png": skimage.data.astronaut,
@@ -300,3 +301,71 @@ def test_pipeline_call_raises_the_decoders_errors(model_dir, tmp_path):
         clf([tmp_path / "logo.jpg"])
     results = list(clf.run([tmp_path / "logo.jpg", tmp_path / "nope.jpg"]))
     assert "SVG" in results[0].error and "does not exist" in results[1].error
+
+
+def test_names_that_are_not_utf8_are_escaped_in_json_csv_and_messages(model_dir, photos, tmp_path, capsys):
+    """RELIABILITY item 39: a real file named b'caf\\xe9.jpg' (Latin-1, not UTF-8) and an unreadable
+    b'bad\\xff.jpg': the run goes on, JSON and CSV stay valid UTF-8 with the byte written as \\xe9,
+    and the error names the file."""
+    folder = os.fsencode(photos)
+    Image.fromarray(skimage.data.chelsea()).save(folder + b"/caf\xe9.jpg")
+    with open(folder + b"/bad\xff.jpg", "wb") as f:
+        f.write(b"not an image")
+    out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
+    rc = main(["predict", str(model_dir), str(photos), "--json", str(out_json), "--csv", str(out_csv)])
+    out, err = capsys.readouterr()
+    assert rc == 1  # one image skipped
+    doc = json.loads(out_json.read_bytes().decode("utf-8"))
+    res = {r["image"].rsplit("/", 1)[1]: r for r in doc["results"]}
+    assert set(res) == {"caf\\xe9.jpg", "bad\\xff.jpg", *PHOTOS}
+    assert len(res["caf\\xe9.jpg"]["predictions"]) == 5 and res["caf\\xe9.jpg"]["error"] is None
+    assert res["caf\\xe9.jpg"]["predictions"] == res["chelsea.jpg"]["predictions"]  # the same picture
+    assert "bad\\xff.jpg" in res["bad\\xff.jpg"]["error"]
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_bytes().decode("utf-8"))))
+    assert sum(r["image"].endswith("/caf\\xe9.jpg") for r in rows) == 5
+    assert [r["error"] for r in rows if r["image"].endswith("/bad\\xff.jpg")][0].count("bad\\xff.jpg") >= 1
+    assert "caf\\xe9.jpg" in out and "bad\\xff.jpg" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("err,where,why", [(28, "fsync", "the disk is full"),
+                                            (30, "replace", "the file system is read-only")])
+def test_cli_predict_output_that_cannot_be_written_keeps_the_previous_file(model_dir, photos, tmp_path, capsys,
+                                                                          monkeypatch, err, where, why):
+    """RELIABILITY items 22/38 for `predict --json/--csv`: ENOSPC mid-write, or a read-only file system
+    at the rename -> one line, exit 2, the previous file byte for byte, no temporary file left."""
+    outs = {"json": tmp_path / "p.json", "csv": tmp_path / "p.csv"}
+    real_fsync, real_replace = os.fsync, os.replace  # (atomic.os is the os module: patched once for all)
+    for kind, out in outs.items():
+        out.write_bytes(b"previous results\n")
+
+        def fsync(fd):
+            if where == "fsync" and out.name in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(err, os.strerror(err))
+            return real_fsync(fd)
+
+        def replace(a, b):
+            if where == "replace" and str(b) == str(out):
+                raise OSError(err, os.strerror(err), str(b))
+            return real_replace(a, b)
+
+        monkeypatch.setattr(atomic.os, "fsync", fsync)
+        monkeypatch.setattr(atomic.os, "replace", replace)
+        rc = main(["predict", str(model_dir), str(photos), f"--{kind}", str(out)])
+        text = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in text
+        assert text.strip().splitlines()[-1] == f"vitkit: error: could not write {out}: {why}; the previous version is kept"
+        assert out.read_bytes() == b"previous results\n"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_cli_predict_read_only_output_folder_fails_before_the_work(model_dir, photos, tmp_path, capsys, monkeypatch):
+    """As a normal user a chmod 0o555 folder is refused up front (tests run as root, where chmod does
+    not stop writes: os.access is what the check asks)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(atomic.os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+    rc = main(["predict", str(model_dir), str(photos), "--json", str(ro / "p.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"vitkit: error: output folder '{ro}' is not writable" in err
+    assert list(ro.iterdir()) == []

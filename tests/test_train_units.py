@@ -165,3 +165,53 @@ def test_config_files_and_validation(tmp_path):
         TrainConfig(model="m", data="digits", out="o").validate()
     with pytest.raises(ValueError, match="randaugment"):
         TrainConfig(model="m", data="digits", out="o", epochs=1, randaugment="9").validate()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", float("inf"), "lr must be a finite number, got inf"),
+    ("lr", float("nan"), "lr must be a finite number, got nan"),
+    ("lr", 1e38, r"lr must be in \(0, 10\]"),  # finite, but overflows Adam's first fp32 update
+    ("lr", 0.0, r"lr must be in \(0, 10\]"),
+    ("min_lr", float("nan"), "min_lr must be a finite number"),
+    ("weight_decay", float("inf"), "weight_decay must be a finite number"),
+    ("weight_decay", 2000.0, r"lr x weight_decay must be below 1"),
+    ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("betas", (0.9, float("nan")), r"betas\[1\] must be a finite number"),
+    ("betas", (0.9, 1.0), r"betas must each be in \[0, 1\)"),
+    ("clip_grad", float("inf"), "clip_grad must be a finite number"),
+    ("layer_decay", float("nan"), "layer_decay must be a finite number"),
+    ("rotate", float("inf"), "rotate must be a finite number"),
+    ("translate", 3.0, r"translate must be in \[0, 1\]"),
+    ("mixup", float("inf"), "mixup must be a finite number"),
+    ("lr", "fast", "lr must be a number"),
+])
+def test_float_settings_are_finite_and_bounded(field, value, message):
+    """RELIABILITY item 41: inf, NaN and overflowing hyper-parameters are refused by name."""
+    cfg = TrainConfig(model="m", data="digits", out="o", epochs=1).replace(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        cfg.validate()
+
+
+def test_yaml_numbers_without_a_dot_are_read_as_numbers(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 1e-3\nweight-decay: 5e-2\n")  # YAML 1.1 reads these as strings
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **read_config_file(y), "model": "m", "data": "digits",
+                                 "out": "o", "epochs": 1})
+    cfg.validate()
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 0.05
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})
+
+
+def test_run_lock_is_exclusive_and_a_stale_file_does_not_block(tmp_path):
+    """RELIABILITY item 36 at the unit level: flock on RUN/.lock, per open file, released on close."""
+    from vitkit.train.lock import RunLock, RunLockedError
+
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(RunLockedError, match=rf"process {os.getpid()} holds the lock {tmp_path}/.lock"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert (tmp_path / ".lock").exists()  # the file stays; only the flock matters
+    with RunLock(tmp_path) as again:
+        assert again.held

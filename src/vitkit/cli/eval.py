@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from .model_args import load_kwargs
     from ..train.checkpoint import write_bytes_atomic
     from ..train.metrics import evaluate, format_report, plot_confusion
+    from ..utils.atomic import OutputWriteError, reason
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
@@ -98,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no readable image in {args.data!r}")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.data).name or "data")
     out = Path(args.out) if args.out else (run_dir / f"eval-{name}" if run_dir else Path("vitkit-eval"))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(e.errno, f"could not create the output folder {out}: {reason(e)}") from None
     plot_confusion(res["confusion"], classes, out / "confusion.png",
                    title=f"{args.data}: top-1 {100 * res['top1']:.2f} %")
     write_bytes_atomic(out / "results.json", json.dumps({"model": str(args.model), "data": args.data,

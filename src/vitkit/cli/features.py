@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from ..utils.atomic import atomic_write, atomic_write_text, check_output_path
+from ..utils.atomic import atomic_write_all, check_output_path
+from ..utils.names import printable
 from ..inference.features import POOLS
 from ..inference.images import list_images
 from .main import UserError
@@ -55,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         for path in paths[start:start + args.batch_size]:
             try:
                 images.append(runner.load_image(path))
-                kept.append(str(path))
+                kept.append(printable(str(path)))
             except (ValueError, OSError) as e:
-                skipped.append({"image": str(path), "error": str(e)})
-                print(f"vitkit: skipped {e}", file=sys.stderr)
+                skipped.append({"image": printable(str(path)), "error": printable(str(e))})
+                print(f"vitkit: skipped {printable(str(e))}", file=sys.stderr)
         if images:
             chunks.append(extract_features(runner, images, pool=args.pool, layer=args.layer))
         if bar is not None:
@@ -68,11 +69,16 @@ def run(args: argparse.Namespace) -> int:
     if not chunks:
         raise UserError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
     feats = np.concatenate(chunks)
-    atomic_write(out, lambda tmp: np.save(tmp, feats))
     sidecar = out.with_suffix(".json")
-    atomic_write_text(sidecar, json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer,
-                                           "shape": list(feats.shape), "images": kept, "skipped": skipped},
-                                          indent=2) + "\n")
+    text = json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer, "shape": list(feats.shape),
+                       "images": kept, "skipped": skipped}, indent=2) + "\n"
+
+    def write_sidecar(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    # both written before either is renamed: a full disk keeps the previous pair, not a mixed one
+    atomic_write_all([(out, lambda tmp: np.save(tmp, feats)), (sidecar, write_sidecar)])
     print(f"wrote {out} {tuple(feats.shape)} float32 ({args.pool}, layer {'last' if args.layer is None else args.layer}) "
           f"and {sidecar}")
     if skipped:

@@ -2,8 +2,12 @@
 
 Images that cannot be decoded (truncated, not an image, too large...) are skipped: the run goes
 on, each skipped file is reported with its reason (on stderr and in the JSON/CSV output), and
-the exit status is 1. Expected mistakes (missing model or image path, every image unreadable)
-exit 2 with one line, no traceback.
+the exit status is 1. Expected mistakes (missing model or image path, every image unreadable,
+an output that cannot be written) exit 2 with one line, no traceback.
+
+File names that are not valid UTF-8 (RELIABILITY item 39) are shown, and written to the JSON
+and CSV (which stay valid UTF-8), with each undecodable byte as ``\\xNN``: b'caf\\xe9.jpg'
+is ``caf\\xe9.jpg`` (:func:`vitkit.utils.names.printable`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..utils.atomic import atomic_write_text, check_output_path
+from ..utils.names import printable
 from ..inference.device import DEVICES, DTYPES
 from ..inference.images import list_images
 from .main import UserError
@@ -56,11 +61,11 @@ def results_json(src: str, topk: int, results) -> str:
     """The JSON document: {"schema_version", "model", "topk", "results": [{image, predictions|error}]}."""
     rows = []
     for r in results:
-        row = {"image": r.source, "predictions": [], "error": r.error}
+        row = {"image": printable(r.source), "predictions": [], "error": r.error and printable(r.error)}
         row["predictions"] = [{"rank": i + 1, "label": lab, "index": idx, "probability": p}
                               for i, ((lab, p), idx) in enumerate(zip(r.predictions, r.indices))]
         rows.append(row)
-    return json.dumps({"schema_version": JSON_SCHEMA_VERSION, "model": src, "topk": topk, "results": rows},
+    return json.dumps({"schema_version": JSON_SCHEMA_VERSION, "model": printable(src), "topk": topk, "results": rows},
                       indent=2) + "\n"
 
 
@@ -70,10 +75,11 @@ def results_csv(results) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in results:
+        name = printable(r.source)
         if r.error:
-            w.writerow([r.source, "", "", "", "", r.error])
+            w.writerow([name, "", "", "", "", printable(r.error)])
         for i, ((lab, p), idx) in enumerate(zip(r.predictions, r.indices)):
-            w.writerow([r.source, i + 1, lab, idx, f"{p:.6g}", ""])
+            w.writerow([name, i + 1, lab, idx, f"{p:.6g}", ""])
     return buf.getvalue()
 
 
@@ -95,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     for r in clf.run(paths, topk=args.topk, progress=had_folder):
         results.append(r)
         if r.error:
-            print(f"vitkit: skipped {r.error}", file=sys.stderr)
+            print(f"vitkit: skipped {printable(r.error)}", file=sys.stderr)
         elif not to_stdout:
-            print(r.source)
+            print(printable(r.source))
             width = max(len(lab) for lab, _ in r.predictions)
             for rank, (lab, p) in enumerate(r.predictions, 1):
                 print(f"  {rank}. {lab:<{width}}  {p:.4f}")

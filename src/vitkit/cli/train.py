@@ -54,7 +54,7 @@ HELP: dict[str, str] = {
     "batch_size": "global batch per optimizer step, all processes and accumulation steps together (default 64)",
     "accum_steps": "gradient accumulation: micro-batches per optimizer step (default 1)",
     "optimizer": "adamw (default) or sgd (Nesterov momentum)",
-    "lr": "peak learning rate after warm-up (default 1e-3)",
+    "lr": "peak learning rate after warm-up, in (0, 10] (default 1e-3)",
     "min_lr": "learning rate at the end of the cosine (default 1e-5)",
     "warmup_epochs": "linear warm-up length in epochs, fractions allowed (default 5; at most a quarter of the run)",
     "weight_decay": "weight decay, not applied to norms, biases, tokens and position embeddings (default 0.05)",
@@ -87,8 +87,11 @@ HELP: dict[str, str] = {
     "save_every_steps": "also write a checkpoint every N optimizer steps, mid-epoch (default 0: end of epoch only)",
     "keep_last": "step checkpoints kept (default 2; best.pt is kept apart)",
     "log_every": "optimizer steps between metrics.jsonl / TensorBoard points (default 10)",
-    "progress": "show a progress bar (default on; --no-progress)",
-    "resume": "resume from a checkpoint file or run folder; without a value, the latest checkpoint in --out",
+    "progress": "show progress: a bar on a terminal, else a plain line every 50 steps (default on; "
+                "--no-progress: neither)",
+    "resume": "resume from a checkpoint file or run folder, in its own run folder (another --out is refused); "
+              "without a value, the latest checkpoint in --out. Ctrl-C during a run writes a checkpoint and "
+              "prints the command that resumes it",
     "overwrite": "start over in a run folder that already holds checkpoints (they are deleted)",
 }
 
@@ -172,16 +175,25 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; a full disk or a non-finite loss is a one-line error (exit 2); Ctrl-C writes a
+    checkpoint at the step boundary, prints the command that resumes it and exits 130."""
+    import sys
+
     from ..train import engine
 
     cfg = resolve_config(args)
-    from ..train.checkpoint import CheckpointError
     from .main import UserError
 
     try:
         engine.train(cfg)
-    except (engine.NonFiniteLossError, CheckpointError) as e:
-        raise UserError(str(e.args[-1] if isinstance(e, CheckpointError) else e)) from None
+    except engine.NonFiniteLossError as e:
+        raise UserError(str(e)) from None
+    except engine.TrainingInterrupted as e:
+        print(f"vitkit train: interrupted at step {e.step} of {e.total}; the checkpoint {e.checkpoint} holds the run "
+              f"up to there. Resume with{' (under the same torchrun launch)' if e.world_size > 1 else ''}:",
+              file=sys.stderr)
+        print(e.resume_command(), file=sys.stderr)
+        return 130
     finally:
         from ..train.distributed import teardown
 

@@ -14,9 +14,13 @@ already resized to the model's input size ("squash", bilinear: the same as the
 model's channel count (grey repeated to RGB, RGB to grey by PIL's "L" formula).
 
 Unreadable files (RELIABILITY item 17): by default a file that cannot be decoded is
-*skipped and reported* (its index yields ``None``, the collate function drops it, and the
-training engine prints and records its path and reason); with ``strict=True`` the first
-unreadable file stops the run with an error naming it.
+*skipped and reported* (its index yields ``(None, SkippedFile)``, the collate function drops
+it, and the training engine prints and records its path and reason once); with ``strict=True``
+the first unreadable file stops the run with :class:`UnreadableImage` naming it. In a
+``DataLoader`` worker process the strict error is not raised there (the loader would re-raise
+it wrapped in the worker's traceback): the item comes back marked ``strict`` and the consumer
+in the main process raises it (:func:`raise_if_strict`), so ``--workers 0`` and ``--workers 4``
+give the same one-line error.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..utils.names import printable
 from .builtin import BUILTIN
 from .decode import open_image
 from .preprocess import PreprocessConfig, resize_crop
@@ -42,6 +47,34 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 class UnreadableImage(ValueError):
     """A file of a data set that could not be decoded (raised only in strict mode)."""
+
+
+class SkippedFile(str):
+    """Why a file was skipped, as the str ``"PATH: reason"`` (printable: a name that is not UTF-8
+    shows its bytes as ``\\xNN``), with the file's own ``path`` and whether the data set was
+    ``strict`` (then the consumer raises :meth:`error`)."""
+
+    path: str
+    why: str
+    strict: bool
+
+    def __new__(cls, path: str, why: str, strict: bool = False) -> "SkippedFile":
+        self = super().__new__(cls, printable(f"{path}: {why}"))
+        self.path, self.why, self.strict = path, why, strict
+        return self
+
+    def __reduce__(self):  # crosses from loader workers to the main process
+        return SkippedFile, (self.path, self.why, self.strict)
+
+    def error(self) -> UnreadableImage:
+        return UnreadableImage(f"unreadable image {self} (run without --strict-data to skip such files)")
+
+
+def raise_if_strict(skipped: Sequence[str]) -> None:
+    """Raise the strict error of the first file of ``skipped`` read by a strict data set."""
+    for s in skipped:
+        if getattr(s, "strict", False):
+            raise s.error()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -124,9 +157,13 @@ class FileImageDataset(ImageDataset):
         try:
             img = open_image(path)
         except (ValueError, OSError) as e:  # ImageDecodeError, FileNotFoundError, PermissionError...
-            if self.strict:
-                raise UnreadableImage(f"unreadable image {path}: {e} (run without --strict-data to skip such files)") from None
-            return None, f"{path}: {e}"
+            why = str(e)
+            if why.startswith(path + ": "):  # the decoder's messages start with the name already
+                why = why[len(path) + 2:]
+            skipped = SkippedFile(path, why, self.strict)
+            if self.strict and torch.utils.data.get_worker_info() is None:
+                raise skipped.error() from None
+            return None, skipped
         img = img.convert(self.mode)
         if self.geometry is not None:
             img = resize_crop(img, self.geometry)

@@ -5,6 +5,7 @@
 """
 
 from .config import TrainConfig, read_config_file
-from .engine import NonFiniteLossError, ResumeError, Trainer, train
+from .engine import NonFiniteLossError, ResumeError, Trainer, TrainingInterrupted, train
 
-__all__ = ["NonFiniteLossError", "ResumeError", "TrainConfig", "Trainer", "read_config_file", "train"]
+__all__ = ["NonFiniteLossError", "ResumeError", "TrainConfig", "Trainer", "TrainingInterrupted", "read_config_file",
+           "train"]

@@ -14,7 +14,6 @@ Layout in a run folder::
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import random
@@ -25,13 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.atomic import OutputWriteError, write_error
+
 FORMAT = "vitkit-train"
 FORMAT_VERSION = 1
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(OSError):
-    """A checkpoint could not be written (disk full, permissions...); the previous one is kept."""
+class CheckpointError(OutputWriteError):
+    """A checkpoint (or another file of the run folder) could not be written (disk full,
+    read-only, permissions...); the previous one is kept. ``str()`` is the one-line message."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -62,9 +64,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             tmp.unlink()
         except OSError:
             pass
-        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        kept = "; the previous version is kept" if path.exists() else ""
-        raise CheckpointError(e.errno, f"could not write {path}: {why}{kept}") from None
+        raise CheckpointError(e.errno, write_error(path, e).strerror) from None
     _fsync_dir(path.parent)
 
 

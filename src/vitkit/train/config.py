@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,18 @@ import yaml
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
+
+# The largest peak learning rate accepted. Adam moves every weight by about lr per step and SGD
+# by lr x gradient, so an lr above 10 moves weights initialised at ~0.02 by hundreds of times
+# their size in one step: no recipe does that (large-batch SGD under the linear scaling rule
+# stays below it: 0.1 x 8192/256 = 3.2), and lrs towards 1e38 overflow float32 (max 3.4e38) in
+# Adam's first update, turning every weight into inf/NaN before the loss can show it.
+MAX_LR = 10.0
+
+# settings that hold real numbers (a YAML "1e-3" without a dot is a string: it is converted)
+FLOAT_FIELDS = ("val_fraction", "lr", "min_lr", "warmup_epochs", "weight_decay", "momentum", "layer_decay",
+                "clip_grad", "label_smoothing", "drop_path", "rotate", "translate", "scale", "hflip",
+                "random_erasing", "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema")
 
 
 @dataclass
@@ -102,6 +115,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{where}: unknown training setting(s) {unknown}; accepted: {sorted(known)}")
         d = dict(d)
+        for name in FLOAT_FIELDS:
+            if isinstance(d.get(name), str):
+                try:
+                    d[name] = float(d[name])
+                except ValueError:
+                    raise ValueError(f"{where}: {name} must be a number, got {d[name]!r}") from None
         if "betas" in d and d["betas"] is not None:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
@@ -112,6 +131,23 @@ class TrainConfig:
 
     def replace(self, **kw: Any) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
+
+    def _validate_numbers(self) -> None:
+        """Every real-valued setting is a finite number (inf and NaN get through comparisons)."""
+        values = [(name, getattr(self, name)) for name in FLOAT_FIELDS]
+        betas = self.betas
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {betas!r}")
+        values += [(f"betas[{i}]", b) for i, b in enumerate(betas)]
+        for name, v in values:
+            if v is None and name in ("layer_decay", "clip_grad", "ema"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v}")
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must each be in [0, 1), got {list(betas)}")
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when it is impossible."""
@@ -137,6 +173,7 @@ class TrainConfig:
             if v is not None and (not isinstance(v, int) or v < (1 if name in ("image_size", "patch_size", "threads") else 0)):
                 raise ValueError(f"{name} must be a {'non-negative' if name in ('workers', 'save_every_steps') else 'positive'} integer, "
                                  f"got {v!r}")
+        self._validate_numbers()
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
@@ -145,8 +182,24 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"lr must be in (0, {MAX_LR:g}]: a larger peak learning rate diverges, and one near "
+                             f"1e38 overflows the optimizer's float32 update; got {self.lr}")
+        if self.min_lr > MAX_LR:
+            raise ValueError(f"min_lr must be at most {MAX_LR:g}, got {self.min_lr}")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"lr x weight_decay must be below 1 (each step multiplies the weights by 1 - lr x "
+                             f"weight_decay), got {self.lr} x {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad must be positive (or None), got {self.clip_grad}")
+        if not 0 <= self.translate <= 1:
+            raise ValueError(f"translate must be in [0, 1] (a fraction of the side), got {self.translate}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"scale must be in [0, 1) (zoom by 1 +- scale), got {self.scale}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"mixup and cutmix are Beta alphas: not negative, got {self.mixup} and {self.cutmix}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.ema is not None and not 0 < self.ema < 1:

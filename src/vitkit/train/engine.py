@@ -13,6 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,14 +26,17 @@ import torch
 import yaml
 
 from ..data.datasets import (AugmentedView, DataSpec, ImageDataset, TensorImageDataset, collate_skipping,
-                             load_source, source_classes)
+                             load_source, raise_if_strict, source_classes)
 from ..data.builtin import BUILTIN
+from ..utils.atomic import reason
+from ..utils.names import printable
 from ..weights.api import save as save_model
 from . import checkpoint as ckpt
 from . import distributed as D
 from .augment import EvalTransform, TrainTransform
 from .config import TrainConfig
 from .ema import ModelEma
+from .lock import RunLock
 from .metrics import evaluate, plot_curves
 from .mixup import Mixer, soft_target_cross_entropy
 from .model_setup import architecture_diff, build_model
@@ -37,13 +44,50 @@ from .optim import WarmupCosine, build_optimizer
 
 Hook = Callable[..., None]
 
+# without a terminal (a log file, CI) the progress bar's redraws are replaced by one plain line
+# every PROGRESS_EVERY optimizer steps (and the first and last), plus a line per epoch
+PROGRESS_EVERY = 50
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped before the optimizer step."""
 
 
 class ResumeError(ValueError):
-    """A checkpoint that cannot be resumed into this run (other architecture, classes...)."""
+    """A checkpoint that cannot be resumed into this run (other architecture, classes, run folder...)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run at a step boundary, after writing ``checkpoint`` (a step
+    checkpoint like any other: ``--resume`` continues from it exactly)."""
+
+    def __init__(self, checkpoint: Path, step: int, total: int, world_size: int = 1):
+        self.checkpoint, self.step, self.total, self.world_size = checkpoint, step, total, world_size
+        super().__init__(f"interrupted at step {step} of {total}; checkpoint {checkpoint} written")
+
+    def resume_command(self) -> str:
+        import shlex
+
+        return f"vitkit train --resume {shlex.quote(printable(str(self.checkpoint)))}"
+
+
+def run_folder_of(checkpoint: str | os.PathLike) -> Path:
+    """The run folder a checkpoint belongs to: RUN for RUN/checkpoints/step_*.pt (or best.pt),
+    RUN/checkpoints or RUN; else the folder holding the file."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        return p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process (a terminal sends SIGINT to the whole
+    process group), which stops at a step boundary and writes a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _seed_all(seed: int) -> None:
@@ -88,6 +132,9 @@ class Trainer:
         self.cfg, self.hooks, self._log = cfg, list(hooks or []), log
         self._given = (train_data, val_data)
         self.skipped: dict[str, str] = {}
+        self.lock: RunLock | None = None
+        self._stop_requested = False  # set by the first Ctrl-C
+        self._saved_at = -1  # the step of the last checkpoint written
 
     # ------------------------------------------------------------------ set-up
     def log(self, msg: str) -> None:
@@ -103,15 +150,49 @@ class Trainer:
             if latest is None:
                 raise FileNotFoundError(f"nothing to resume: {cfg.out} holds no checkpoint (checkpoints/step_*.pt)")
             return ckpt.load_checkpoint(latest)
-        return ckpt.load_checkpoint(cfg.resume)
+        state = ckpt.load_checkpoint(cfg.resume)
+        # RELIABILITY item 37: a run continues in its own folder; resuming run A with --out B would
+        # mix A's checkpoints into B (and B's metrics and model with A's)
+        home = run_folder_of(state["_path"])
+        if not _same_folder(home, cfg.out):
+            raise ResumeError(f"cannot resume {state['_path']} into --out {cfg.out}: the checkpoint belongs to the "
+                              f"run folder {home}. Continue it there (--out {home}, or no --out), or start a new "
+                              f"run from its weights with --model {state['_path']}")
+        return state
+
+    def _lock_run_folder(self) -> None:
+        """Rank 0 holds RUN/.lock for the run's lifetime (RELIABILITY item 36)."""
+        if self.info.is_main and (self.lock is None or not self.lock.held):
+            lock = RunLock(self.cfg.out)
+            try:
+                self.lock = lock.acquire()
+            except OSError as e:
+                raise ckpt.CheckpointError(e.errno, f"could not write the lock file {lock.path}: {reason(e)}") from None
+
+    def close(self) -> None:
+        """Release the run folder (the lock) and the TensorBoard writer; called when fit() ends."""
+        if getattr(self, "tb", None) is not None:
+            self.tb.close()
+            self.tb = None
+        if self.lock is not None:
+            self.lock.release()
 
     def setup(self) -> "Trainer":
+        try:
+            return self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> "Trainer":
         cfg = self.cfg
         cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.info = info = D.setup(cfg.device)
         resume = self._resolve_resume()  # before anything is written: a bad resume changes nothing
+        if Path(cfg.out).is_dir():
+            self._lock_run_folder()  # a second run into a busy folder stops here, before any work
         old = ckpt.step_checkpoints(cfg.out) if Path(cfg.out).is_dir() else []
         if resume is None and old and not cfg.overwrite:
             raise ValueError(f"{cfg.out} already holds the checkpoints of a run ({old[-1][1].name}); continue it "
@@ -203,10 +284,15 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tb = None
         if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.checkpoint_dir(self.run_dir).mkdir(exist_ok=True)
+            except OSError as e:
+                raise ckpt.CheckpointError(e.errno, f"could not write the run folder {self.run_dir}: {reason(e)}") from None
+            self._lock_run_folder()
             for p in ckpt.checkpoint_dir(self.run_dir).glob(".*.tmp-*"):  # left by a write that was killed
                 p.unlink(missing_ok=True)
+            self._tidy_model_swap()
             if resume is None:  # a fresh run (--overwrite): earlier checkpoints and metrics go
                 for _, p in ckpt.step_checkpoints(self.run_dir):
                     p.unlink()
@@ -278,6 +364,7 @@ class Trainer:
                 "rng": rngs, "world_size": self.info.world_size}
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
+        self._saved_at = self.global_step
         state = self._state()
         path = None
         if self.info.is_main:
@@ -329,11 +416,21 @@ class Trainer:
                 keep.append(line)
         ckpt.write_bytes_atomic(self.metrics_path, ("\n".join(keep) + "\n" if keep else "").encode())
 
+    def _append(self, path: Path, line: str) -> None:
+        """Append one line to a file of the run folder; a full disk is a one-line error."""
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise ckpt.CheckpointError(e.errno, f"could not write {path}: {reason(e)}; the run stopped at step "
+                                                f"{self.global_step}; the last good checkpoint {last or '(none)'} "
+                                                f"is kept") from None
+
     def _record(self, row: dict[str, Any]) -> None:
         if not self.info.is_main:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append(self.metrics_path, json.dumps(row))
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)) and v is not None:
@@ -341,20 +438,23 @@ class Trainer:
             self.tb.flush()
 
     def _note_skipped(self, reasons: list[str]) -> None:
+        """Report each unreadable file once (whichever worker, epoch or validation pass met it);
+        with --strict-data, stop at the first (items read in loader workers come back marked)."""
+        raise_if_strict(reasons)
         for r in reasons:
-            path = r.split(": ", 1)[0]
+            path = getattr(r, "path", r)
             if path not in self.skipped:
                 self.skipped[path] = r
                 self.log(f"  skipped unreadable file {r}")
                 if self.info.is_main:
-                    with open(self.run_dir / "skipped_files.txt", "a") as f:
-                        f.write(r + "\n")
+                    self._append(self.run_dir / "skipped_files.txt", r)
 
     # ------------------------------------------------------------------ data
     def _loader(self, view, batches: list[list], epoch: int):
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)  # worker seeds only; global RNG untouched
         return torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.workers,
                                            collate_fn=collate_skipping, generator=g,
+                                           worker_init_fn=_ignore_sigint if self.workers else None,
                                            pin_memory=self.info.device.type == "cuda")
 
     def epoch_order(self, epoch: int) -> list[int]:
@@ -425,28 +525,82 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
 
+    # ------------------------------------------------------------------ Ctrl-C
+    def _catch_sigint(self) -> None:
+        """The first Ctrl-C asks the run to stop at the next step boundary with a checkpoint
+        (RELIABILITY item 40); a second one stops at once (KeyboardInterrupt, no checkpoint)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+
+        def on_sigint(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            if self.info.is_main:  # os.write: print() is not safe inside a signal handler
+                os.write(2, b"\nvitkit train: Ctrl-C: stopping after this step to write a checkpoint "
+                            b"(Ctrl-C again stops at once, without one)\n")
+
+        self._prev_sigint = (signal.signal(signal.SIGINT, on_sigint),)  # (None when set outside Python)
+
+    def _restore_sigint(self) -> None:
+        prev = getattr(self, "_prev_sigint", None)
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev[0] if prev[0] is not None else signal.default_int_handler)
+            self._prev_sigint = None
+
+    def _stop_now(self) -> bool:
+        """Whether Ctrl-C asked to stop, agreed by every process (the checkpoint is collective)."""
+        stop = self._stop_requested
+        if self.info.enabled:
+            dev = self.info.device if self.info.device.type == "cuda" else torch.device("cpu")
+            stop = bool(D.all_reduce_sum(torch.tensor([float(stop)], device=dev), self.info).item() > 0)
+        return stop
+
+    def _interrupt(self) -> None:
+        """Write the checkpoint of this step boundary (unless it was just written) and stop."""
+        if self._saved_at != self.global_step:
+            self.save_checkpoint()
+        path = ckpt.checkpoint_dir(self.run_dir) / f"step_{self.global_step:08d}.pt"
+        raise TrainingInterrupted(path, self.global_step, self.total_steps, self.info.world_size)
+
+    # ------------------------------------------------------------------ progress
+    def _progress_bar(self):
+        """A tqdm bar when stderr is a terminal; None (and plain lines) otherwise or with progress off."""
+        if not (self.cfg.progress and self.info.is_main):
+            return None, False
+        if getattr(sys.stderr, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            return tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
+                        desc="training", file=sys.stderr), False
+        return None, True
+
+    # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
-        """Train to the end (resuming where a checkpoint left off) and return the summary."""
+        """Train to the end (resuming where a checkpoint left off) and return the summary.
+
+        Ctrl-C stops at the next step boundary after writing a step checkpoint, and raises
+        :class:`TrainingInterrupted` (a KeyboardInterrupt) naming it."""
         if not hasattr(self, "info"):
             self.setup()
+        self._catch_sigint()
         try:
             return self._fit()
         finally:
-            if getattr(self, "tb", None) is not None:
-                self.tb.close()
+            self._restore_sigint()
+            if getattr(self, "_bar", None) is not None:
+                self._bar.close()
+            self.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         G, A = cfg.batch_size, cfg.accum_steps
         view = AugmentedView(self.train_ds, self.transform, cfg.seed)
-        bar = None
-        if cfg.progress and info.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
-                       desc="training")
+        bar, plain = self._progress_bar()
+        self._bar = bar  # closed by fit() also when the run stops early
         t0, images_done, start_step = time.time(), 0, self.global_step
         last_val: dict[str, Any] = {}
+        line_loss, epoch_loss = [], []  # losses since the last plain line / in this epoch
         self.model.train()
         while self.global_step < self.total_steps:
             order = self.epoch_order(self.epoch)
@@ -459,6 +613,7 @@ class Trainer:
                                 for mb in _micro_batches(order, s, G, A, info.rank, info.world_size)]
             it = iter(self._loader(view, micro_lists, self.epoch))
             t_step = time.time()
+            epoch_loss = []
             while self.batch_in_epoch < steps_here:
                 micro = [next(it) for _ in range(A)]
                 loss = self._train_step(micro)
@@ -472,6 +627,8 @@ class Trainer:
                 now = time.time()
                 ips = G / max(now - t_step, 1e-9)
                 t_step = now
+                line_loss.append(loss)
+                epoch_loss.append(loss)
                 if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
                     self._record({"kind": "train", "step": self.global_step, "epoch": self.epoch + 1,
                                   "loss": loss, "lr": lr, "images_per_s": round(ips, 1)})
@@ -479,11 +636,19 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                     img_s=f"{images_done / max(time.time() - t0, 1e-9):.0f}")
+                elif plain and (self.global_step % PROGRESS_EVERY == 0 or self.global_step == start_step + 1
+                                or self.global_step == self.total_steps):
+                    self.log(f"step {self.global_step}/{self.total_steps} (epoch {self.epoch + 1}/"
+                             f"{self.total_epochs}): loss {sum(line_loss) / len(line_loss):.4f}, lr {lr:.2e}, "
+                             f"{images_done / max(now - t0, 1e-9):.0f} img/s, {now - t0:.0f} s")
+                    line_loss = []
                 epoch_done = self.batch_in_epoch == steps_here
                 if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0 and not epoch_done:
                     self.save_checkpoint()
                 for h in self.hooks:
                     h("step", self, step=self.global_step, loss=loss)
+                if not epoch_done and self._stop_now():
+                    self._interrupt()
             # --- end of epoch: validate, checkpoint, plot
             last_epoch = self.global_step >= self.total_steps
             shown = self.epoch + 1  # the epoch just trained (1-based)
@@ -491,6 +656,7 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
             improved = False
+            line = None
             if self.val_ds is not None and (shown % cfg.eval_every == 0 or last_epoch):
                 last_val = self.validate()
                 self.last_val = {k: last_val.get(k) for k in ("top1", "ema_top1")}
@@ -501,7 +667,12 @@ class Trainer:
                 self._record({"kind": "val", "step": self.global_step, "epoch": shown, **last_val})
                 line = (f"epoch {shown}/{self.total_epochs}: val top-1 {100 * last_val['top1']:.2f} %"
                         + (f", EMA {100 * last_val['ema_top1']:.2f} %" if "ema_top1" in last_val else "")
+                        + f", train loss {sum(epoch_loss) / max(len(epoch_loss), 1):.4f}"
                         + f" ({time.time() - t0:.0f} s)")
+            elif plain:  # an epoch summary in logs also when this epoch is not validated
+                line = (f"epoch {shown}/{self.total_epochs}: train loss "
+                        f"{sum(epoch_loss) / max(len(epoch_loss), 1):.4f} ({time.time() - t0:.0f} s)")
+            if line is not None:
                 if bar is not None:
                     bar.write(line)
                 else:
@@ -511,10 +682,47 @@ class Trainer:
                 plot_curves(self.metrics_path, self.run_dir / "curves.png")
             for h in self.hooks:
                 h("epoch", self, epoch=shown, **last_val)
+            if not last_epoch and self._stop_now():
+                self._interrupt()
         if bar is not None:
             bar.close()
+            self._bar = None
+        self._restore_sigint()  # the run is complete: a Ctrl-C now stops the final save at once
         elapsed = time.time() - t0
         return self._finish(last_val, elapsed, start_step)
+
+    def _tidy_model_swap(self) -> None:
+        """Undo what a run killed inside :meth:`_save_final_model` left behind."""
+        final = self.run_dir / "model"
+        for p in self.run_dir.glob(".model.old-*"):
+            if not final.exists():
+                os.replace(p, final)  # killed between the two renames: the previous model comes back
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.run_dir.glob(".model.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _save_final_model(self, model: torch.nn.Module) -> Path:
+        """Write RUN/model as a whole: vitkit.save into RUN/.model.tmp-PID, then swapped in by two
+        renames, so a full disk or a read-only folder keeps the previous RUN/model intact."""
+        final = self.run_dir / "model"
+        tmp, old = self.run_dir / f".model.tmp-{os.getpid()}", self.run_dir / f".model.old-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_model(model, tmp)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+        except OSError as e:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = ckpt.latest_checkpoint(self.run_dir)
+            kept = "; the previous model is kept" if final.exists() else ""
+            raise ckpt.CheckpointError(e.errno, f"could not write {final}: {reason(e)}{kept}; the trained weights "
+                                                f"are in the checkpoint {last} (vitkit eval reads it)") from None
+        shutil.rmtree(old, ignore_errors=True)
+        return final
 
     def _finish(self, last_val: dict[str, Any], elapsed: float, start_step: int) -> dict[str, Any]:
         """Save the final model as a vitkit folder (``RUN/model``: the EMA weights when they
@@ -533,7 +741,7 @@ class Trainer:
             out = VisionTransformer(self.raw.cfg)
             out.load_state_dict({k: v.cpu() for k, v in (final.state_dict() if use_ema else state).items()})
             out.preprocess_cfg = self.raw.preprocess_cfg
-            save_model(out, self.run_dir / "model")
+            self._save_final_model(out)
             ckpt.write_bytes_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
             top1 = summary["ema_top1"] if use_ema else summary["val_top1"]
             acc = f"val top-1 {100 * top1:.2f} %{' (EMA weights)' if use_ema else ''}" if top1 is not None else "no validation"

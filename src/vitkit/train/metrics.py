@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
+from ..data.datasets import raise_if_strict
 from .checkpoint import write_bytes_atomic
 from .distributed import DistInfo, all_reduce_sum
 
@@ -34,6 +35,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
     sums = torch.zeros(3, dtype=torch.float64)  # top5 hits, loss sum, count
     skipped: list[str] = []
     for x, y, skip in batches:
+        raise_if_strict(skip)  # a strict data set read in a loader worker: stop at its first bad file
         skipped += skip
         if x is None:
             continue
