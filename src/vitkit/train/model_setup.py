@@ -15,6 +15,7 @@ from ..data.preprocess import PreprocessConfig, default_preprocess
 from ..models.factory import resolve_config
 from ..models.vit import VisionTransformer
 from ..weights.api import is_checkpoint
+from ..weights.checks import check_state
 
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 BYTES_PER_TRAINED_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
@@ -90,11 +91,10 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
         notes.append(f"head replaced: {old_cfg.num_classes} -> {n} classes ({', '.join(classes[:5])}"
                      f"{', ...' if n > 5 else ''})")
     m = VisionTransformer(cfg)  # the new head keeps its fresh (seeded) initialisation
-    result = m.load_state_dict(state, strict=False)
-    left = sorted(set(result.missing_keys) - (set(HEAD_KEYS) if new_head else set()))
-    if left or result.unexpected_keys:
-        raise ValueError(f"vitkit bug: checkpoint {where} does not fit its own model: missing {left}, "
-                         f"unexpected {result.unexpected_keys}")
+    if new_head:
+        state.update({k: v for k, v in m.state_dict().items() if k in HEAD_KEYS})
+    check_state(state, cfg, str(where))
+    m.load_state_dict(state, strict=True)
     pre = src.preprocess_cfg if isinstance(src.preprocess_cfg, PreprocessConfig) else preprocess_for(cfg)
     m.preprocess_cfg = pre
     notes.append(f"preprocessing kept from the checkpoint: {describe_preprocess(pre)}")
