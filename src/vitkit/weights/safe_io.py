@@ -2,15 +2,18 @@
 
 Nothing here ever runs code from a file:
 
-- safetensors headers are parsed and checked (length, offsets without gaps or
-  overlaps, shape x dtype == byte span, total == file size) before any tensor
-  is read;
+- safetensors headers are checked by the safetensors library itself (length,
+  JSON, offsets without gaps or overlaps, shape x dtype == byte span, total ==
+  file size) before any tensor is read, its errors worded here; a dtype
+  relabelled over float data is caught by :func:`check_tensor_dtypes`;
 - PyTorch ``.pth``/``.bin`` go through ``torch.load(weights_only=True)`` only,
   never a fallback to full unpickling; TorchScript archives and legacy ``.tar``
   checkpoints are refused; foreign Python objects are named in the error;
 - ``.npz`` members have their ``.npy`` headers checked (no object dtype, size
   matching the stored bytes) before ``np.load(allow_pickle=False)`` reads them;
-- sharded index files may only name shards inside their own folder.
+- sharded index files may only name shards inside their own folder (a shard that
+  is a symlink, as in the huggingface_hub cache, must resolve into that cache
+  repository's ``blobs/`` or into the folder itself).
 
 Every error is a ``ValueError`` (or ``FileNotFoundError``) naming the file.
 """
@@ -22,18 +25,23 @@ import math
 import os
 import pickle
 import pickletools
+import re
 import struct
 import tarfile
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 # bytes per element of each safetensors dtype
 SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                       "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit for the JSON header (the library enforces it)
 MAX_INDEX_BYTES = 50 * 1024 * 1024  # a sharded index is a small JSON file
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -50,80 +58,163 @@ def _check_file(path: Path) -> Path:
 
 # --- safetensors ---------------------------------------------------------------
 
-def check_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
-    """Validate a safetensors file's header against its size; returns {name: {dtype, shape, data_offsets}}."""
-    path = _check_file(Path(path))
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file (only {size} bytes; the 8-byte header length is missing)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise ValueError(f"{path}: safetensors header claims {n} bytes but the file has only {size - 8} "
-                             "after the length field (truncated or not a safetensors file)")
-        if n > MAX_HEADER_BYTES:
-            raise ValueError(f"{path}: safetensors header of {n} bytes is larger than the {MAX_HEADER_BYTES} allowed")
-        raw = f.read(n)
+# The safetensors library validates a header itself (checked for safetensors 0.8.0, the version installed
+# when this was written; tests/test_weights_reliability.py holds each case): the 8-byte length against the
+# file size and its own 100 MB limit, UTF-8, JSON (serde_json, nesting limited to 128 levels, so
+# "[" * 100000 is an error, not a RecursionError), the field types (dtype names, non-negative integer
+# shapes, two offsets), shape x dtype == byte span, offsets without gaps or overlaps, and the data covering
+# the file exactly (no truncation, no trailing bytes). It misses none of these, so vitkit adds no check of
+# its own; it only words the library's errors for a person. Both spellings of each error are matched: the
+# text of safetensors >= 0.5 ("invalid offset for tensor `b`") and the enum names older versions printed
+# ("InvalidOffset(\"b\")").
+_SAFETENSORS_ERRORS = (  # (pattern in the library's message, kind), tried in order
+    (r"header too small|HeaderTooSmall", "small"),
+    (r"header too large|HeaderTooLarge|invalid header length|InvalidHeaderLength", "length"),
+    (r"recursion limit", "nested"),
+    (r"unknown variant `([^`]*)`", "dtype"),
+    (r"invalid UTF-8|InvalidHeader\b(?!Start|Deserialization|Length)", "utf8"),
+    (r"invalid offset for tensor `([^`]*)`|InvalidOffset\(\"?([^\")]*)", "offset"),
+    (r"invalid shape, data type, or offset|TensorInvalidInfo", "span"),
+    (r"incomplete metadata|MetadataIncompleteBuffer", "coverage"),
+    (r"overflow|ValidationOverflow", "overflow"),
+    (r"expected struct HashMetadata", "not_object"),
+    (r"invalid JSON in header: (.*)|InvalidHeaderDeserialization|InvalidHeaderStart", "json"),
+)
+
+
+def _safetensors_json(path: Path) -> tuple[int, dict] | None:
+    """(header length, header) of a file whose header the library has already parsed (so it is a flat
+    object nested at most 128 levels: safe for json.loads); None if it cannot be read."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header is not a JSON object")
-    data_len = size - 8 - n
-    spans = []
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise ValueError(f"{path}: tensor {name!r} has no dtype/shape/data_offsets in the header")
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-            raise ValueError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-                and 0 <= offs[0] <= offs[1]):
-            raise ValueError(f"{path}: tensor {name!r} has invalid data_offsets {offs!r}")
-        want = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
-        if offs[1] - offs[0] != want:
-            raise ValueError(f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} needs {want} bytes "
-                             f"but its data_offsets {offs} span {offs[1] - offs[0]}")
-        spans.append((offs[0], offs[1], name))
-        tensors[name] = info
-    pos = 0
-    for start, end, name in sorted(spans):
-        if start != pos:
-            what = "a gap" if start > pos else "an overlap"
-            raise ValueError(f"{path}: {what} in the data before tensor {name!r} (offset {start}, expected {pos})")
-        pos = end
-    if pos != data_len:
-        if pos > data_len:
-            raise ValueError(f"{path}: tensors need {pos} data bytes but the file holds {data_len} (truncated)")
-        raise ValueError(f"{path}: {data_len - pos} bytes after the last tensor are not described by the header")
-    return tensors
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return n, json.loads(f.read(n))
+    except Exception:  # only used to word an error the library has already raised
+        return None
+
+
+def _explain_safetensors_error(path: Path, err: Exception) -> ValueError:
+    """The library's error as a one-line ValueError naming the file and the problem in plain words."""
+    lib = str(err).splitlines()[0] if str(err) else type(err).__name__
+    lib = lib.removeprefix("Error while deserializing header: ")
+    size = path.stat().st_size
+    kind, m = "other", None
+    for pattern, k in _SAFETENSORS_ERRORS:
+        m = re.search(pattern, lib)
+        if m:
+            kind = k
+            break
+    if kind == "small":
+        why = f"the file has only {size} bytes, too few for the 8-byte header length and a header"
+    elif kind == "length":
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+        why = (f"the header claims {n} bytes but the file has only {size - 8} after the length field (truncated "
+               "or not a safetensors file)" if n > size - 8 else
+               f"the header claims {n} bytes, more than the {MAX_HEADER_BYTES} the format allows")
+    elif kind == "nested":
+        why = "the header is JSON nested too deeply (not a safetensors header)"
+    elif kind == "dtype":
+        why = f"a tensor has unknown dtype {m.group(1)!r}"
+    elif kind == "utf8":
+        why = "the header is not UTF-8 text"
+    elif kind == "offset":
+        name = next(g for g in m.groups() if g is not None)
+        why = (f"tensor {name!r} does not start where the tensor before it ends: a gap or an overlap in the data "
+               "(or offsets outside it)")
+    elif kind == "span":
+        why = "a tensor's shape x dtype does not match the byte span of its data_offsets"
+        parsed = _safetensors_json(path)
+        for name, info in (parsed[1] if parsed else {}).items():  # name the first such tensor
+            if name == "__metadata__" or not isinstance(info, dict) or info.get("dtype") not in SAFETENSORS_DTYPES:
+                continue
+            want = math.prod(info["shape"]) * SAFETENSORS_DTYPES[info["dtype"]]
+            a, b = info["data_offsets"]
+            if b - a != want:
+                why = (f"tensor {name!r} of shape {info['shape']} and dtype {info['dtype']} needs {want} bytes "
+                       f"but its data_offsets {[a, b]} span {b - a}")
+                break
+    elif kind == "coverage":
+        why = "the tensors do not cover the data exactly"
+        parsed = _safetensors_json(path)
+        if parsed:
+            n, header = parsed
+            end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"
+                       and isinstance(t, dict)], default=0)
+            have = size - 8 - n
+            why = (f"the tensors need {end} data bytes but the file holds {have} (truncated)" if end > have else
+                   f"{have - end} bytes after the last tensor are not described by the header")
+    elif kind == "overflow":
+        why = "a tensor's shape is too large (its byte size overflows)"
+    elif kind == "not_object":
+        why = "the header is not a JSON object of tensors"
+    elif kind == "json":
+        why = "the header is not valid safetensors JSON" + (f": {m.group(1)}" if m.groups() and m.group(1) else "")
+    else:
+        why = "it could not be read"
+    return ValueError(f"{path}: not a valid safetensors file: {why} (safetensors: {lib[:200]})")
+
+
+def check_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """Validate a safetensors file's header (by the safetensors library); returns {name: {dtype, shape,
+    data_offsets}}."""
+    from safetensors import safe_open
+
+    path = _check_file(Path(path))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise _explain_safetensors_error(path, e) from None
+    parsed = _safetensors_json(path)  # validated above
+    if parsed is None:
+        raise ValueError(f"{path}: could not read the safetensors header")
+    return {k: v for k, v in parsed[1].items() if k != "__metadata__"}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file (header checked first), on the CPU."""
+    """All tensors of a safetensors file, on the CPU; the library checks the header before reading any data."""
     from safetensors.torch import load_file
 
-    check_safetensors_header(path)
+    path = _check_file(Path(path))
     try:
         return load_file(str(path), device="cpu")
-    except Exception as e:  # the header was valid, so this is an I/O or format error
-        raise ValueError(f"{path}: could not read safetensors data: {e}") from None
+    except (SafetensorError, OSError) as e:
+        raise _explain_safetensors_error(path, e) from None
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. a dtype this torch build lacks
+        raise ValueError(f"{path}: could not read safetensors data: {str(e).splitlines()[0][:300]}") from None
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` string map of a safetensors file (after the header check)."""
-    check_safetensors_header(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        meta = json.loads(f.read(n)).get("__metadata__") or {}
-    return meta if isinstance(meta, dict) else {}
+    """The ``__metadata__`` string map of a safetensors file (header checked by the library)."""
+    from safetensors import safe_open
+
+    path = _check_file(Path(path))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata()
+    except (SafetensorError, OSError) as e:
+        raise _explain_safetensors_error(path, e) from None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def check_tensor_dtypes(state: Mapping[str, object], source: str | os.PathLike,
+                        float_keys: Iterable[str] | None = None) -> None:
+    """Refuse integer, boolean or complex tensors where floating-point weights are expected; never casts.
+
+    ``float_keys``: the keys that must be floating point (default: every tensor in ``state``); keys absent
+    from ``state`` are left to the missing-keys check. A safetensors header whose dtype was relabelled
+    (I32 over F32 data: the byte span is the same, so the format's own checks pass) is caught here.
+    """
+    keys = list(state) if float_keys is None else [k for k in float_keys if k in state]
+    bad = [(k, state[k].dtype) for k in keys
+           if isinstance(state[k], torch.Tensor) and not state[k].is_floating_point()]
+    if bad:
+        shown = ", ".join(f"{k!r} ({str(d).removeprefix('torch.')})" for k, d in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"{source}: {len(bad)} tensor(s) that must hold floating-point weights are stored as "
+                         f"{'/'.join(sorted({str(d).removeprefix('torch.') for _, d in bad}))}: {shown}{more} "
+                         "(a relabelled dtype in the file, or not model weights); refused, not cast")
 
 
 # --- PyTorch pickles --------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""safe_io on hostile and damaged files: the safetensors library's own header checks (worded by vitkit), dtypes
+relabelled over float data, pickles holding foreign objects (zip and legacy), malformed .npy headers inside an
+.npz, and sharded checkpoints in a huggingface_hub cache (shards are symlinks into blobs/)."""
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitkit
+from vitkit.weights.safe_io import (check_safetensors_header, check_tensor_dtypes, read_npz, read_safetensors,
+                                    read_safetensors_metadata, read_sharded, read_state_file, read_torch)
+
+from helpers import tiny_cfg
+
+SAFETENSORS_READERS = [check_safetensors_header, read_safetensors, read_safetensors_metadata]
+
+
+def _raw(path, header: bytes, data: bytes = b"") -> None:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+def _j(d) -> bytes:
+    return json.dumps(d).encode()
+
+
+F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+# --- 1. safetensors: the library validates, vitkit words it ------------------------------------------------
+@pytest.mark.parametrize("header,data,reason", [
+    (b"[" * 100_000, b"", "not a JSON object"),  # json.loads would hit RecursionError here
+    (b'{"a":' * 50_000, b"", "nested too deeply"),
+    (b"{not json", b"", "not valid safetensors JSON"),
+    (b'{"\xff": 1}', b"", "not UTF-8"),
+    (_j({"a": F32x2}), b"\0" * 4, r"need 8 data bytes but the file holds 4 \(truncated\)"),
+    (_j({"a": F32x2}), b"\0" * 12, "4 bytes after the last tensor"),
+    (_j({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+         "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}), b"\0" * 12, "'b'.*a gap or an overlap"),
+    (_j({"a": F32x2, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}), b"\0" * 8,
+     "'b'.*a gap or an overlap"),
+    (_j({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}), b"\0" * 8, "'a'.*a gap or an overlap"),
+    (_j({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}), b"\0" * 8,
+     r"'a' of shape \[3\] and dtype F32 needs 12 bytes but its data_offsets \[0, 8\] span 8"),
+    (_j({"a": {"dtype": "F32", "shape": [2 ** 62, 2 ** 62], "data_offsets": [0, 8]}}), b"\0" * 8, "overflows"),
+    (_j({"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}}), b"\0", "unknown dtype 'Q9'"),
+    (_j({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}), b"\0" * 4, "not valid safetensors JSON"),
+    (_j({"a": {"dtype": "F32", "shape": [2]}}), b"\0" * 8, "missing field `data_offsets`"),
+])
+@pytest.mark.parametrize("reader", SAFETENSORS_READERS)
+def test_safetensors_header_errors_come_from_the_library_in_plain_words(tmp_path, header, data, reason, reader):
+    p = tmp_path / "bad.safetensors"
+    _raw(p, header, data)
+    with pytest.raises(ValueError, match=rf"bad.safetensors: not a valid safetensors file: .*{reason}") as e:
+        reader(p)
+    assert "\n" not in str(e.value) and "(safetensors: " in str(e.value)  # one line, with the library's words
+
+
+@pytest.mark.parametrize("length,body,reason", [
+    (10 ** 12, b"{}", "claims 1000000000000 bytes but the file has only 2 after the length field"),
+    (1000, b"{}" + b" " * 10, "claims 1000 bytes but the file has only 12"),
+    (200_000_000, b"{" + b" " * 100, "claims 200000000 bytes"),
+])
+def test_safetensors_header_length_larger_than_the_file(tmp_path, length, body, reason):
+    p = tmp_path / "h.safetensors"
+    p.write_bytes(struct.pack("<Q", length) + body)
+    for reader in SAFETENSORS_READERS:
+        with pytest.raises(ValueError, match=f"h.safetensors: .*{reason}"):
+            reader(p)
+
+
+@pytest.mark.parametrize("content", [b"", b"abc", struct.pack("<Q", 0)])
+def test_safetensors_too_short_or_empty_header(tmp_path, content):
+    (tmp_path / "s.safetensors").write_bytes(content)
+    with pytest.raises(ValueError, match="s.safetensors: not a valid safetensors file"):
+        read_safetensors(tmp_path / "s.safetensors")
+
+
+def test_real_safetensors_truncated_in_the_data_and_in_the_header(tmp_path):
+    model = vitkit.create_model(tiny_cfg())
+    save_file(dict(model.state_dict()), tmp_path / "m.safetensors", metadata={"format": "pt"})
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.safetensors: .*but the file holds \d+ \(truncated\)"):
+        read_safetensors(tmp_path / "cut.safetensors")
+    (tmp_path / "head.safetensors").write_bytes(data[: 8 + n // 2])
+    with pytest.raises(ValueError, match=r"head.safetensors: .*header claims .*\(truncated or not a safetensors"):
+        read_safetensors(tmp_path / "head.safetensors")
+    # the complete file still reads, with its header and metadata
+    state = read_safetensors(tmp_path / "m.safetensors")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    header = check_safetensors_header(tmp_path / "m.safetensors")
+    assert header["cls_token"] == {"dtype": "F32", "shape": [1, 1, 32], "data_offsets": header["cls_token"][
+        "data_offsets"]} and "__metadata__" not in header
+    assert read_safetensors_metadata(tmp_path / "m.safetensors") == {"format": "pt"}
+
+
+# --- 2. dtypes relabelled over float data ---------------------------------------------------------------
+def test_check_tensor_dtypes_names_keys_and_dtypes_and_never_casts():
+    state = {"w": torch.ones(2, 2), "idx": torch.arange(3, dtype=torch.int32), "mask": torch.ones(2, dtype=torch.bool),
+             "h": torch.ones(2, dtype=torch.float16)}
+    with pytest.raises(ValueError, match=r"ck.pt: 2 tensor\(s\) that must hold floating-point weights are stored as "
+                                         r"bool/int32: 'idx' \(int32\), 'mask' \(bool\).*refused, not cast"):
+        check_tensor_dtypes(state, "ck.pt")
+    assert state["idx"].dtype == torch.int32 and state["mask"].dtype == torch.bool  # untouched
+    check_tensor_dtypes(state, "ck.pt", float_keys=["w", "h", "absent"])  # only those must be float
+    with pytest.raises(ValueError, match=r"ck.pt: 1 tensor\(s\) .* stored as int32: 'idx' \(int32\) "):
+        check_tensor_dtypes(state, "ck.pt", float_keys=["w", "idx"])
+    check_tensor_dtypes({"w": torch.ones(1, dtype=torch.bfloat16)}, "ok")  # half precisions are float
+
+
+def test_relabelled_safetensors_dtype_is_caught_only_by_the_dtype_check(tmp_path):
+    model = vitkit.create_model(tiny_cfg())
+    save_file(dict(model.state_dict()), tmp_path / "clean.safetensors")
+    check_tensor_dtypes(read_safetensors(tmp_path / "clean.safetensors"), "clean.safetensors")  # all float: fine
+    p = tmp_path / "m.safetensors"
+    data = (tmp_path / "clean.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["pos_embed"]["dtype"] = "I32"  # same 4 bytes an element: the byte span still matches
+    header["blocks.0.attn.qkv.weight"]["dtype"] = "I32"
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (n - len(raw))  # keep the header length, so the data offsets stay valid
+    assert len(raw) == n
+    p.write_bytes(data[:8] + raw + data[8 + n:])
+    state = read_safetensors(p)  # the format itself is consistent: the library accepts it
+    assert state["pos_embed"].dtype == torch.int32
+    with pytest.raises(ValueError, match=r"m.safetensors: 2 tensor\(s\) .* int32: 'blocks.0.attn.qkv.weight' "
+                                         r"\(int32\), 'pos_embed' \(int32\)"):
+        check_tensor_dtypes(state, p)
+
+
