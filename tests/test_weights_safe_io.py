@@ -138,3 +138,61 @@ def test_relabelled_safetensors_dtype_is_caught_only_by_the_dtype_check(tmp_path
         check_tensor_dtypes(state, p)
 
 
+# --- 3. pickles holding objects outside the weights-only allow-list ---------------------------------------
+class _Custom:
+    def __init__(self):
+        self.x = 1
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.target),))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+@pytest.mark.parametrize("how", ["legacy", "zip", "zip-protocol4"])
+@pytest.mark.parametrize("extra,names", [
+    ({"args": argparse.Namespace(lr=0.1, model="deit_base")}, ["argparse.Namespace"]),
+    ({"acc": np.float64(0.5)}, ["numpy._core.multiarray.scalar", "numpy.dtype"]),
+    ({"dt": np.dtype("float32")}, ["numpy.dtype"]),
+    ({"obj": _Custom()}, [f"{__name__}._Custom"]),
+    ({"args": argparse.Namespace(lr=0.1), "acc": np.float64(0.5), "obj": _Custom()},
+     ["argparse.Namespace", "numpy._core.multiarray.scalar", f"{__name__}._Custom"]),
+])
+def test_foreign_objects_in_a_checkpoint_are_named(tmp_path, how, extra, names):
+    p = tmp_path / ("ckpt.pth" if how == "legacy" else "ckpt.pt")
+    obj = {"model": {"w": torch.randn(3, 3)}, "tags": {"ok"}, **extra}  # a set is allowed: not named
+    kw = dict(_use_new_zipfile_serialization=False) if how == "legacy" else (
+        dict(pickle_protocol=4) if how == "zip-protocol4" else {})
+    torch.save(obj, p, **kw)
+    assert zipfile.is_zipfile(p) == (how != "legacy")
+    with pytest.raises(ValueError) as e:
+        read_torch(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: refused to load: the pickle holds Python objects other than tensors")
+    for name in names:
+        assert name in msg
+    assert "\x1b" not in msg and "weights_only=False" not in msg and "\n" not in msg
+    assert "set" not in msg.split("containers: ")[1].split(". vitkit")[0]
+    assert "weights_only=True" in msg
+
+
+def test_legacy_payload_never_runs_and_plain_legacy_state_loads(tmp_path):
+    sentinel = tmp_path / "pwned"
+    torch.save({"w": torch.zeros(2), "x": _Payload(sentinel)}, tmp_path / "evil.pth",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"evil.pth: refused.*builtins.getattr, pathlib.Path"):
+        read_torch(tmp_path / "evil.pth")
+    assert not sentinel.exists()
+    state = {"w": torch.randn(4, 2), "b": torch.arange(3), "tags": {"a", "b"}}  # a set: __builtin__.set, allowed
+    torch.save(state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    back = read_state_file(tmp_path / "old.pth")
+    assert back.keys() == state.keys() and back["tags"] == {"a", "b"}
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
+
+

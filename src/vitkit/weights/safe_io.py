@@ -219,38 +219,120 @@ def check_tensor_dtypes(state: Mapping[str, object], source: str | os.PathLike,
 
 # --- PyTorch pickles --------------------------------------------------------------
 
-def pickle_globals(data: bytes) -> list[str]:
-    """The ``module.name`` of every class/function a pickle refers to, read without unpickling it."""
-    names, strings = [], []
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING")
+
+
+def _py3_global(module: str, name: str = "") -> str:
+    """``module.name`` as Python 3 imports it (protocol <= 2 pickles say ``__builtin__``, ``copy_reg``...),
+    the mapping ``pickle`` itself applies."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
+def _pickle_stream_globals(f) -> tuple[list[str], bool]:
+    """The globals one pickle in ``f`` refers to, read from its opcodes (nothing is unpickled); leaves ``f``
+    just after the pickle's STOP. Returns (names, whether the pickle ended with STOP)."""
+    names: list[str] = []
+    pushed: list[object] = []  # what each opcode pushed: a string, or None for anything else
+    memo: dict[int, object] = {}
     try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(arg)
-            elif op.name in ("GLOBAL", "INST"):
-                names.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
+        for op, arg, _ in pickletools.genops(f):
+            name = op.name
+            if name in _STRING_OPS:
+                pushed.append(arg)
+            elif name == "MEMOIZE":  # protocol 4: memo[len(memo)] = top of the stack
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif name in ("GLOBAL", "INST"):
+                names.append(_py3_global(*str(arg).split(" ", 1)))
+                pushed.append(None)
+            elif name == "STACK_GLOBAL":
+                module, qualname = (pushed[-2:] + [None, None])[:2] if len(pushed) >= 2 else (None, None)
+                if isinstance(module, str) and isinstance(qualname, str):
+                    names.append(f"{module}.{qualname}")
+                pushed.append(None)
+            elif name == "STOP":
+                return names, True
+            elif name != "FRAME":
+                pushed.append(None)
     except Exception:  # a damaged stream: report what was found so far
         pass
-    return sorted(set(names))
+    return names, False
 
 
-# globals a plain state dict (what weights_only=True accepts) is made of
+def pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` of every class/function a pickle refers to, read without unpickling it."""
+    import io
+
+    return sorted(set(_pickle_stream_globals(io.BytesIO(data))[0]))
+
+
+def _allowed_globals() -> set[str] | None:
+    """What ``torch.load(weights_only=True)`` accepts (torch's own allow-list), or None if unknown."""
+    try:
+        from torch import _weights_only_unpickler as wou  # private, so guarded: a prefix rule stands in
+
+        return set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+    except Exception:
+        return None
+
+
+# globals a plain state dict is made of, when torch's own list is not available (only the error's wording
+# depends on it: the refusal itself is torch.load's)
 _PLAIN_GLOBALS_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset",
                            "builtins.bytearray", "_codecs.encode")
 
 
 def _payload_globals(path: Path) -> list[str]:
+    """Globals in a checkpoint's pickles that weights-only loading refuses (``module.qualname``).
+
+    A zip checkpoint has one pickle (``*/data.pkl``); a legacy one (``_use_new_zipfile_serialization=False``)
+    is several pickles in a row (magic number, protocol, system info, the object, storage keys) and then the
+    raw storages: the pickles are read one after another until one is not a pickle.
+    """
+    found: list[str] = []
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 pkl = [n for n in z.namelist() if n.endswith("data.pkl")]
-                data = z.read(pkl[0]) if pkl else b""
+                if pkl:
+                    with z.open(pkl[0]) as f:
+                        found = _pickle_stream_globals(f)[0]
         else:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                for _ in range(5):
+                    names, complete = _pickle_stream_globals(f)
+                    found += names
+                    if not complete:
+                        break
     except Exception:
-        return []
-    return [g for g in pickle_globals(data) if not g.startswith(_PLAIN_GLOBALS_PREFIXES)]
+        pass
+    allowed = _allowed_globals()
+    unsafe = {g for g in found if (g not in allowed if allowed is not None else
+                                   not g.startswith(_PLAIN_GLOBALS_PREFIXES))}
+    return sorted(unsafe)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The specific line of torch's weights-only refusal, without its advice to load unsafely or ANSI codes."""
+    text = _ANSI.sub("", str(e))
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return m.group(1)
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    line = m.group(1) if m else (text.strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"[^.]*weights_only[^.]*\.?", "", line).strip()[:200] or type(e).__name__
 
 
 def read_torch(path: str | os.PathLike) -> dict:
@@ -272,13 +354,15 @@ def read_torch(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
-        found = _payload_globals(path) or [str(e).splitlines()[0][:200]]
-        raise ValueError(f"{path}: refused to load: the pickle holds Python objects other than tensors and plain "
-                         f"containers: {found}. vitkit only loads with torch.load(weights_only=True) and never "
-                         "falls back to unsafe unpickling; save a plain state dict or safetensors instead.") from None
+        found = _payload_globals(path)
+        what = (f"Python objects other than tensors and plain containers: {', '.join(found)}" if found else
+                f"something weights-only loading does not accept ({_unpickling_reason(e)})")
+        raise ValueError(f"{path}: refused to load: the pickle holds {what}. vitkit only loads with "
+                         "torch.load(weights_only=True) and never unpickles anything else; save a plain state "
+                         "dict (torch.save(model.state_dict(), ...)) or safetensors instead.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                         f"{str(e).splitlines()[0][:300]}") from None
+                         f"{_ANSI.sub('', str(e)).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
     return obj
 
 
