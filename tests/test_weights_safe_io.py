@@ -196,3 +196,33 @@ def test_legacy_payload_never_runs_and_plain_legacy_state_loads(tmp_path):
     assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
 
 
+# --- 4. malformed .npy headers inside an .npz ---------------------------------------------------------------
+@pytest.mark.parametrize("header", [
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), ",  # unbalanced brace: tokenize.TokenError
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), '''",  # open triple quote: tokenize.TokenError
+    "{'descr': '<f4, 'fortran_order': False, 'shape': (2,), }",  # unbalanced quotes
+    "{'descr': \"<f4', 'fortran_order': False, 'shape': (2,)}",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': " + "(" * 300 + ")" * 300 + "}",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2.5,), }",
+    "{'descr': 'zz9', 'fortran_order': False, 'shape': (2,), }",
+    "{'descr': [('a', '<f4', (99999999999, 99999999999))], 'fortran_order': False, 'shape': (2,), }",
+    "{1: 2}",
+    "__import__('os').system('touch pwned')",
+])
+def test_npz_member_with_malformed_npy_header(tmp_path, header, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    h = header.encode()
+    h += b" " * (63 - (10 + len(h)) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + b"\0" * 8
+    good = np.lib.format
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as z:
+        with z.open("ok.npy", "w") as f:
+            good.write_array(f, np.zeros(2, np.float32))
+        z.writestr("Transformer/encoder_norm/scale.npy", npy)
+    with pytest.raises(ValueError, match=r"bad.npz: member 'Transformer/encoder_norm/scale.npy': its .npy header "
+                                         r"is not valid \(\w+: ") as e:
+        read_npz(tmp_path / "bad.npz")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "pwned").exists()
+
+

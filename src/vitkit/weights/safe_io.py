@@ -368,6 +368,30 @@ def read_torch(path: str | os.PathLike) -> dict:
 
 # --- npz -------------------------------------------------------------------------
 
+# what numpy raises for a malformed .npy header: its own ValueError, and what its header parser lets escape
+# (ast.literal_eval's SyntaxError, tokenize's TokenError for unbalanced quotes or brackets, ...)
+_NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, OverflowError, TypeError, KeyError, MemoryError,
+                      RecursionError, EOFError, UnicodeDecodeError, struct.error)
+
+
+def _npy_header(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, header length) of one ``.npy`` member, or a ValueError naming the file and member."""
+    with z.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except _NPY_HEADER_ERRORS as e:
+            msg = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ValueError(f"{path}: member {info.filename!r}: its .npy header is not valid "
+                             f"({type(e).__name__}: {msg})") from None
+        return shape, dtype, f.tell()
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file; object arrays and inconsistent headers are refused before reading data."""
     path = _check_file(Path(path))
@@ -376,15 +400,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for info in z.infolist():
                 if not info.filename.endswith(".npy"):
                     raise ValueError(f"{path}: member {info.filename!r} is not a .npy array")
-                with z.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    elif version in ((2, 0), (3, 0)):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                    else:
-                        raise ValueError(f"unsupported .npy version {version}")
-                    header_len = f.tell()
+                shape, dtype, header_len = _npy_header(z, info, path)
                 name = info.filename[: -len(".npy")]
                 if dtype.hasobject:
                     raise ValueError(f"{path}: array {name!r} holds Python objects (dtype {dtype}); "
@@ -401,7 +417,8 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(str(path)) else f"{path}: corrupt .npz: {msg}") from None
-    except (zipfile.BadZipFile, OSError, OverflowError, EOFError, SyntaxError, struct.error, MemoryError) as e:
+    except (zipfile.BadZipFile, OSError, OverflowError, EOFError, SyntaxError, struct.error, MemoryError,
+            tokenize.TokenError, zlib.error) as e:
         raise ValueError(f"{path}: not a readable .npz file (corrupt or truncated): {type(e).__name__}: {e}") from None
 
 
