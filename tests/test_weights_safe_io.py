@@ -226,3 +226,95 @@ def test_npz_member_with_malformed_npy_header(tmp_path, header, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
+# --- 5. sharded checkpoints in the huggingface_hub cache ----------------------------------------------------
+def _blob(repo, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    (repo / "blobs" / sha).write_bytes(data)
+    return sha
+
+
+def _hub_cache_sharded(tmp_path):
+    """A real cache tree ``models--org--tiny/{blobs,refs,snapshots/<rev>}`` of a tiny model saved by vitkit in
+    the transformers layout, its weights split in two safetensors shards, every file a relative symlink."""
+    model = vitkit.create_model(tiny_cfg())
+    vitkit.save(model, tmp_path / "saved", format="hf")
+    state = read_safetensors(tmp_path / "saved" / "model.safetensors")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    repo = tmp_path / "hub" / "models--org--tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    for d in (repo / "blobs", repo / "refs", snap):
+        d.mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    files = {"config.json": (tmp_path / "saved" / "config.json").read_bytes()}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, tmp_path / name, metadata={"format": "pt"})
+        files[name] = (tmp_path / name).read_bytes()
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": sum(v.numel() * 4 for v in state.values())},
+         "weight_map": {k: name for name, ks in shards.items() for k in ks}}).encode()
+    for name, data in files.items():
+        os.symlink(f"../../blobs/{_blob(repo, data)}", snap / name)
+    return model, state, repo, snap
+
+
+def test_sharded_checkpoint_in_the_hub_cache_loads(tmp_path):
+    model, state, repo, snap = _hub_cache_sharded(tmp_path)
+    assert (snap / "model-00001-of-00002.safetensors").is_symlink()
+    back = read_sharded(snap / "model.safetensors.index.json")
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+    loaded = vitkit.load(snap)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), model.eval()(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "other-repo", "outside-folder"])
+def test_shard_symlink_out_of_the_cache_tree_is_refused(tmp_path, target):
+    _, _, repo, snap = _hub_cache_sharded(tmp_path)
+    shard = snap / "model-00002-of-00002.safetensors"
+    real = shard.resolve()
+    shard.unlink()
+    if target == "other-repo":  # a blob of another repository in the same cache
+        other = repo.parent / "models--evil--x" / "blobs"
+        other.mkdir(parents=True)
+        (other / "abc").write_bytes(real.read_bytes())
+        os.symlink("../../../models--evil--x/blobs/abc", shard)
+    elif target == "outside-folder":
+        (tmp_path / "elsewhere.safetensors").write_bytes(real.read_bytes())
+        os.symlink(tmp_path / "elsewhere.safetensors", shard)
+    else:
+        os.symlink(target, shard)
+    with pytest.raises(ValueError, match=r"shard 'model-00002-of-00002.safetensors' is a symlink to .*, outside the "
+                                         r"checkpoint folder and its hub cache blobs/; refused"):
+        read_sharded(snap / "model.safetensors.index.json")
+    with pytest.raises(ValueError, match="refused"):
+        vitkit.load(snap)
+
+
+def test_shard_symlinks_in_a_plain_folder_stay_in_the_folder(tmp_path):
+    folder = tmp_path / "ck"
+    (folder / "store").mkdir(parents=True)
+    save_file({"a": torch.ones(2)}, folder / "store" / "real-a.safetensors")
+    save_file({"b": torch.zeros(2)}, tmp_path / "b.safetensors")
+    os.symlink("store/real-a.safetensors", folder / "a.safetensors")  # inside the folder: fine
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "a.safetensors"}}))
+    assert torch.equal(read_sharded(folder / "model.safetensors.index.json")["a"], torch.ones(2))
+    os.symlink("../b.safetensors", folder / "b.safetensors")  # out of a folder that is no hub cache
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "a.safetensors", "b": "b.safetensors"}}))
+    with pytest.raises(ValueError, match=r"shard 'b.safetensors' is a symlink to .*, outside the checkpoint "
+                                         r"folder; refused"):
+        read_sharded(folder / "model.safetensors.index.json")
+
+
+@pytest.mark.parametrize("shard", ["../../x.safetensors", "/etc/passwd", "sub/../../y.safetensors", "a\\b", "..", ".",
+                                   ""])
+def test_shard_names_must_be_plain_file_names(tmp_path, shard):
+    _, _, _, snap = _hub_cache_sharded(tmp_path)
+    index = snap / "evil.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": shard}}))
+    with pytest.raises(ValueError, match="points outside the checkpoint folder; refused"):
+        read_sharded(index)

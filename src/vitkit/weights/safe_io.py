@@ -424,27 +424,50 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # --- folders with shards ----------------------------------------------------------------
 
+def _hub_blobs(folder: Path) -> Path | None:
+    """For a huggingface_hub snapshot folder ``<repo>/snapshots/<rev>`` (resolved), its ``<repo>/blobs``."""
+    blobs = folder.parent.parent / "blobs"
+    if folder.parent.name == "snapshots" and blobs.is_dir() and not blobs.is_symlink():
+        return blobs
+    return None
+
+
+def _check_shard_name(index_path: Path, folder: Path, shard: str) -> Path:
+    """The path of one shard named by an index: a plain file name in the index's folder; a symlink must
+    resolve into the folder itself or, in a huggingface_hub cache snapshot, into its repository's blobs/."""
+    if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard
+            or Path(shard).is_absolute()):
+        raise ValueError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder; refused "
+                         "(a shard must be a plain file name next to the index)")
+    entry = folder / shard
+    if entry.is_symlink():
+        target = entry.resolve()
+        roots = [folder] + [b for b in [_hub_blobs(folder)] if b is not None]
+        if not any(target.is_relative_to(r) for r in roots):
+            raise ValueError(f"{index_path}: shard {shard!r} is a symlink to {str(target)!r}, outside the "
+                             f"checkpoint folder{' and its hub cache blobs/' if len(roots) > 1 else ''}; refused")
+    return entry
+
+
 def read_sharded(index_path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a sharded checkpoint (``*.index.json`` with a ``weight_map``); shards must lie in its folder."""
+    """Tensors of a sharded checkpoint (``*.index.json`` with a ``weight_map``); shards must lie in its folder
+    (as symlinks into the repository's ``blobs/`` in a huggingface_hub cache)."""
     index_path = _check_file(Path(index_path))
     if index_path.stat().st_size > MAX_INDEX_BYTES:
         raise ValueError(f"{index_path}: index file is larger than {MAX_INDEX_BYTES} bytes")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{index_path} is not valid JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{index_path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
         raise ValueError(f"{index_path}: no 'weight_map' of tensor name -> shard file name")
     folder = index_path.parent.resolve()
     shards = sorted(set(wmap.values()))
-    for shard in shards:
-        p = Path(shard)
-        if p.is_absolute() or p.name != shard or shard in (".", "..") or (folder / shard).resolve().parent != folder:
-            raise ValueError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder; refused")
+    paths = [_check_shard_name(index_path, folder, shard) for shard in shards]
     state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        part = read_state_file(folder / shard)
+    for p in paths:
+        part = read_state_file(p)
         state.update(part)
     missing = sorted(set(wmap) - set(state))
     if missing:
