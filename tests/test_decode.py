@@ -249,3 +249,112 @@ def test_sources_path_bytes_fileobj_pil_agree(tmp_path):
         ..., None]).all()
     with pytest.raises(ImageTooLargeError):
         open_image(Image.new("RGB", (100, 100)), max_pixels=99)
+
+
+# --- 11b. a JPEG cut short and closed with an end-of-image marker ---------------------------------------
+# PIL decodes such a file without an error (libjpeg only warns "premature end of data segment" and fills
+# the rest with grey); vitkit must refuse it, and must decode every complete JPEG exactly as PIL does.
+PHOTOS = {"astronaut": skimage.data.astronaut, "chelsea": skimage.data.chelsea, "coffee": skimage.data.coffee}
+
+
+def _jpeg(img, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _pil_reference(data: bytes) -> np.ndarray:
+    """What PIL alone gives: decoded, EXIF orientation applied, converted to RGB."""
+    from PIL import ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def _rotated_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "vitkit test camera"
+    return exif
+
+
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+@pytest.mark.parametrize("quality", [40, 75, 95])
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("exif", [False, True])
+def test_complete_jpegs_decode_exactly_as_before(photo, quality, progressive, exif):
+    kw = dict(quality=quality, progressive=progressive, optimize=quality == 75)
+    if exif:
+        kw["exif"] = _rotated_exif()
+    data = _jpeg(Image.fromarray(PHOTOS[photo]()), **kw)
+    out = np.asarray(open_image(data))
+    assert np.array_equal(out, _pil_reference(data))
+    assert out.shape[:2] == (PHOTOS[photo]().shape[1::-1] if exif else PHOTOS[photo]().shape[:2])
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_complete_grey_and_cmyk_jpegs_decode_exactly_as_before(tmp_path, mode, progressive):
+    data = _jpeg(Image.fromarray(skimage.data.coffee()).convert(mode), quality=90, progressive=progressive)
+    with Image.open(io.BytesIO(data)) as raw:
+        assert raw.mode == mode
+    (tmp_path / "c.jpg").write_bytes(data)
+    assert np.array_equal(np.asarray(open_image(tmp_path / "c.jpg")), _pil_reference(data))
+
+
+@pytest.mark.parametrize("kw", [dict(restart_marker_blocks=3), dict(subsampling=0), dict(subsampling=2),
+                                dict(icc_profile=b"\0" * 300, comment=b"a comment")])
+def test_complete_jpegs_with_restart_markers_and_extras(kw):
+    data = _jpeg(Image.fromarray(skimage.data.chelsea()), quality=85, **kw)
+    assert np.array_equal(np.asarray(open_image(data)), _pil_reference(data))
+
+
+def test_complete_jpeg_ending_in_exact_grey_is_not_mistaken_for_a_cut():
+    # the grey libjpeg fills a cut file with (128) at the corner: the check has to decode again, and accept it
+    a = skimage.data.astronaut().copy()
+    a[-64:, -64:] = 128
+    data = _jpeg(Image.fromarray(a), quality=95)
+    out = open_image(data)
+    assert out.getpixel((511, 511)) == (128, 128, 128)
+    assert np.array_equal(np.asarray(out), _pil_reference(data))
+
+
+def test_complete_mpo_first_frame():
+    frames = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.chelsea()[::-1].copy())]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:], quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as raw:
+        assert raw.format == "MPO" and raw.n_frames == 2
+        raw.load()
+        first = np.asarray(raw.convert("RGB"))
+    assert np.array_equal(np.asarray(open_image(buf.getvalue())), first)
+
+
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_jpeg_cut_and_closed_with_eoi_is_refused(tmp_path, photo, progressive, fraction):
+    data = _jpeg(Image.fromarray(PHOTOS[photo]()), quality=90, progressive=progressive)
+    cut = data[: int(len(data) * fraction)] + b"\xff\xd9"
+    with Image.open(io.BytesIO(cut)) as im:
+        im.load()  # what PIL does with it: no error at all
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(cut)
+    with pytest.raises(ImageDecodeError, match=r"cut.jpg: image file is truncated"):
+        open_image(p)
+    with open(p, "rb") as f:  # the same from a file object and from bytes
+        with pytest.raises(ImageDecodeError, match="truncated"):
+            open_image(f)
+    with pytest.raises(ImageDecodeError, match=r"<bytes>: image file is truncated"):
+        open_image(cut)
+
+
+def test_progressive_jpeg_cut_between_two_scans_is_refused():
+    data = _jpeg(Image.fromarray(skimage.data.chelsea()), quality=90, progressive=True)
+    sos = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC4, 0xDA)]
+    later = [i for i in sos if i > len(data) // 3]
+    assert len(later) >= 3
+    for at in later:  # a valid JPEG of fewer scans: only the scan headers tell it is incomplete
+        with pytest.raises(ImageDecodeError, match="truncated"):
+            open_image(data[:at] + b"\xff\xd9")

@@ -13,7 +13,9 @@
   its ``DecompressionBombWarning`` (vitkit leaves warning filters alone).
 - **Truncated files are refused** (PIL reports them while ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
   is False, its default, which vitkit never changes; if some other code has set it to True,
-  PIL pads truncated data silently and vitkit warns about it on every call).
+  PIL pads truncated data silently and vitkit warns about it on every call). A JPEG cut short
+  and closed with an end-of-image marker (FF D9) decodes without any error in PIL (libjpeg only
+  warns, and fills the rest with grey); vitkit refuses it too: see :func:`_refuse_incomplete_jpeg`.
 - **EXIF orientation** (tags 2–8) is applied, so a phone photo stored sideways comes out upright.
 - **Every PIL mode becomes RGB correctly**: transparent pixels (P with transparency, PA, LA,
   RGBA, La, RGBa) are composited over ``background`` (white by default) instead of
@@ -32,11 +34,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 # 1024**3 // 4 // 3: the same figure as PIL's default warning threshold, ~0.25 GiB of 8-bit RGB.
 # A documented setting: override per call with open_image(..., max_pixels=N) (None = no limit).
@@ -156,6 +159,122 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, RGBX, HSV...
 
 
+# --- JPEG cut short, with an end-of-image marker -------------------------------------------------------
+# libjpeg, on reaching a marker in the middle of a scan, warns ("premature end of data segment"), which PIL
+# does not report, and leaves the rest of the image zero: uniform grey (128) in a sequential JPEG, the missing
+# refinements in a progressive one. vitkit finds it from the file itself:
+# - the scan headers (SOS) of a progressive or multi-scan JPEG must bring every coefficient of every
+#   component to full precision (a file cut between two scans is otherwise a valid JPEG with fewer scans);
+# - the file is decoded a second time with bytes that are not markers (_JPEG_PROBE) inserted before its
+#   end-of-image marker: a complete file ignores them (extraneous data after the last scan), a file cut
+#   inside a scan reads them as image data, so the pixels change. A sequential, single-scan JPEG is decoded
+#   again only when its last pixel is the grey of that fill (127/128 in every channel; at most a 16x16
+#   block at the corner, where the cut falls in the last MCU, goes unseen); a progressive one always is.
+_JPEG_PROBE = bytes((37 * i + 11) % 251 for i in range(512))  # no 0xFF: never read as a marker
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_SOF_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the end of entropy-coded data
+
+
+def _jpeg_layout(data: bytes) -> tuple[bool, list[int], list[tuple], int] | None:
+    """(progressive, component ids, scans as (ids, Ss, Se, Ah, Al), offset of the first image's EOI marker),
+    read from the marker segments alone; None for anything unexpected (then no check is made)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, progressive, comps, scans = 2, None, [], []
+    try:
+        while pos + 2 <= len(data):
+            if data[pos] != 0xFF:
+                return None
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker == 0xD9:
+                return (progressive, comps, scans, pos) if progressive is not None else None
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+                pos += 2
+                continue
+            length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            seg = data[pos + 4:pos + 2 + length]
+            if length < 2 or len(seg) != length - 2:
+                return None
+            pos += 2 + length
+            if marker in _SOF_MARKERS:
+                progressive = marker in _SOF_PROGRESSIVE
+                comps = [seg[6 + 3 * i] for i in range(seg[5])]
+            elif marker == 0xDA:  # SOS: its header, then entropy-coded data up to the next marker
+                ns = seg[0]
+                a = seg[3 + 2 * ns]
+                scans.append(([seg[1 + 2 * i] for i in range(ns)], seg[1 + 2 * ns], seg[2 + 2 * ns], a >> 4, a & 15))
+                m = _NEXT_MARKER.search(data, pos)
+                if m is None:
+                    return None
+                pos = m.start()
+    except IndexError:
+        return None
+    return None
+
+
+def _scans_complete(progressive: bool, comps: list[int], scans: list[tuple]) -> bool:
+    """Whether the scans bring every coefficient of every component to full precision (Al = 0)."""
+    if not progressive:
+        return set(comps) <= {c for ids, *_ in scans for c in ids}
+    done = {c: [False] * 64 for c in comps}
+    for ids, ss, se, _ah, al in scans:
+        if al == 0:
+            for c in ids:
+                for k in range(ss, min(se, 63) + 1):
+                    if c in done:
+                        done[c][k] = True
+    return all(all(v) for v in done.values())
+
+
+def _refuse_incomplete_jpeg(img: Image.Image, data: bytes | None, name: str) -> None:
+    """Raise ImageDecodeError if the decoded JPEG ``img`` came from a file cut short before its EOI marker."""
+    layout = _jpeg_layout(data) if data else None
+    if layout is None:
+        return
+    progressive, comps, scans, eoi = layout
+    truncated = f"{name}: image file is truncated (incomplete data; refused, not padded): its JPEG data"
+    multi_scan = progressive or len(scans) > 1
+    if multi_scan and not _scans_complete(progressive, comps, scans):
+        raise ImageDecodeError(f"{truncated} stops before its scans complete the image")
+    if not multi_scan:
+        last = img.getpixel((img.width - 1, img.height - 1))
+        if not all(v in (127, 128) for v in (last if isinstance(last, tuple) else (last,))):
+            return  # no grey fill at the end: complete (or cut within its last block)
+    cut = eoi
+    while cut > 2 and data[cut - 1] == 0xFF:  # fill bytes belong to the marker
+        cut -= 1
+    try:
+        probe = JpegImagePlugin.JpegImageFile(io.BytesIO(data[:cut] + _JPEG_PROBE + data[cut:eoi + 2]))
+        probe.load()
+        same = probe.mode == img.mode and probe.size == img.size and np.array_equal(np.asarray(probe),
+                                                                                     np.asarray(img))
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError):
+        same = False  # the probe bytes were read as image data, and broke it
+    if not same:
+        raise ImageDecodeError(f"{truncated} ends inside a scan, closed early by an end-of-image marker")
+
+
+def _source_bytes(src: ImageSource) -> bytes | None:
+    """The encoded bytes of ``src`` (for the JPEG check), or None where they cannot be had again."""
+    try:
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                return f.read()
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            return bytes(src)
+        if hasattr(src, "read") and hasattr(src, "seek"):
+            src.seek(0)  # where PIL read it from
+            data = src.read()
+            return data if isinstance(data, bytes) else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def open_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
                background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Decode one image safely into an 8-bit RGB PIL image (upright, first frame).
@@ -189,6 +308,8 @@ def open_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
             if img.tell() != 0:  # files open on frame 0; a PIL image may have been moved on
                 img.seek(0)  # first frame of an animation / first page (never counts frames)
             img.load()
+            if img.format in ("JPEG", "MPO") and not isinstance(src, Image.Image):
+                _refuse_incomplete_jpeg(img, _source_bytes(src), name)
             upright = ImageOps.exif_transpose(img)  # a copy, orientation tag applied and removed
             out = _to_rgb(upright, background)
         except ImageDecodeError:

@@ -81,11 +81,53 @@ def scaled_size(size: int, crop_pct: float) -> int:
     return round(v) if abs(v - round(v)) < 1e-6 else math.floor(v)
 
 
-def _centre_crop(img: Image.Image, h: int, w: int) -> Image.Image:
-    nw, nh = img.size
+def _centre_offsets(nw: int, nh: int, h: int, w: int) -> tuple[int, int]:
     # torchvision's CenterCrop offsets (round half to even of the half-difference)
-    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+    return int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+
+
+def _centre_crop(img: Image.Image, h: int, w: int) -> Image.Image:
+    left, top = _centre_offsets(*img.size, h, w)
     return img.crop((left, top, left + w, top + h))
+
+
+# The shortest-edge resize is done on the whole image only while that intermediate is at most this many times
+# the crop's area (aspect ratios up to ~13:1 at crop_pct 0.9): every ordinary image, pixel for pixel as timm's
+# transform. Beyond it (a 1x100000 strip would make a 248 x 24.8 M intermediate, 18 GB) only the window the
+# centre crop keeps is resampled, from the source pixels it reads (:func:`_resized_window`).
+MAX_RESIZE_FACTOR = 16
+
+# how far each PIL filter reaches, in source pixels at scale 1 (Pillow's Resample.c supports)
+_SUPPORT = {Image.Resampling.NEAREST: 0.5, Image.Resampling.BILINEAR: 1.0, Image.Resampling.BICUBIC: 2.0,
+            Image.Resampling.LANCZOS: 3.0}
+
+
+def _resized_window(img: Image.Image, size: tuple[int, int], window: tuple[int, int, int, int],
+                    interp: Image.Resampling) -> Image.Image:
+    """The ``window`` (left, top, right, bottom) of ``img.resize(size)``, without the full resize.
+
+    Only the source pixels the window reads (its box at the resize's scale, plus the filter's reach) are
+    cropped, then resampled with ``resize(box=...)``, one axis per call so the order of the passes does not
+    depend on Pillow's choice (width first, then height). The crop keeps the box offsets small, as PIL holds a
+    box in float32. The pixels equal the full resize's up to rounding: a grey level or so where the filter
+    rings, more only on pixel noise, where the order of the passes shows.
+    """
+    box, src = [], []
+    for n_in, n_out, lo, hi in ((img.width, size[0], window[0], window[2]),
+                                (img.height, size[1], window[1], window[3])):
+        scale = n_in / n_out
+        a, b = lo * scale, hi * scale  # the window in source coordinates
+        reach = _SUPPORT[interp] * max(scale, 1.0) + 1
+        first, last = max(0, math.floor(a - reach)), min(n_in, math.ceil(b + reach))
+        src.append((first, last))
+        box.append((a - first, b - first))
+    (x0, x1), (y0, y1) = src
+    part = img.crop((x0, y0, x1, y1))
+    w, h = window[2] - window[0], window[3] - window[1]
+    if interp == Image.Resampling.NEAREST:  # one affine lookup, no passes
+        return part.resize((w, h), interp, box=(box[0][0], box[1][0], box[0][1], box[1][1]))
+    part = part.resize((w, part.height), interp, box=(box[0][0], 0, box[0][1], part.height))
+    return part.resize((w, h), interp, box=(0, box[1][0], w, box[1][1]))
 
 
 def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -105,7 +147,10 @@ def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         nw, nh = short, max(1, int(short * ih / iw))
     else:
         nh, nw = short, max(1, int(short * iw / ih))
-    return _centre_crop(img.resize((nw, nh), interp), h, w)
+    if nw * nh <= MAX_RESIZE_FACTOR * h * w:
+        return _centre_crop(img.resize((nw, nh), interp), h, w)
+    left, top = _centre_offsets(nw, nh, h, w)  # a long strip: resample only what the crop keeps
+    return _resized_window(img, (nw, nh), (left, top, left + w, top + h), interp)
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
