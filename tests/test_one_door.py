@@ -202,7 +202,7 @@ def test_integer_tensor_in_a_float_slot_is_refused(tmp_path):
     sd = peer.state_dict()
     sd["blocks.0.attn.qkv.weight"] = sd["blocks.0.attn.qkv.weight"].view(torch.int32)  # same bytes, relabelled
     save_file(sd, tmp_path / "relabelled.safetensors")
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight \(int32\)"):
+    with pytest.raises(ValueError, match=r"'blocks\.0\.attn\.qkv\.weight' \(int32\)"):
         vitkit.load(tmp_path / "relabelled.safetensors", heads=HEADS)
     mixed = {k: (v.half() if i % 2 else v) for i, (k, v) in enumerate(peer.state_dict().items())}
     save_file(mixed, tmp_path / "mixed.safetensors")

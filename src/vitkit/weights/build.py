@@ -12,6 +12,7 @@ from ..data.imagenet import imagenet1k_classes
 from ..data.preprocess import PreprocessConfig
 from ..layers import resample_pos_embed, sincos_2d_pos_embed
 from ..models.vit import VisionTransformer
+from .safe_io import check_tensor_dtypes
 
 
 def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int | tuple[int, int],
@@ -30,10 +31,7 @@ def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int
 def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype, source: str, opts=None) -> dict[str, torch.Tensor]:
     """Every tensor as ``dtype``: half-precision (or mixed) files are cast, said in one line; a tensor that is
     not floating point (an integer or bool dtype, e.g. a header relabelled I32 over F32 data) is refused."""
-    bad = sorted(f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items() if not v.is_floating_point())
-    if bad:
-        raise ValueError(f"{source}: tensors that must hold floating-point weights are stored as integers or bools: "
-                         f"{bad[:10]}{' ...' if len(bad) > 10 else ''} (a corrupt or relabelled file)")
+    check_tensor_dtypes(state, source)
     found = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
     want = str(dtype).replace("torch.", "")
     if found and found != [want]:

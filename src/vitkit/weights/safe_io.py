@@ -36,7 +36,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
+
 from safetensors import SafetensorError
+
+from ..utils.jsonfile import read_json
 
 # bytes per element of each safetensors dtype
 SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -454,13 +457,8 @@ def read_sharded(index_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a sharded checkpoint (``*.index.json`` with a ``weight_map``); shards must lie in its folder
     (as symlinks into the repository's ``blobs/`` in a huggingface_hub cache)."""
     index_path = _check_file(Path(index_path))
-    if index_path.stat().st_size > MAX_INDEX_BYTES:
-        raise ValueError(f"{index_path}: index file is larger than {MAX_INDEX_BYTES} bytes")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{index_path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    index = read_json(index_path, max_bytes=MAX_INDEX_BYTES)
+    wmap = index.get("weight_map")
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
         raise ValueError(f"{index_path}: no 'weight_map' of tensor name -> shard file name")
     folder = index_path.parent.resolve()
