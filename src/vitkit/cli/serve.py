@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"refuse images declaring more pixels than this, before decoding -> 413 "
                         f"(default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--timeout-s", type=float, default=30.0, help="a request unanswered after this -> 504 (default 30)")
-    p.add_argument("--read-timeout-s", type=float, default=10.0,
-                   help="a client that sends nothing of its body for this long is dropped -> 408 (default 10)")
+    p.add_argument("--read-timeout-s", type=float, default=30.0,
+                   help="a request body not fully arrived after this long is dropped -> 408 (default 30)")
     p.add_argument("--sizes", default=None,
                    help="other input sizes a request may ask for with ?size=, e.g. 160,288x224 (the model then "
                         "takes them: dynamic_img_size)")

@@ -50,7 +50,7 @@ class ServeConfig:
     max_queue: int = 128  # requests admitted at once (reading, decoding, queued, running)
     max_body_mb: float = 10.0
     timeout_s: float = 30.0  # a request still unanswered after this -> 504
-    read_timeout_s: float = 10.0  # longest wait for the next piece of a request body -> 408
+    read_timeout_s: float = 30.0  # the whole request body must arrive within this -> 408
     decode_workers: int = 2
     drain_timeout_s: float = 30.0  # after SIGTERM, the longest wait for in-flight requests
     retry_after_s: int = 1
@@ -211,8 +211,9 @@ class Service:
 
 # -- reading requests --------------------------------------------------------------------------------
 async def read_body(request: Request, limit: int, read_timeout: float) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes (never buffered beyond it), or with
-    408 when the client sends nothing for ``read_timeout`` seconds."""
+    """The body, refused with 413 as soon as it passes ``limit`` bytes (never buffered beyond it; a declared
+    Content-Length over the limit is refused before reading any of it), or with 408 when the whole body has
+    not arrived within ``read_timeout`` seconds (a client dribbling bytes is dropped, however it paces them)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -220,14 +221,16 @@ async def read_body(request: Request, limit: int, read_timeout: float) -> bytes:
         if int(declared) > limit:
             raise RequestError(413, f"the body is {int(declared)} bytes; the limit is {limit} (--max-body-mb)")
     chunks, n = [], 0
+    deadline = time.perf_counter() + read_timeout
     stream = request.stream().__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), read_timeout)
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.perf_counter(), 0.001))
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise RequestError(408, f"the client sent nothing for {read_timeout:g} s (read timeout)") from None
+            raise RequestError(408, f"the body did not arrive within {read_timeout:g} s "
+                                    f"({n} bytes came; --read-timeout-s)") from None
         except ClientDisconnect:
             raise RequestError(400, "the client went away before sending the whole body") from None
         n += len(chunk)
