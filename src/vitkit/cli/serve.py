@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     try:
-        import multipart  # noqa: F401  (python-multipart)
+        import python_multipart  # noqa: F401  (starlette parses multipart bodies with it)
         import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
