@@ -242,11 +242,16 @@ async def read_body(request: Request, limit: int, read_timeout: float) -> bytes:
 
 async def read_upload(request: Request, service: Service) -> bytes:
     """The image bytes of a classify/explain request: a multipart ``file`` field or a raw image body."""
+    return await read_image_body(request, service.config.max_body_bytes, service.config.read_timeout_s)
+
+
+async def read_image_body(request: Request, limit: int, read_timeout: float) -> bytes:
+    """:func:`read_upload` with its limits given (the Ray Serve deployment calls this too)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (ctype == "multipart/form-data" or ctype.startswith(RAW_TYPES)):
         raise RequestError(415, f"content type {ctype or '(none)'!r} is not accepted: send multipart/form-data "
                                 "with a 'file' field, or the image bytes as image/* or application/octet-stream")
-    body = await read_body(request, service.config.max_body_bytes, service.config.read_timeout_s)
+    body = await read_body(request, limit, read_timeout)
     if ctype != "multipart/form-data":
         return body
     sent = False

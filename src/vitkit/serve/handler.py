@@ -201,14 +201,19 @@ class BatchingHandler:
         preds, _ = topk_labels(probs, self.labels, k)  # the same ranking as `vitkit predict`
         return [{"label": lab, "score": score} for lab, score in preds]
 
-    def classify(self, items: Sequence[Prepared], topk: int = 5) -> list[list[dict]]:
-        """Plan and run: one top-k list per item, in order (what a Ray Serve batch calls)."""
+    def probabilities(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
+        """Plan and run: one (classes,) row of probabilities per item, in order (what a Ray Serve batch,
+        grouped by count only, calls: the plan splits it by shape and tokens)."""
         out: list = [None] * len(items)
         for idx in self.plan(items):
             probs = self.forward(torch.stack([items[i].pixels for i in idx]))
             for i, p in zip(idx, probs):
-                out[i] = self.topk(p, topk)
+                out[i] = p
         return out
+
+    def classify(self, items: Sequence[Prepared], topk: int = 5) -> list[list[dict]]:
+        """:meth:`probabilities` -> one top-k list per item."""
+        return [self.topk(p, topk) for p in self.probabilities(items)]
 
     def explain(self, img, method: str = "last", layer: int = -1, head: int | None = None,
                 size: tuple[int, int] | None = None, topk: int = 5):
