@@ -5,7 +5,7 @@ For each model (Ti/16 and S/16 at 224, random weights made here) the script save
 httpx client (three scikit-image photographs of different sizes, half of them asking for the 160 px input,
 so two token counts, 197 and 101, are in flight), stops the server and records throughput, p50/p95/p99
 latency and errors per load to JSON. Modes: `batched` (--max-batch 32 --max-delay-ms 10) and
-`one-at-a-time` (--max-batch 1 --max-delay-ms 0); then an overload run (--max-queue 8, 64 clients) that
+`one-at-a-time` (--max-batch 1 --max-delay-ms 0), both servers up, rounds alternating; then an overload run (--max-queue 8, 64 clients) that
 must answer the excess with fast 503s.
 
     python benchmarks/serve_load.py --out benchmarks/serve_load_cpu.json
@@ -136,16 +136,56 @@ async def load(url: str, images: list[bytes], requests: int, concurrency: int) -
                                    "max": ms(100, fast_refusals)} if fast_refusals else None}
 
 
+def forward_only(models: list[str], threads: int, batches=(1, 4, 16, 32), repeats: int = 5) -> list[dict]:
+    """What batching can give at most on this CPU: the model's forward alone (BatchingHandler.forward,
+    in this process, no HTTP, no decoding), ms per image at each batch size (median of ``repeats``)."""
+    import torch
+
+    import vitkit
+    from vitkit.serve.handler import BatchingHandler
+
+    torch.set_num_threads(threads)
+    rows = []
+    for short in models:
+        torch.manual_seed(0)
+        h = BatchingHandler(vitkit.create_model(MODELS[short]), device="cpu", max_batch=max(batches))
+        for b in batches:
+            x = torch.randn(b, 3, 224, 224)
+            h.forward(x)  # warm
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                h.forward(x)
+                times.append(time.perf_counter() - t0)
+            per = float(np.median(times)) / b * 1e3
+            rows.append({"model": short, "batch": b, "ms_per_image": round(per, 2),
+                         "images_per_s": round(1e3 / per, 2), "repeats": repeats, "threads": threads})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "serve_load_cpu.json"))
     ap.add_argument("--models", default="Ti/16,S/16")
     ap.add_argument("--requests", default="Ti/16=192,S/16=96", help="requests per load, per model")
     ap.add_argument("--loads", default="1,8,32", help="concurrent clients")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count(),
-                    help="torch threads of the server (OMP_NUM_THREADS; default: all CPUs)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of each server (OMP_NUM_THREADS; default 1)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per mode and load, alternating; the median is kept")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="time the model's forward alone at batch 1..32 in this process (no server) instead")
     args = ap.parse_args()
     import torch
+
+    if args.forward_only:
+        doc = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine(), "forward_only": forward_only(args.models.split(","), args.threads)}
+        doc["machine"]["loadavg_at_end"] = os.getloadavg()
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
 
     import vitkit
 
@@ -155,7 +195,8 @@ def main() -> int:
     doc = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), "server_threads": args.threads,
-           "note": "random weights; photographs 512x512, 300x451, 400x600 JPEG; half the requests ask for 160 px "
+           "note": "throughput_rps, latency_ms: the median round of --rounds (rounds alternate between the two "
+                   "servers); random weights; photographs 512x512, 300x451, 400x600 JPEG; half the requests ask for 160 px "
                    "(101 tokens), half for 224 px (197 tokens); one server process per mode",
            "results": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,18 +206,30 @@ def main() -> int:
             d = Path(tmp) / short.replace("/", "")
             vitkit.save(model, d)
             n = int(counts.get(short, 96))
-            for mode, flags in (("batched", ["--max-batch", "32", "--max-delay-ms", "10"]),
-                                ("one-at-a-time", ["--max-batch", "1", "--max-delay-ms", "0"])):
-                srv = Server(d, flags, args.threads)
-                try:
+            modes = {"batched": ["--max-batch", "32", "--max-delay-ms", "10"],
+                     "one-at-a-time": ["--max-batch", "1", "--max-delay-ms", "0"]}
+            # both servers up at once (an idle one costs nothing); rounds alternate between them, so a change
+            # in the machine's other load during the run falls on both modes alike
+            servers = {m: Server(d, f, args.threads) for m, f in modes.items()}
+            try:
+                for srv in servers.values():
                     asyncio.run(load(srv.url, images, 8, 4))  # warm the client path; not recorded
-                    for c in loads:
-                        r = asyncio.run(load(srv.url, images, n, c))
-                        r.update(model=short, mode=mode, server_flags=flags)
+                for c in loads:
+                    rounds = {m: [] for m in modes}
+                    for _ in range(args.rounds):
+                        for m, srv in servers.items():
+                            rounds[m].append(asyncio.run(load(srv.url, images, n, c)))
+                    for m, rs in rounds.items():
+                        best = sorted(rs, key=lambda r: r["throughput_rps"])[len(rs) // 2]  # the median round
+                        r = dict(best, model=short, mode=m, server_flags=modes[m], rounds=len(rs),
+                                 throughput_rps_rounds=[x["throughput_rps"] for x in rs],
+                                 p99_ms_rounds=[x["latency_ms"]["p99"] for x in rs],
+                                 errors=sum(x["errors"] for x in rs))
                         print(json.dumps(r), flush=True)
                         doc["results"].append(r)
-                finally:
-                    print(f"# {short} {mode}: server exit status {srv.stop()}", flush=True)
+            finally:
+                for m, srv in servers.items():
+                    print(f"# {short} {m}: server exit status {srv.stop()}", flush=True)
             # overload: a small queue and more clients than it holds -> fast 503 + Retry-After for the excess
             flags = ["--max-batch", "32", "--max-delay-ms", "10", "--max-queue", "8"]
             srv = Server(d, flags, args.threads)

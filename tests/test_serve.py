@@ -495,6 +495,11 @@ def test_a_client_dribbling_bytes_is_dropped_after_the_read_timeout(model_dir, p
         # a client that sends headers and then nothing: the same, and the connection is closed
         out, first = _raw(port, head, ())
         assert out.startswith(b"HTTP/1.1 408") and 0.5 < first < 3
+        # headers dribbled, never finished; or a connection that sends nothing at all: closed, no answer
+        for head_part in (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n", b""):
+            t0 = time.perf_counter()
+            out, _ = _raw(port, head_part, (b"X-Slow: %d\r\n" % i for i in range(40)) if head_part else (), pause=0.1)
+            assert out == b"" and time.perf_counter() - t0 < 3
         assert _post(url + "/v1/classify", data).status_code == 200
 
 

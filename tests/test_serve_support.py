@@ -71,10 +71,10 @@ def thread_server(service, port: int | None = None):
     import uvicorn
 
     from vitkit.serve.app import create_app
+    from vitkit.serve.server import uvicorn_config
 
     port = port or free_port()
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, access_log=False, log_level="warning",
-                            lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn_config(create_app(service), service, "127.0.0.1", port)
     server = uvicorn.Server(config)
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
