@@ -250,7 +250,7 @@ def test_training_checkpoint_loads_as_trained_with_its_classes_and_predicts_like
     pred = json.loads((tmp_path / "p.json").read_text())["results"][0]["predictions"][0]["label"]
     assert pred == saved.predict(img, topk=1)[0][0] and pred in ("ant", "bee", "cow")
     assert main(["eval", str(last), "--data", str(data)]) == 0  # goes into the run's folder
-    assert (run / "eval-data" / "results.json").is_file()
+    assert (run / f"eval-data-{last.stem}" / "results.json").is_file()
     assert detect(run).name == "run" and vitkit.load(run).cfg.labels == ["ant", "bee", "cow"]
 
 
@@ -306,3 +306,43 @@ def test_fine_tuning_from_a_half_precision_timm_file_trains_in_fp32(tmp_path, ca
     captured = capsys.readouterr()
     assert "bfloat16, cast to float32" in captured.out + captured.err
     assert {p.dtype for p in vitkit.load(tmp_path / "r" / "model").parameters()} == {torch.float32}
+
+
+def test_npz_keeps_the_checkpoints_preprocessing(tmp_path, capsys):
+    hf = _hf(torch.float32)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(dict(
+        size={"shortest_edge": 36}, do_center_crop=True, crop_size={"height": SIZE, "width": SIZE}, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])))
+    src = vitkit.load(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "m.npz")]) == 0
+    back = vitkit.load(tmp_path / "m.npz")
+    assert back.preprocess_cfg == src.preprocess_cfg and back.cfg.labels == ["cat", "dog", "owl"]
+    img = _photo(tmp_path / "p.png", size=(50, 70))
+    assert back.predict(img) == src.predict(img)
+
+
+def test_eval_of_a_run_scores_its_held_out_split_and_checkpoints_write_apart(tmp_path, capsys):
+    run, data = _train_run(tmp_path, capsys)  # a folder without val/: the run held out 20 % of it
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "the run's held-out 20%" in out
+    assert json.loads((run / "eval-data" / "results.json").read_text())["n"] == 3  # 1 of 6 per class, not all 18
+    assert main(["eval", str(run / "checkpoints" / "best.pt"), "--data", str(data)]) == 0
+    assert (run / "eval-data-best" / "results.json").is_file() and (run / "eval-data" / "results.json").is_file()
+    other = _class_folder(tmp_path / "other", ["ant", "bee", "cow"], n=2, size=(16, 16))
+    assert main(["eval", str(run), "--data", str(other)]) == 0  # another source: every image is scored
+    assert json.loads((run / "eval-other" / "results.json").read_text())["n"] == 6
+    capsys.readouterr()
+    assert main(["convert", str(run), str(tmp_path / "conv")]) == 0
+    assert "(run)" in capsys.readouterr().out
+
+
+def test_an_impossible_pooling_override_blames_the_flag(tmp_path):
+    import timm
+
+    reg = timm.create_model("vit_small_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=2,
+                            class_token=False, global_pool="avg", reg_tokens=2, no_embed_class=True)
+    save_file(reg.state_dict(), tmp_path / "reg.safetensors")
+    with pytest.raises(ValueError, match=r"pooling='cls' \(--pooling\) does not fit this file"):
+        vitkit.load(tmp_path / "reg.safetensors", pooling="cls")

@@ -54,8 +54,34 @@ def load_for_eval(src: str, **overrides):
     return model, (Path(run_dir) if run_dir else None)
 
 
+def _run_config(run_dir: Path | None) -> dict | None:
+    """The resolved settings of a run folder (its config.yaml), or None."""
+    import yaml
+
+    f = run_dir / "config.yaml" if run_dir is not None else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        d = yaml.safe_load(f.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _same_source(a: str | None, b: str) -> bool:
+    if a is None:
+        return False
+    if a == b:
+        return True
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.preprocess import default_preprocess
+    from ..data.datasets import has_validation_part, load_source
     from ..data.datasets import DataSpec, TensorImageDataset, collate_skipping, load_eval_source
     from ..inference.cpu import optimize_for_cpu
     from ..train.augment import EvalTransform
@@ -72,7 +98,18 @@ def run(args: argparse.Namespace) -> int:
     normalise = EvalTransform(pre.mean, pre.std)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     spec = DataSpec(image_size=cfg.image_hw, channels=cfg.channels, strict=args.strict_data, preprocess=pre)
-    ds = load_eval_source(args.data, spec, list(cfg.labels) if cfg.labels else None)
+    ds = None
+    run_cfg = _run_config(run_dir)
+    if run_cfg and _same_source(run_cfg.get("data"), args.data) and not run_cfg.get("val_data") \
+            and not has_validation_part(args.data):
+        # the run held out part of this source for validation: score that part, not the images it trained on
+        spec.val_fraction = run_cfg.get("val_fraction", spec.val_fraction)
+        _, ds = load_source(args.data, spec)
+        held_out = f" (the run's held-out {spec.val_fraction:.0%}: it trained on the rest)"
+    else:
+        held_out = ""
+    if ds is None:
+        ds = load_eval_source(args.data, spec, list(cfg.labels) if cfg.labels else None)
     if len(ds.classes) != cfg.num_classes:
         raise ValueError(f"the data {args.data!r} has {len(ds.classes)} classes {ds.classes[:10]}, the model "
                          f"{args.model} predicts {cfg.num_classes}")
@@ -98,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if res["n"] == 0:
         raise ValueError(f"no readable image in {args.data!r}")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.data).name or "data")
+    if run_dir is not None and model.load_info.get("format") == "train-checkpoint":
+        name += "-" + Path(args.model).stem  # RUN/eval-<data>-best: a checkpoint's results beside the model's
     out = Path(args.out) if args.out else (run_dir / f"eval-{name}" if run_dir else Path("vitkit-eval"))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                    title=f"{args.data}: top-1 {100 * res['top1']:.2f} %")
     write_bytes_atomic(out / "results.json", json.dumps({"model": str(args.model), "data": args.data,
                                                          "classes": classes, **res}, indent=2).encode())
-    print(f"vitkit eval: {args.model} on {ds.describe()}")
+    print(f"vitkit eval: {args.model} on {ds.describe()}{held_out}")
     print(format_report(res, classes))
     print(f"saved {out / 'confusion.png'} and {out / 'results.json'}")
     return 0

@@ -289,6 +289,12 @@ def _check_exists(source: str) -> None:
                                 "or a folder train/<class>/..., val/<class>/..., or a CSV of path,label)")
 
 
+def has_validation_part(source: str) -> bool:
+    """Whether a source brings its own validation part (a built-in's fixed split, a folder's ``val/``), so that
+    training does not hold out a fraction of it."""
+    return source in BUILTIN or (Path(source).is_dir() and (Path(source) / "val").is_dir())
+
+
 def load_source(source: str, spec: DataSpec, val_source: str | None = None) -> tuple[ImageDataset, ImageDataset]:
     """(train, val) data sets for a source name, folder or CSV; see the module docstring."""
     _check_exists(source)

@@ -39,6 +39,7 @@ from ..config import ViTConfig
 from .checks import check_state, square_side
 
 CONFIG_KEY = "vitkit/config"
+PREPROCESS_KEY = "vitkit/preprocess"  # vitkit's PreprocessConfig as JSON bytes, when the writer had one
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
 
 
@@ -60,7 +61,7 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
     if pre is None:
         raise ValueError(f"{file}: no 'embedding/kernel' (with or without a {PREFIXES[:-1]} prefix); "
                          "not a ViT npz checkpoint")
-    used = {CONFIG_KEY}
+    used = {CONFIG_KEY, PREPROCESS_KEY}
 
     def take(key: str, idx: int | None = None) -> np.ndarray:
         k = pre + key

@@ -134,6 +134,8 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     try:
         return ViTConfig(**kw)
     except ValueError as e:
+        if "pooling" in hints and "pooling" in str(e):  # the caller's override is what cannot be
+            raise ValueError(f"{source}: pooling={hints['pooling']!r} (--pooling) does not fit this file: {e}") from None
         raise ValueError(f"{source}: the tensors describe an impossible ViT: {e}") from None
 
 

@@ -108,7 +108,7 @@ def _is_run(path: Path) -> bool:
 def read_run_folder(path: Path, opts: LoadOptions) -> VisionTransformer:
     src = _run_model(path)
     model = (read_vitkit_folder if src.is_dir() else read_train_checkpoint)(src, opts)
-    model.load_info["run"] = str(path)
+    model.load_info.update(run=str(path), format="run", read_as=model.load_info["format"])
     return model
 
 
