@@ -1,6 +1,6 @@
 """The Ray Serve deployment (vitkit.serve.ray) on a local Ray instance started here: the same answers as
 the single-process handler, concurrent requests batched by @serve.batch, refusals as there.
-Skips when Ray Serve is not installed (pip install 'vitkit[ray]')."""
+Ray Serve is a dev dependency (`make test` installs it); users get it with pip install 'vitkit[ray]'."""
 
 from __future__ import annotations
 
