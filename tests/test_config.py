@@ -78,6 +78,8 @@ def test_flops_of_base16():
     (dict(class_token=False), "needs class_token=True"),
     (dict(drop_path=1.5), "drop_path must be in"),
     (dict(width=16384, depth=256, heads=128), "parameters .* is refused"),
+    (dict(qkv_bias=1), "qkv_bias must be one of"),
+    (dict(qk_norm="yes"), "qk_norm must be true or false"),
 ])
 def test_config_validation(kw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -88,6 +90,10 @@ def test_config_round_trip_and_unknown_fields():
     cfg = ViTConfig(image_size=(32, 48), patch_size=8, width=64, depth=2, heads=4, reg_tokens=2,
                     layer_scale_init=1e-5, labels=None, num_classes=3)
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["qkv_bias"] is True  # configs written before "qv" existed read and write the same
+    assert ViTConfig.from_dict({**cfg.to_dict(), "qkv_bias": False}).qkv_bias is False
+    beit = cfg.replace(qkv_bias="qv", qk_norm=True)
+    assert ViTConfig.from_dict(beit.to_dict()) == beit
     with pytest.raises(ValueError, match="unknown ViTConfig field"):
         ViTConfig.from_dict({**cfg.to_dict(), "hidden_size": 3})
     with pytest.raises(ValueError, match="unknown ViTConfig field"):

@@ -34,7 +34,8 @@ def test_built_parameter_count_equals_the_formula(name):
 
 @pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", class_token=False), dict(reg_tokens=3),
                                 dict(layer_scale_init=1e-5), dict(distilled=True), dict(representation_size=24),
-                                dict(pos_embed="sincos2d"), dict(reg_tokens=2, pos_embed_prefix=False)])
+                                dict(pos_embed="sincos2d"), dict(reg_tokens=2, pos_embed_prefix=False),
+                                dict(qkv_bias="qv"), dict(qkv_bias=False, qk_norm=True)])
 def test_formula_counts_configs(kw):
     m = create_model(tiny_cfg(**kw))
     assert sum(p.numel() for p in m.parameters()) == m.cfg.num_params()
@@ -43,7 +44,7 @@ def test_formula_counts_configs(kw):
 @pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", reg_tokens=4, layer_scale_init=0.1),
                                 dict(distilled=True), dict(act="gelu_tanh", qkv_bias=False),
                                 dict(pos_embed="sincos2d", reg_tokens=1), dict(pos_embed="none"),
-                                dict(representation_size=24, fc_norm=True)])
+                                dict(representation_size=24, fc_norm=True), dict(qkv_bias="qv", qk_norm=True)])
 def test_fused_and_plain_attention_agree(kw):
     m = create_model(tiny_cfg(**kw)).eval()
     for p in m.parameters():  # move off the zero head so logits are not trivially equal
@@ -53,6 +54,42 @@ def test_fused_and_plain_attention_agree(kw):
         a, b = m(x, attn_impl="fused"), m(x, attn_impl="plain")
     assert a.abs().max() > 0
     assert (a - b).abs().max() <= 1e-5
+
+
+def test_attention_bias_fused_and_plain_agree_and_queries_take_its_first_rows():
+    from vitkit.layers import Attention
+
+    cfg = tiny_cfg(qkv_bias="qv", qk_norm=True)
+    attn = Attention(cfg).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, bias = torch.randn(2, 9, cfg.width), torch.randn(cfg.heads, 9, 9)
+    with torch.no_grad():
+        fused, none = attn(x, "fused", bias=bias)
+        plain, w = attn(x, "plain", bias=bias)
+        without, _ = attn(x, "plain")
+        first, _ = attn(x, "fused", queries=2, bias=bias)
+        first_plain, w2 = attn(x, "plain", queries=2, bias=bias[:, :2])  # (heads, Q, N) given directly
+    assert none is None and (fused - plain).abs().max() <= 1e-5 and (plain - without).abs().max() > 1e-3
+    torch.testing.assert_close(first, fused[:, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first_plain, fused[:, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w2, w[:, :, :2])
+    # the bias is what the plain path adds to the logits before the softmax
+    q, k, _ = attn.qkv(x).add(torch.cat([attn.q_bias, torch.zeros(cfg.width), attn.v_bias])).reshape(
+        2, 9, 3, cfg.heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
+    logits = attn.q_norm(q) @ attn.k_norm(k).transpose(-2, -1) * cfg.head_dim ** -0.5 + bias
+    torch.testing.assert_close(w, logits.softmax(-1))
+
+
+def test_qkv_bias_forms():
+    assert tiny_cfg(qkv_bias="qkv").qkv_bias is True and tiny_cfg(qkv_bias="none").qkv_bias is False
+    assert tiny_cfg(qkv_bias="qkv") == tiny_cfg(qkv_bias=True)
+    keys = set(create_model(tiny_cfg(qkv_bias="qv", qk_norm=True)).state_dict())
+    assert {"blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.attn.q_norm.weight",
+            "blocks.0.attn.k_norm.bias"} <= keys and "blocks.0.attn.qkv.bias" not in keys
+    assert "blocks.0.attn.qkv.bias" not in create_model(tiny_cfg(qkv_bias=False)).state_dict()
+    with pytest.raises(ValueError, match="qkv_bias must be one of"):
+        tiny_cfg(qkv_bias="kv")
 
 
 def test_attention_maps_are_probabilities():

@@ -54,6 +54,13 @@ def test_cls_with_registers_embedded_prefix_matches_timm():
     check(ours, theirs, torch.randn(2, 3, 32, 32))
 
 
+def test_qk_norm_without_qkv_bias_matches_timm():
+    ours = create_model(tiny_cfg(qk_norm=True, qkv_bias=False))
+    theirs = timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+                                         num_classes=5, qk_norm=True, qkv_bias=False)
+    check(ours, theirs, torch.randn(2, 3, 32, 32))
+
+
 def test_distilled_deit_matches_timm():
     from timm.models.deit import VisionTransformerDistilled
 

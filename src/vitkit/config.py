@@ -28,6 +28,9 @@ PATCH_SIZES = (8, 14, 16, 32)  # the patch sizes list_models() enumerates
 DEFAULT_RESOLUTION = 224
 
 POOLINGS = ("cls", "gap")
+# q/k/v biases: True or "qkv" (all three), False or "none", "qv" (BEiT: q and v, no k). Stored as True / False / "qv",
+# so configs written before "qv" existed read back unchanged.
+QKV_BIASES: dict[bool | str, bool | str] = {True: True, "qkv": True, False: False, "none": False, "qv": "qv"}
 POS_EMBEDS = ("learned", "sincos2d", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
@@ -60,7 +63,8 @@ class ViTConfig:
     depth: int = 12  # number of encoder blocks L
     heads: int = 12
     mlp_ratio: float = 4.0  # MLP hidden width = round(width * mlp_ratio)
-    qkv_bias: bool = True
+    qkv_bias: bool | str = True  # True/"qkv": q, k and v; False/"none": none; "qv": q and v only (BEiT)
+    qk_norm: bool = False  # LayerNorm per head on q and k (timm's attn.q_norm / attn.k_norm)
     pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens
     class_token: bool = True
     reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [CLS]
@@ -84,6 +88,8 @@ class ViTConfig:
     labels: list[str] | None = field(default=None, compare=False)  # class names, index order
 
     def __post_init__(self) -> None:
+        if isinstance(self.qkv_bias, (bool, str)) and self.qkv_bias in QKV_BIASES:
+            self.qkv_bias = QKV_BIASES[self.qkv_bias]  # "qkv" -> True, "none" -> False
         self.image_size = _pair(self.image_size)
         if self.image_size[0] == self.image_size[1]:
             self.image_size = self.image_size[0]
@@ -124,6 +130,11 @@ class ViTConfig:
     @property
     def use_fc_norm(self) -> bool:
         return self.pooling == "gap" if self.fc_norm is None else self.fc_norm
+
+    @property
+    def qkv_bias_parts(self) -> str:
+        """Which of q, k, v have a bias: "qkv", "qv" or "" (the forms ``qkv_bias`` accepts, normalised)."""
+        return {True: "qkv", False: "", "qv": "qv"}[QKV_BIASES[self.qkv_bias]]
 
     @property
     def num_features(self) -> int:
@@ -168,6 +179,10 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.pos_embed == "sincos2d" and self.width % 4:
             raise ValueError(f"ViTConfig.pos_embed='sincos2d' needs width divisible by 4, got {self.width}")
+        if not isinstance(self.qkv_bias, (bool, str)) or self.qkv_bias not in QKV_BIASES:
+            raise ValueError(f"ViTConfig.qkv_bias must be one of {list(QKV_BIASES)}, got {self.qkv_bias!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"ViTConfig.qk_norm must be true or false, got {self.qk_norm!r}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"ViTConfig.act must be one of {ACTIVATIONS}, got {self.act!r}")
         for name in ("dropout", "attn_dropout", "drop_path"):
@@ -225,7 +240,9 @@ class ViTConfig:
             n += d * (self.num_patches + (self.num_prefix_tokens if self.pos_embed_prefix else 0))
         m = self.mlp_dim
         block = 2 * 2 * d  # two LayerNorms
-        block += 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d  # qkv + proj
+        block += 3 * d * d + d * len(self.qkv_bias_parts) + d * d + d  # qkv (+ its biases) + proj
+        if self.qk_norm:
+            block += 2 * 2 * self.head_dim  # a LayerNorm per head width on q and on k
         block += d * m + m + m * d + d  # MLP
         if self.layer_scale_init is not None:
             block += 2 * d

@@ -27,8 +27,13 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         for n in ("norm1", "norm2"):
             s[b + n + ".weight"] = s[b + n + ".bias"] = (d,)
         s[b + "attn.qkv.weight"] = (3 * d, d)
-        if cfg.qkv_bias:
+        if cfg.qkv_bias_parts == "qkv":
             s[b + "attn.qkv.bias"] = (3 * d,)
+        if cfg.qkv_bias_parts == "qv":
+            s[b + "attn.q_bias"] = s[b + "attn.v_bias"] = (d,)
+        if cfg.qk_norm:
+            for n in ("attn.q_norm", "attn.k_norm"):
+                s[b + n + ".weight"] = s[b + n + ".bias"] = (cfg.head_dim,)
         s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (d, d), (d,)
         if cfg.layer_scale_init is not None:
             s[b + "ls1.gamma"] = s[b + "ls2.gamma"] = (d,)

@@ -188,6 +188,10 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
         problems.append("a position embedding that is not learned or has no row for the prefix tokens")
     if not cfg.patch_bias:
         problems.append("no patch-embedding bias")
+    if cfg.qkv_bias_parts == "qv":
+        problems.append("q and v biases without a k bias")
+    if cfg.qk_norm:
+        problems.append("qk-norm")
     if cfg.representation_size and (cfg.num_classes or cfg.distilled or cfg.representation_size != cfg.width):
         problems.append("a pre-logits layer with a classifier (only a bare ViTModel's width x width pooler "
                         "can hold one)")

@@ -98,7 +98,8 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
                      "(a state dict does not store them; heads=N if yours differ)")
     kw: dict[str, Any] = dict(
         patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, depth, hints, source),
-        mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state, pooling=pooling,
+        mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state,
+        qk_norm="blocks.0.attn.q_norm.weight" in state, pooling=pooling,
         class_token=cls, reg_tokens=reg, distilled=dist, patch_bias="patch_embed.proj.bias" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
         fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
@@ -162,10 +163,13 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     args = dict(img_size=cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
                 patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
                 embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, reg_tokens=cfg.reg_tokens,
+                qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, class_token=cfg.class_token, reg_tokens=cfg.reg_tokens,
                 no_embed_class=not cfg.pos_embed_prefix, global_pool="avg" if cfg.pooling == "gap" else "token",
                 fc_norm=cfg.use_fc_norm, init_values=cfg.layer_scale_init,
                 pos_embed="none" if cfg.pos_embed == "none" else "learn")
+    if cfg.qkv_bias_parts == "qv":
+        raise ValueError("timm's VisionTransformer has biases on all of q, k and v or on none; cannot express "
+                         "qkv_bias='qv'")
     if not cfg.patch_bias:
         raise ValueError("timm's VisionTransformer always has a patch-embedding bias; cannot express patch_bias=False")
     if cfg.representation_size:
