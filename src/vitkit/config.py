@@ -31,6 +31,7 @@ POOLINGS = ("cls", "gap")
 # q/k/v biases: True or "qkv" (all three), False or "none", "qv" (BEiT: q and v, no k). Stored as True / False / "qv",
 # so configs written before "qv" existed read back unchanged.
 QKV_BIASES: dict[bool | str, bool | str] = {True: True, "qkv": True, False: False, "none": False, "qv": "qv"}
+REL_POS = ("none", "per_block", "shared")
 POS_EMBEDS = ("learned", "sincos2d", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
@@ -41,6 +42,8 @@ MAX_DEPTH = 256
 MAX_TOKENS_SIDE = 1024  # grid side in patches: 16384 px at P=16
 MAX_CLASSES = 1_000_000
 MAX_PARAMS = 50_000_000_000  # ViT-22B is the largest published ViT
+# BEiT's relative position index is (1 + N)² integers for N patches: 128x128 patches (2048² px at P=16) is 2 GB of it
+MAX_REL_POS_PATCHES = 128 * 128
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -65,6 +68,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = round(width * mlp_ratio)
     qkv_bias: bool | str = True  # True/"qkv": q, k and v; False/"none": none; "qv": q and v only (BEiT)
     qk_norm: bool = False  # LayerNorm per head on q and k (timm's attn.q_norm / attn.k_norm)
+    rel_pos: str = "none"  # BEiT's relative position bias: "none" | "per_block" (a table per block) | "shared"
     pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens
     class_token: bool = True
     reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [CLS]
@@ -137,6 +141,12 @@ class ViTConfig:
         return {True: "qkv", False: "", "qv": "qv"}[QKV_BIASES[self.qkv_bias]]
 
     @property
+    def rel_pos_rows(self) -> int:
+        """Rows of a BEiT relative position table: every (dy, dx) offset of the grid, + 3 for the [CLS] token."""
+        gh, gw = self.grid_size
+        return (2 * gh - 1) * (2 * gw - 1) + 3
+
+    @property
     def num_features(self) -> int:
         return self.representation_size or self.width
 
@@ -183,6 +193,15 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.qkv_bias must be one of {list(QKV_BIASES)}, got {self.qkv_bias!r}")
         if not isinstance(self.qk_norm, bool):
             raise ValueError(f"ViTConfig.qk_norm must be true or false, got {self.qk_norm!r}")
+        if self.rel_pos not in REL_POS:
+            raise ValueError(f"ViTConfig.rel_pos must be one of {REL_POS}, got {self.rel_pos!r}")
+        if self.rel_pos != "none":
+            if not self.class_token or self.reg_tokens or self.distilled:
+                raise ValueError("ViTConfig.rel_pos needs exactly one prefix token, the [CLS] (class_token=True, no "
+                                 "register or distillation token): BEiT's table has one row and column for it")
+            if self.num_patches > MAX_REL_POS_PATCHES:
+                raise ValueError(f"ViTConfig.rel_pos with {self.num_patches} patches: its (1 + N)² index is refused "
+                                 f"above {MAX_REL_POS_PATCHES} patches")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"ViTConfig.act must be one of {ACTIVATIONS}, got {self.act!r}")
         for name in ("dropout", "attn_dropout", "drop_path"):
@@ -243,6 +262,10 @@ class ViTConfig:
         block += 3 * d * d + d * len(self.qkv_bias_parts) + d * d + d  # qkv (+ its biases) + proj
         if self.qk_norm:
             block += 2 * 2 * self.head_dim  # a LayerNorm per head width on q and on k
+        if self.rel_pos == "per_block":
+            block += self.rel_pos_rows * self.heads
+        if self.rel_pos == "shared":
+            n += self.rel_pos_rows * self.heads
         block += d * m + m + m * d + d  # MLP
         if self.layer_scale_init is not None:
             block += 2 * d

@@ -15,7 +15,9 @@ class Attention(nn.Module):
     """MSA with one fused qkv Linear (q, then k, then v along the output).
 
     Options from the config: q/k/v biases (``qkv_bias``: all three in ``qkv.bias``, or BEiT's q and v
-    only, as ``q_bias``/``v_bias``), LayerNorm per head on q and k (``qk_norm``).
+    only, as ``q_bias``/``v_bias``), LayerNorm per head on q and k (``qk_norm``), and BEiT's per-block
+    relative position table (``rel_pos="per_block"``), which the model's
+    :class:`~vitkit.layers.rel_pos.RelPosBias` turns into the additive ``bias`` this module takes.
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -30,6 +32,9 @@ class Attention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(cfg.width)) if bias == "qv" else None
         self.q_norm = nn.LayerNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        # BEiT's table for this block, (rows, heads) under timm's name; the model's RelPosBias looks it up
+        self.relative_position_bias_table = (nn.Parameter(torch.zeros(cfg.rel_pos_rows, cfg.heads))
+                                             if cfg.rel_pos == "per_block" else None)
         self.attn_drop = cfg.attn_dropout
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.proj_drop = nn.Dropout(cfg.dropout)

@@ -34,11 +34,15 @@ def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         if cfg.qk_norm:
             for n in ("attn.q_norm", "attn.k_norm"):
                 s[b + n + ".weight"] = s[b + n + ".bias"] = (cfg.head_dim,)
+        if cfg.rel_pos == "per_block":
+            s[b + "attn.relative_position_bias_table"] = (cfg.rel_pos_rows, cfg.heads)
         s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (d, d), (d,)
         if cfg.layer_scale_init is not None:
             s[b + "ls1.gamma"] = s[b + "ls2.gamma"] = (d,)
         s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (m, d), (m,)
         s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (d, m), (d,)
+    if cfg.rel_pos == "shared":
+        s["rel_pos_bias.relative_position_bias_table"] = (cfg.rel_pos_rows, cfg.heads)
     norm = "fc_norm" if cfg.use_fc_norm else "norm"
     s[norm + ".weight"] = s[norm + ".bias"] = (d,)
     if cfg.representation_size:
