@@ -99,7 +99,8 @@ class VisionTransformer(nn.Module):
             self.head_dist = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
         self.preprocess_cfg = None  # a PreprocessConfig: how this model wants its pixels (set by loaders)
-        self.init_weights()
+        if self.patch_embed.proj.weight.device.type != "meta":  # shapes only: nothing to initialise
+            self.init_weights()
 
     # --- set-up ---------------------------------------------------------
     def init_weights(self) -> None:

@@ -5,52 +5,18 @@ from __future__ import annotations
 import torch
 
 from ..config import ViTConfig
+from ..models.vit import VisionTransformer
 
 
 def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the state dict of ``VisionTransformer(cfg)``, from the sizes alone (nothing allocated,
-    so a hostile config is refused before any memory is spent; tests hold it equal to the built model's)."""
-    d, c, p, m, f = cfg.width, cfg.channels, cfg.patch_size, cfg.mlp_dim, cfg.num_features
-    s: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (d, c, p, p)}
-    if cfg.patch_bias:
-        s["patch_embed.proj.bias"] = (d,)
-    if cfg.class_token:
-        s["cls_token"] = (1, 1, d)
-    if cfg.distilled:
-        s["dist_token"] = (1, 1, d)
-    if cfg.reg_tokens:
-        s["reg_token"] = (1, cfg.reg_tokens, d)
-    if cfg.pos_embed == "learned":
-        s["pos_embed"] = (1, (cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0) + cfg.num_patches, d)
-    for i in range(cfg.depth):
-        b = f"blocks.{i}."
-        for n in ("norm1", "norm2"):
-            s[b + n + ".weight"] = s[b + n + ".bias"] = (d,)
-        s[b + "attn.qkv.weight"] = (3 * d, d)
-        if cfg.qkv_bias_parts == "qkv":
-            s[b + "attn.qkv.bias"] = (3 * d,)
-        if cfg.qkv_bias_parts == "qv":
-            s[b + "attn.q_bias"] = s[b + "attn.v_bias"] = (d,)
-        if cfg.qk_norm:
-            for n in ("attn.q_norm", "attn.k_norm"):
-                s[b + n + ".weight"] = s[b + n + ".bias"] = (cfg.head_dim,)
-        if cfg.rel_pos == "per_block":
-            s[b + "attn.relative_position_bias_table"] = (cfg.rel_pos_rows, cfg.heads)
-        s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (d, d), (d,)
-        if cfg.layer_scale_init is not None:
-            s[b + "ls1.gamma"] = s[b + "ls2.gamma"] = (d,)
-        s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (m, d), (m,)
-        s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (d, m), (d,)
-    if cfg.rel_pos == "shared":
-        s["rel_pos_bias.relative_position_bias_table"] = (cfg.rel_pos_rows, cfg.heads)
-    norm = "fc_norm" if cfg.use_fc_norm else "norm"
-    s[norm + ".weight"] = s[norm + ".bias"] = (d,)
-    if cfg.representation_size:
-        s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = (cfg.representation_size, d), (cfg.representation_size,)
-    if cfg.num_classes:
-        for h in ("head", "head_dist") if cfg.distilled else ("head",):
-            s[h + ".weight"], s[h + ".bias"] = (cfg.num_classes, f), (cfg.num_classes,)
-    return s
+    """{name: shape} of the state dict of ``VisionTransformer(cfg)``, read off the model built on the meta device:
+    shapes without storage (nothing allocated, nothing initialised) and no second shape formula to keep in step
+    with the model. A hostile config is refused before anything is built: ``validate`` bounds every size and
+    the parameter count (``num_params``, from the sizes alone) before the model exists."""
+    cfg.validate()
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def check_state(state: dict[str, torch.Tensor], cfg: ViTConfig, source: str) -> None:

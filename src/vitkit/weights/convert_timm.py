@@ -99,7 +99,7 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     kw: dict[str, Any] = dict(
         patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, depth, hints, source),
         mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state,
-        qk_norm="blocks.0.attn.q_norm.weight" in state, pooling=pooling,
+        qk_norm={"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(state), pooling=pooling,
         class_token=cls, reg_tokens=reg, distilled=dist, patch_bias="patch_embed.proj.bias" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
         fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
