@@ -141,6 +141,12 @@ class ViTConfig:
         return {True: "qkv", False: "", "qv": "qv"}[QKV_BIASES[self.qkv_bias]]
 
     @property
+    def is_beit(self) -> bool:
+        """BEiT's blocks (relative positions or q/v-only biases): what timm and transformers build with their
+        BEiT classes, and save in those classes' layouts."""
+        return self.rel_pos != "none" or self.qkv_bias_parts == "qv"
+
+    @property
     def rel_pos_rows(self) -> int:
         """Rows of a BEiT relative position table: every (dy, dx) offset of the grid, + 3 for the [CLS] token."""
         gh, gw = self.grid_size
