@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..config import MAX_DEPTH, MAX_TOKENS_SIDE, MAX_WIDTH, ViTConfig
-from .checks import check_state, need
+from .checks import check_state, need, refuse_unbuilt_family
 
 MODEL_TYPES = ("vit", "deit", "vit_mae", "dinov2", "beit")
 ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -136,6 +136,7 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
         raise ValueError(f"{file}: no 'embeddings.cls_token' (with or without a {PREFIXES} prefix); "
                          "not a transformers ViT state dict")
     src = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+    refuse_unbuilt_family(src, file)
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from ..config import VARIANTS, ViTConfig, parse_model_name
-from .checks import check_state, need, square_side
+from .checks import check_state, need, refuse_unbuilt_family, square_side
 
 # wrappers that training scripts put around the state dict (DeiT/MAE: {'model': ...})
 WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
 # keys of MAE pre-training checkpoints that belong to the decoder, not the encoder
 IGNORABLE = re.compile(r"^(decoder_|decoder\.|mask_token$)")
-# derived buffers that older timm and BEiT files hold: vitkit recomputes them (as timm's checkpoint_filter_fn drops them)
+# derived buffers that older timm and BEiT files hold: recomputed, as timm's checkpoint_filter_fn drops them
 DERIVED = re.compile(r"(^|\.)relative_position_index$")
 TABLE, SHARED_TABLE = "blocks.0.attn.relative_position_bias_table", "rel_pos_bias.relative_position_bias_table"
 # width -> heads of the published ViT sizes a bare state dict may come from: the paper's and DeiT's (VARIANTS),
@@ -78,9 +78,11 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     """
     notes = notes if notes is not None else []
     hints = dict(hints or {})
+    refuse_unbuilt_family(state, source)  # EVA-02, SwiGLU, SigLIP, CLIP, hybrids: their family named, not keys listed
     table = state.get(TABLE, state.get(SHARED_TABLE))
     if TABLE in state and SHARED_TABLE in state:
-        raise ValueError(f"{source}: relative position tables both per block and shared; vitkit builds one or the other")
+        raise ValueError(f"{source}: relative position tables both per block and shared; vitkit builds one or "
+                         "the other")
     if table is not None:  # BEiT's table stores the head count
         if table.ndim != 2:
             raise ValueError(f"{source}: a relative position table must be (rows, heads), got {tuple(table.shape)}")
