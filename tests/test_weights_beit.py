@@ -155,3 +155,9 @@ def test_hf_beit_both_tables_and_writer_refusals(tmp_path):
     with pytest.raises(ValueError, match="transformers' BEiT cannot express this model: it has a k bias"):
         vitkit.save(vitkit.create_model(tiny_cfg(rel_pos="per_block")), tmp_path / "x", format="hf")
     assert not (tmp_path / "x").exists()
+
+
+def test_npz_refuses_beit_blocks(tmp_path):
+    with pytest.raises(ValueError, match="npz layout cannot express this model: missing qkv/patch biases; a relative"):
+        vitkit.save(vitkit.create_model(tiny_cfg(rel_pos="shared", qkv_bias="qv")), tmp_path / "b.npz", format="npz")
+    assert not (tmp_path / "b.npz").exists()

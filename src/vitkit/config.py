@@ -300,7 +300,13 @@ class ViTConfig:
 
 _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
               "optional tokens 'reg{N}', 'gap', 'distilled'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
+# BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean
+# pooling with its own norm, no absolute position embedding. LayerScale starts at 0.1 for BEiT-B, 1e-5 for
+# BEiT-L and for BEiT v2 (same blocks, another pre-training).
+BEIT = dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", pos_embed="none")
+BEIT_LAYER_SCALE = {("beit", "base"): 0.1}  # otherwise 1e-5
 
 
 def parse_model_name(name: str) -> ViTConfig:
@@ -321,7 +327,7 @@ def parse_model_name(name: str) -> ViTConfig:
         return _build(raw, size, patch, (h, w), {})
 
     parts = name.split("_")
-    if len(parts) < 3 or parts[0] not in ("vit", "deit"):
+    if len(parts) < 3 or parts[0] not in ("vit", "deit", "beit", "beitv2"):
         raise ValueError(f"unknown model name {raw!r}; {_NAME_HELP}")
     family, size = parts[0], SIZE_ALIASES.get(parts[1], parts[1])
     if size not in VARIANTS:
@@ -345,6 +351,8 @@ def parse_model_name(name: str) -> ViTConfig:
         raise ValueError(f"model name {raw!r} has no patch size ('patch16'); {_NAME_HELP}")
     if family == "deit" and size in ("large", "huge"):
         raise ValueError(f"DeiT comes in tiny, small and base sizes, not {size!r} ({raw!r})")
+    if family.startswith("beit"):
+        extra = {**BEIT, "layer_scale_init": BEIT_LAYER_SCALE.get((family, size), 1e-5), **extra}
     if extra.get("reg_tokens") and family == "vit":
         extra.setdefault("pos_embed_prefix", False)  # timm's register models: no pos-embed on prefix
     return _build(raw, size, patch, res or (DEFAULT_RESOLUTION, DEFAULT_RESOLUTION), extra)
@@ -358,7 +366,9 @@ def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[st
 
 
 def list_models() -> list[str]:
-    """The canonical model names: every size at every standard patch size, at 224², plus DeiT."""
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT and BEiT (v1, v2)
+    at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
     names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
     names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
+    names += [f"{f}_{s}_patch16_224" for f in ("beit", "beitv2") for s in ("base", "large")]
     return names

@@ -187,6 +187,8 @@ def vitkit_to_npz(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, n
         problems.append("missing qkv/patch biases")
     if cfg.qk_norm:
         problems.append("qk-norm")
+    if cfg.rel_pos != "none":
+        problems.append("a relative position bias")
     if problems:
         raise ValueError("the Google npz layout cannot express this model: " + "; ".join(problems)
                          + ". Save it as vitkit or timm instead.")
