@@ -202,9 +202,10 @@ class VisionTransformer(nn.Module):
             x = x + pos
         return self.pos_drop(x), grid
 
-    def _attn_bias(self, blk: Block, grid: tuple[int, int]) -> torch.Tensor | None:
+    def attn_bias(self, blk: Block, grid: tuple[int, int]) -> torch.Tensor | None:
         """The additive attention bias of ``blk`` for a patch grid: BEiT's relative position bias (heads, T, T)
-        from the block's own table or the shared one; None without relative positions."""
+        from the block's own table or the shared one; None without relative positions. A wrapper that runs
+        the blocks itself passes it on: ``blk(x, bias=model.attn_bias(blk, model.patch_embed.grid_size))``."""
         if self.rel_pos_bias is None:
             return None
         return self.rel_pos_bias(grid, blk.attn.relative_position_bias_table)  # None: the shared table
@@ -212,7 +213,7 @@ class VisionTransformer(nn.Module):
     # --- the uniform interface ------------------------------------------
     def _run_block(self, blk: Block, x: torch.Tensor, attn_impl: str, grid: tuple[int, int],
                    queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = self._attn_bias(blk, grid)
+        bias = self.attn_bias(blk, grid)
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint(blk, x, attn_impl, queries, bias, use_reentrant=False)
         return blk(x, attn_impl, queries, bias)
@@ -302,7 +303,7 @@ class VisionTransformer(nn.Module):
         x, grid = self._embed(x)
         maps = []
         for blk in self.blocks:
-            x, w = blk(x, "plain", bias=self._attn_bias(blk, grid))
+            x, w = blk(x, "plain", bias=self.attn_bias(blk, grid))
             maps.append(w)
         return maps
 
