@@ -63,6 +63,22 @@ def main():
             xi = x if "256" not in name else torch.randn(2, 3, 256, 256)
             report(f"timm {name}", ours(xi), tm(xi), t)
 
+        beit = randomise(transformers.BeitForImageClassification(transformers.BeitConfig(
+            **b16, num_labels=1000, use_relative_position_bias=True, use_mean_pooling=True)))
+        beit.save_pretrained(tmp / "beit")
+        ours, t = load(tmp / "beit")
+        report("HF BeitForImageClassification B/16 (mean pool)", ours(x), beit(pixel_values=x).logits, t)
+
+        tm = randomise(timm.create_model("beit_base_patch16_224"))
+        save_file(tm.state_dict(), tmp / "beit.safetensors")
+        ours, t = load(tmp / "beit.safetensors")
+        report("timm beit_base_patch16_224", ours(x), tm(x), t)
+        big = timm.create_model("beit_base_patch16_384").eval()  # the same file at 384: tables resampled alike
+        big.load_state_dict(timm.models.beit.checkpoint_filter_fn(tm.state_dict(), big))
+        ours, t = load(tmp / "beit.safetensors", image_size=384)
+        x384 = torch.randn(2, 3, 384, 384)
+        report("timm beit_base_patch16_224 loaded at 384", ours(x384), big(x384), t)
+
         ours = randomise(vitkit.create_model("vit_base_patch16_224"))
         vitkit.save(ours, tmp / "b16.npz", format="npz")
         tm = timm.create_model("vit_base_patch16_224").eval()

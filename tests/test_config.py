@@ -28,6 +28,18 @@ def test_any_patch_and_resolution_in_a_name():
     assert parse_model_name("vit_base_patch16_224.augreg2_in21k_ft_in1k") == parse_model_name("B/16")
 
 
+def test_beit_names_parse_to_beit_blocks():
+    b = parse_model_name("beit_base_patch16_224")
+    assert (b.rel_pos, b.qkv_bias, b.layer_scale_init, b.pooling, b.use_fc_norm, b.class_token, b.pos_embed) == \
+        ("per_block", "qv", 0.1, "gap", True, True, "none")
+    assert (b.width, b.depth, b.heads, b.is_beit) == (768, 12, 12, True)
+    assert parse_model_name("beit_large_patch16_512").layer_scale_init == 1e-5
+    assert parse_model_name("beitv2_base_patch16_224") == b.replace(layer_scale_init=1e-5)
+    assert parse_model_name("beit_base_patch16_224.in22k_ft_in22k_in1k") == b
+    with pytest.raises(ValueError, match="rel_pos needs exactly one prefix token"):
+        parse_model_name("beit_base_patch16_reg4_224")
+
+
 def test_name_tokens_registers_gap_distilled():
     cfg = parse_model_name("vit_base_patch16_reg4_gap_256")
     assert cfg.reg_tokens == 4 and cfg.pooling == "gap" and not cfg.class_token and cfg.image_hw == (256, 256)
@@ -58,6 +70,8 @@ def test_bad_names_name_the_problem_and_the_accepted_values(bad, needle):
     ("vit_base_patch16_224", 86.6, 0.1),
     ("vit_large_patch16_224", 304.3, 0.5),
     ("vit_huge_patch14_224", 632.0, 1.5),
+    ("beit_base_patch16_224", 86.530984, 1e-9),  # timm's beit_* models, counted: exactly equal
+    ("beit_large_patch16_512", 305.674728, 1e-9),
 ])
 def test_parameter_counts_match_the_papers(name, published_m, tol_m):
     assert abs(parse_model_name(name).num_params() / 1e6 - published_m) <= tol_m
@@ -78,6 +92,8 @@ def test_flops_of_base16():
     (dict(class_token=False), "needs class_token=True"),
     (dict(drop_path=1.5), "drop_path must be in"),
     (dict(width=16384, depth=256, heads=128), "parameters .* is refused"),
+    (dict(qkv_bias=1), "qkv_bias must be one of"),
+    (dict(qk_norm="yes"), "qk_norm must be true or false"),
 ])
 def test_config_validation(kw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -88,6 +104,10 @@ def test_config_round_trip_and_unknown_fields():
     cfg = ViTConfig(image_size=(32, 48), patch_size=8, width=64, depth=2, heads=4, reg_tokens=2,
                     layer_scale_init=1e-5, labels=None, num_classes=3)
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["qkv_bias"] is True  # configs written before "qv" existed read and write the same
+    assert ViTConfig.from_dict({**cfg.to_dict(), "qkv_bias": False}).qkv_bias is False
+    beit = cfg.replace(qkv_bias="qv", qk_norm=True)
+    assert ViTConfig.from_dict(beit.to_dict()) == beit
     with pytest.raises(ValueError, match="unknown ViTConfig field"):
         ViTConfig.from_dict({**cfg.to_dict(), "hidden_size": 3})
     with pytest.raises(ValueError, match="unknown ViTConfig field"):

@@ -34,7 +34,10 @@ def test_built_parameter_count_equals_the_formula(name):
 
 @pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", class_token=False), dict(reg_tokens=3),
                                 dict(layer_scale_init=1e-5), dict(distilled=True), dict(representation_size=24),
-                                dict(pos_embed="sincos2d"), dict(reg_tokens=2, pos_embed_prefix=False)])
+                                dict(pos_embed="sincos2d"), dict(reg_tokens=2, pos_embed_prefix=False),
+                                dict(qkv_bias="qv"), dict(qkv_bias=False, qk_norm=True),
+                                dict(rel_pos="per_block", qkv_bias="qv", pos_embed="none", pooling="gap"),
+                                dict(rel_pos="shared", image_size=(32, 48))])
 def test_formula_counts_configs(kw):
     m = create_model(tiny_cfg(**kw))
     assert sum(p.numel() for p in m.parameters()) == m.cfg.num_params()
@@ -43,16 +46,54 @@ def test_formula_counts_configs(kw):
 @pytest.mark.parametrize("kw", [dict(), dict(pooling="gap", reg_tokens=4, layer_scale_init=0.1),
                                 dict(distilled=True), dict(act="gelu_tanh", qkv_bias=False),
                                 dict(pos_embed="sincos2d", reg_tokens=1), dict(pos_embed="none"),
-                                dict(representation_size=24, fc_norm=True)])
+                                dict(representation_size=24, fc_norm=True), dict(qkv_bias="qv", qk_norm=True),
+                                dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", layer_scale_init=0.1),
+                                dict(rel_pos="shared", image_size=(32, 48))])
 def test_fused_and_plain_attention_agree(kw):
     m = create_model(tiny_cfg(**kw)).eval()
     for p in m.parameters():  # move off the zero head so logits are not trivially equal
         torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, *m.cfg.image_hw)
     with torch.no_grad():
         a, b = m(x, attn_impl="fused"), m(x, attn_impl="plain")
     assert a.abs().max() > 0
     assert (a - b).abs().max() <= 1e-5
+
+
+def test_attention_bias_fused_and_plain_agree_and_queries_take_its_first_rows():
+    from vitkit.layers import Attention
+
+    cfg = tiny_cfg(qkv_bias="qv", qk_norm=True)
+    attn = Attention(cfg).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, bias = torch.randn(2, 9, cfg.width), torch.randn(cfg.heads, 9, 9)
+    with torch.no_grad():
+        fused, none = attn(x, "fused", bias=bias)
+        plain, w = attn(x, "plain", bias=bias)
+        without, _ = attn(x, "plain")
+        first, _ = attn(x, "fused", queries=2, bias=bias)
+        first_plain, w2 = attn(x, "plain", queries=2, bias=bias[:, :2])  # (heads, Q, N) given directly
+    assert none is None and (fused - plain).abs().max() <= 1e-5 and (plain - without).abs().max() > 1e-3
+    torch.testing.assert_close(first, fused[:, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first_plain, fused[:, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w2, w[:, :, :2])
+    # the bias is what the plain path adds to the logits before the softmax
+    q, k, _ = attn.qkv(x).add(torch.cat([attn.q_bias, torch.zeros(cfg.width), attn.v_bias])).reshape(
+        2, 9, 3, cfg.heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
+    logits = attn.q_norm(q) @ attn.k_norm(k).transpose(-2, -1) * cfg.head_dim ** -0.5 + bias
+    torch.testing.assert_close(w, logits.softmax(-1))
+
+
+def test_qkv_bias_forms():
+    assert tiny_cfg(qkv_bias="qkv").qkv_bias is True and tiny_cfg(qkv_bias="none").qkv_bias is False
+    assert tiny_cfg(qkv_bias="qkv") == tiny_cfg(qkv_bias=True)
+    keys = set(create_model(tiny_cfg(qkv_bias="qv", qk_norm=True)).state_dict())
+    assert {"blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.attn.q_norm.weight",
+            "blocks.0.attn.k_norm.bias"} <= keys and "blocks.0.attn.qkv.bias" not in keys
+    assert "blocks.0.attn.qkv.bias" not in create_model(tiny_cfg(qkv_bias=False)).state_dict()
+    with pytest.raises(ValueError, match="qkv_bias must be one of"):
+        tiny_cfg(qkv_bias="kv")
 
 
 def test_attention_maps_are_probabilities():
@@ -132,8 +173,9 @@ def test_non_divisible_input_on_a_dynamic_model():
         m(torch.randn(1, 3, 30, 32))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    cfg = tiny_cfg(depth=3)
+@pytest.mark.parametrize("kw", [dict(), dict(rel_pos="per_block"), dict(rel_pos="shared")])
+def test_gradient_checkpointing_gives_the_same_gradients(kw):
+    cfg = tiny_cfg(depth=3, **kw)
     a = create_model(cfg)
     for p in a.parameters():
         torch.nn.init.normal_(p, std=0.1)
@@ -184,8 +226,9 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
 
 
-def test_torch_compile_fullgraph_training_step():
-    m = create_model(tiny_cfg(drop_path=0.1, dropout=0.1))
+@pytest.mark.parametrize("kw", [dict(), dict(rel_pos="per_block", qkv_bias="qv", layer_scale_init=0.1)])
+def test_torch_compile_fullgraph_training_step(kw):
+    m = create_model(tiny_cfg(drop_path=0.1, dropout=0.1, **kw))
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     compiled(torch.randn(2, 3, 32, 32)).sum().backward()
     assert m.patch_embed.proj.weight.grad is not None
@@ -212,7 +255,8 @@ def test_set_image_size_keeps_sincos_fixed():
 
 @pytest.mark.parametrize("kw", [dict(), dict(distilled=True), dict(reg_tokens=3), dict(pooling="gap", reg_tokens=2),
                                 dict(layer_scale_init=0.1, fc_norm=True), dict(representation_size=24),
-                                dict(num_classes=0)])
+                                dict(num_classes=0), dict(rel_pos="per_block", qkv_bias="qv"),
+                                dict(rel_pos="shared", pooling="gap", pos_embed="none")])
 @pytest.mark.parametrize("impl", ["fused", "plain"])
 def test_forward_computes_only_the_head_tokens_in_the_last_block_with_the_same_result(kw, impl):
     """forward() skips the last block's work for tokens the head does not read; the logits (and their
@@ -251,3 +295,38 @@ def test_forward_distilled_matches_the_full_token_path():
         assert (cls - m.head(m.fc_norm(t[:, 0]))).abs().max() <= 1e-5
         assert (dist - m.head_dist(m.fc_norm(t[:, 1]))).abs().max() <= 1e-5
         assert ((cls + dist) / 2 - m(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("rel_pos", ["per_block", "shared"])
+def test_relative_position_bias_tables_index_and_other_sizes(rel_pos):
+    m = create_model(tiny_cfg(rel_pos=rel_pos, dynamic_img_size=True)).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    keys = set(m.state_dict())
+    table = "blocks.1.attn.relative_position_bias_table" if rel_pos == "per_block" else \
+        "rel_pos_bias.relative_position_bias_table"
+    assert table in keys and m.state_dict()[table].shape == ((2 * 4 - 1) ** 2 + 3, 4)
+    assert not any("relative_position_index" in k for k in keys)  # derived, never saved
+    assert table in m.no_weight_decay()
+    # the bias reaches the logits: a model with other tables gives other logits
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        ref = m(torch.randn(1, 3, 32, 32))
+        other = create_model(m.cfg)
+        other.load_state_dict({**m.state_dict(), table: torch.zeros_like(m.state_dict()[table])})
+        assert (other.eval()(torch.randn(1, 3, 32, 32)) - ref).abs().max() > 0
+        # another size at run time (tables resampled per call) = the model rebuilt for that size
+        expected = m(x)
+        m.set_image_size((48, 64))
+        assert m.state_dict()[table].shape == ((2 * 6 - 1) * (2 * 8 - 1) + 3, 4)
+        torch.testing.assert_close(m(x), expected)
+
+
+def test_relative_position_bias_needs_one_class_token():
+    for kw in (dict(reg_tokens=1), dict(distilled=True), dict(class_token=False, pooling="gap")):
+        with pytest.raises(ValueError, match="rel_pos needs exactly one prefix token"):
+            tiny_cfg(rel_pos="per_block", **kw)
+    with pytest.raises(ValueError, match="rel_pos must be one of"):
+        tiny_cfg(rel_pos="rope")
+    with pytest.raises(ValueError, match="index is refused"):
+        tiny_cfg(rel_pos="shared", image_size=129 * 8)

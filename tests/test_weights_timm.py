@@ -37,6 +37,7 @@ def test_vit_small_16_safetensors_matches_timm(tmp_path):
     dict(reg_tokens=2, init_values=0.1),
     dict(global_pool="avg"),
     dict(global_pool="avg", fc_norm=False, class_token=False),  # no [CLS] and no fc_norm: mean after the norm
+    dict(qk_norm=True, qkv_bias=False),
 ])
 def test_variants_registers_layerscale_gap_match_timm(tmp_path, kw):
     theirs = randomise(TimmViT(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=1, num_classes=5,

@@ -28,6 +28,10 @@ PATCH_SIZES = (8, 14, 16, 32)  # the patch sizes list_models() enumerates
 DEFAULT_RESOLUTION = 224
 
 POOLINGS = ("cls", "gap")
+# q/k/v biases: True or "qkv" (all three), False or "none", "qv" (BEiT: q and v, no k). Stored as True / False / "qv",
+# so configs written before "qv" existed read back unchanged.
+QKV_BIASES: dict[bool | str, bool | str] = {True: True, "qkv": True, False: False, "none": False, "qv": "qv"}
+REL_POS = ("none", "per_block", "shared")
 POS_EMBEDS = ("learned", "sincos2d", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
@@ -38,6 +42,8 @@ MAX_DEPTH = 256
 MAX_TOKENS_SIDE = 1024  # grid side in patches: 16384 px at P=16
 MAX_CLASSES = 1_000_000
 MAX_PARAMS = 50_000_000_000  # ViT-22B is the largest published ViT
+# BEiT's relative position index is (1 + N)² integers for N patches: 128x128 patches (2048² px at P=16) is 2 GB of it
+MAX_REL_POS_PATCHES = 128 * 128
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -60,7 +66,9 @@ class ViTConfig:
     depth: int = 12  # number of encoder blocks L
     heads: int = 12
     mlp_ratio: float = 4.0  # MLP hidden width = round(width * mlp_ratio)
-    qkv_bias: bool = True
+    qkv_bias: bool | str = True  # True/"qkv": q, k and v; False/"none": none; "qv": q and v only (BEiT)
+    qk_norm: bool = False  # LayerNorm per head on q and k (timm's attn.q_norm / attn.k_norm)
+    rel_pos: str = "none"  # BEiT's relative position bias: "none" | "per_block" (a table per block) | "shared"
     pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens
     class_token: bool = True
     reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [CLS]
@@ -84,6 +92,8 @@ class ViTConfig:
     labels: list[str] | None = field(default=None, compare=False)  # class names, index order
 
     def __post_init__(self) -> None:
+        if isinstance(self.qkv_bias, (bool, str)) and self.qkv_bias in QKV_BIASES:
+            self.qkv_bias = QKV_BIASES[self.qkv_bias]  # "qkv" -> True, "none" -> False
         self.image_size = _pair(self.image_size)
         if self.image_size[0] == self.image_size[1]:
             self.image_size = self.image_size[0]
@@ -124,6 +134,23 @@ class ViTConfig:
     @property
     def use_fc_norm(self) -> bool:
         return self.pooling == "gap" if self.fc_norm is None else self.fc_norm
+
+    @property
+    def qkv_bias_parts(self) -> str:
+        """Which of q, k, v have a bias: "qkv", "qv" or "" (the forms ``qkv_bias`` accepts, normalised)."""
+        return {True: "qkv", False: "", "qv": "qv"}[QKV_BIASES[self.qkv_bias]]
+
+    @property
+    def is_beit(self) -> bool:
+        """BEiT's blocks (relative positions or q/v-only biases): what timm and transformers build with their
+        BEiT classes, and save in those classes' layouts."""
+        return self.rel_pos != "none" or self.qkv_bias_parts == "qv"
+
+    @property
+    def rel_pos_rows(self) -> int:
+        """Rows of a BEiT relative position table: every (dy, dx) offset of the grid, + 3 for the [CLS] token."""
+        gh, gw = self.grid_size
+        return (2 * gh - 1) * (2 * gw - 1) + 3
 
     @property
     def num_features(self) -> int:
@@ -168,6 +195,19 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.pos_embed == "sincos2d" and self.width % 4:
             raise ValueError(f"ViTConfig.pos_embed='sincos2d' needs width divisible by 4, got {self.width}")
+        if not isinstance(self.qkv_bias, (bool, str)) or self.qkv_bias not in QKV_BIASES:
+            raise ValueError(f"ViTConfig.qkv_bias must be one of {list(QKV_BIASES)}, got {self.qkv_bias!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"ViTConfig.qk_norm must be true or false, got {self.qk_norm!r}")
+        if self.rel_pos not in REL_POS:
+            raise ValueError(f"ViTConfig.rel_pos must be one of {REL_POS}, got {self.rel_pos!r}")
+        if self.rel_pos != "none":
+            if not self.class_token or self.reg_tokens or self.distilled:
+                raise ValueError("ViTConfig.rel_pos needs exactly one prefix token, the [CLS] (class_token=True, no "
+                                 "register or distillation token): BEiT's table has one row and column for it")
+            if self.num_patches > MAX_REL_POS_PATCHES:
+                raise ValueError(f"ViTConfig.rel_pos with {self.num_patches} patches: its (1 + N)² index is refused "
+                                 f"above {MAX_REL_POS_PATCHES} patches")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"ViTConfig.act must be one of {ACTIVATIONS}, got {self.act!r}")
         for name in ("dropout", "attn_dropout", "drop_path"):
@@ -225,7 +265,13 @@ class ViTConfig:
             n += d * (self.num_patches + (self.num_prefix_tokens if self.pos_embed_prefix else 0))
         m = self.mlp_dim
         block = 2 * 2 * d  # two LayerNorms
-        block += 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d  # qkv + proj
+        block += 3 * d * d + d * len(self.qkv_bias_parts) + d * d + d  # qkv (+ its biases) + proj
+        if self.qk_norm:
+            block += 2 * 2 * self.head_dim  # a LayerNorm per head width on q and on k
+        if self.rel_pos == "per_block":
+            block += self.rel_pos_rows * self.heads
+        if self.rel_pos == "shared":
+            n += self.rel_pos_rows * self.heads
         block += d * m + m + m * d + d  # MLP
         if self.layer_scale_init is not None:
             block += 2 * d
@@ -254,7 +300,13 @@ class ViTConfig:
 
 _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
               "optional tokens 'reg{N}', 'gap', 'distilled'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
+# BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean
+# pooling with its own norm, no absolute position embedding. LayerScale starts at 0.1 for BEiT-B, 1e-5 for
+# BEiT-L and for BEiT v2 (same blocks, another pre-training).
+BEIT = dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", pos_embed="none")
+BEIT_LAYER_SCALE = {("beit", "base"): 0.1}  # otherwise 1e-5
 
 
 def parse_model_name(name: str) -> ViTConfig:
@@ -275,7 +327,7 @@ def parse_model_name(name: str) -> ViTConfig:
         return _build(raw, size, patch, (h, w), {})
 
     parts = name.split("_")
-    if len(parts) < 3 or parts[0] not in ("vit", "deit"):
+    if len(parts) < 3 or parts[0] not in ("vit", "deit", "beit", "beitv2"):
         raise ValueError(f"unknown model name {raw!r}; {_NAME_HELP}")
     family, size = parts[0], SIZE_ALIASES.get(parts[1], parts[1])
     if size not in VARIANTS:
@@ -299,6 +351,8 @@ def parse_model_name(name: str) -> ViTConfig:
         raise ValueError(f"model name {raw!r} has no patch size ('patch16'); {_NAME_HELP}")
     if family == "deit" and size in ("large", "huge"):
         raise ValueError(f"DeiT comes in tiny, small and base sizes, not {size!r} ({raw!r})")
+    if family.startswith("beit"):
+        extra = {**BEIT, "layer_scale_init": BEIT_LAYER_SCALE.get((family, size), 1e-5), **extra}
     if extra.get("reg_tokens") and family == "vit":
         extra.setdefault("pos_embed_prefix", False)  # timm's register models: no pos-embed on prefix
     return _build(raw, size, patch, res or (DEFAULT_RESOLUTION, DEFAULT_RESOLUTION), extra)
@@ -312,7 +366,9 @@ def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[st
 
 
 def list_models() -> list[str]:
-    """The canonical model names: every size at every standard patch size, at 224², plus DeiT."""
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT and BEiT (v1, v2)
+    at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
     names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
     names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
+    names += [f"{f}_{s}_patch16_224" for f in ("beit", "beitv2") for s in ("base", "large")]
     return names

@@ -38,13 +38,15 @@ def build_timm(cfg: ViTConfig) -> nn.Module:
         why.append("representation_size")
     if not cfg.patch_bias:
         why.append("patch_bias=False")
+    if cfg.qkv_bias_parts == "qv":
+        why.append("qkv_bias='qv'")
     if int(cfg.width * cfg.mlp_ratio) != cfg.mlp_dim:
         why.append(f"mlp_ratio={cfg.mlp_ratio} (timm truncates width*ratio, vitkit rounds)")
     if why:
         raise ValueError(f"timm's VisionTransformer cannot express {', '.join(why)}; compare without timm")
     kw = dict(img_size=cfg.image_hw, patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
               embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-              qkv_bias=cfg.qkv_bias, global_pool="avg" if cfg.pooling == "gap" else "token",
+              qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, global_pool="avg" if cfg.pooling == "gap" else "token",
               class_token=cfg.class_token, reg_tokens=cfg.reg_tokens, no_embed_class=not cfg.pos_embed_prefix,
               pos_embed="none" if cfg.pos_embed == "none" else "learn", init_values=cfg.layer_scale_init,
               fc_norm=cfg.fc_norm, drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout,
@@ -71,6 +73,7 @@ def build_hf(cfg: ViTConfig) -> nn.Module:
                       (cfg.pos_embed != "learned", f"pos_embed={cfg.pos_embed!r}"),
                       (not cfg.pos_embed_prefix, "pos_embed_prefix=False"),
                       (cfg.layer_scale_init is not None, "LayerScale"),
+                      (cfg.qkv_bias_parts == "qv", "qkv_bias='qv'"), (cfg.qk_norm, "qk_norm"),
                       (cfg.representation_size, "representation_size"),
                       (cfg.use_fc_norm, "fc_norm"), (not cfg.patch_bias, "patch_bias=False"),
                       (cfg.num_classes == 0, "num_classes=0"), (cfg.dynamic_img_pad, "dynamic_img_pad"),

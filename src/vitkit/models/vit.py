@@ -1,8 +1,9 @@
-"""The Vision Transformer (Dosovitskiy et al. 2020), with DeiT's distillation token and registers.
+"""The Vision Transformer (Dosovitskiy et al. 2020), with DeiT's distillation token, registers and BEiT's blocks.
 
 Image (B, C, H, W) -> patches (B, N, D) -> [CLS] (+ dist, + registers) joined and
 position embedding added -> L pre-norm blocks -> final norm -> head on [CLS] or
-on the mean of patch tokens. Parameter names follow the timm layout, so a state
+on the mean of patch tokens. BEiT (Bao et al. 2021) adds a relative position bias to every
+block's attention logits (layers/rel_pos.py). Parameter names follow the timm layout, so a state
 dict is readable by anyone who knows that one (DESIGN.md, "Checkpoint layouts").
 """
 
@@ -15,7 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ViTConfig
-from ..layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed, resample_pos_embed, sincos_2d_pos_embed
+from ..layers import (Attention, DropPath, LayerScale, Mlp, PatchEmbed, RelPosBias, resample_pos_embed,
+                      resize_rel_pos_table, sincos_2d_pos_embed)
 
 
 class Block(nn.Module):
@@ -32,10 +34,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, attn_impl: str = "fused",
-                queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, N, D) -> (B, Q, D): every token, or only the first ``queries`` (which still attend to all N)."""
-        y, weights = self.attn(self.norm1(x), attn_impl, queries)
+    def forward(self, x: torch.Tensor, attn_impl: str = "fused", queries: int | None = None,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, D) -> (B, Q, D): every token, or only the first ``queries`` (which still attend to all N).
+        ``bias``: added to the attention logits, (heads, N, N) (BEiT's relative position bias)."""
+        y, weights = self.attn(self.norm1(x), attn_impl, queries, bias)
         x = (x if queries is None else x[:, :queries]) + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, weights  # (B, Q, D), (B, heads, Q, N) or None
@@ -85,6 +88,8 @@ class VisionTransformer(nn.Module):
         # stochastic depth per block (on the CPU, so that the model can also be built on the meta device)
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        # BEiT: the index of the relative position tables (and the table itself when the blocks share one)
+        self.rel_pos_bias = RelPosBias(cfg) if cfg.rel_pos != "none" else None
         self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()
         self.pre_logits = PreLogits(d, cfg.representation_size) if cfg.representation_size else nn.Identity()
@@ -94,7 +99,8 @@ class VisionTransformer(nn.Module):
             self.head_dist = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
         self.preprocess_cfg = None  # a PreprocessConfig: how this model wants its pixels (set by loaders)
-        self.init_weights()
+        if self.patch_embed.proj.weight.device.type != "meta":  # shapes only: nothing to initialise
+            self.init_weights()
 
     # --- set-up ---------------------------------------------------------
     def init_weights(self) -> None:
@@ -144,9 +150,25 @@ class VisionTransformer(nn.Module):
             with torch.no_grad():
                 new = resample_pos_embed(self.pos_embed.data, cfg.grid_size, old_grid, self.pos_prefix)
             self.pos_embed = nn.Parameter(new.contiguous())
-        elif self.cfg.pos_embed == "sincos2d":
-            self.pos_embed = sincos_2d_pos_embed(cfg.grid_size, cfg.width, device=self.pos_embed.device)
+        if cfg.rel_pos == "per_block":  # BEiT's tables, resampled as timm does (layers/rel_pos.py says why)
+            for blk in self.blocks:
+                with torch.no_grad():
+                    new = resize_rel_pos_table(blk.attn.relative_position_bias_table.data, cfg.grid_size, old_grid)
+                blk.attn.relative_position_bias_table = nn.Parameter(new.contiguous())
+        if self.rel_pos_bias is not None:
+            self.rel_pos_bias.set_grid(cfg.grid_size)
         self.cfg = cfg
+        self.init_buffers()
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Compute the tensors that are derived, not saved (fixed sin-cos embedding, relative position index):
+        after a build on the meta device, on ``device`` (default: where the parameters are)."""
+        device = device or next(self.parameters()).device
+        if self.cfg.pos_embed == "sincos2d":
+            dtype = next(self.parameters()).dtype
+            self.pos_embed = sincos_2d_pos_embed(self.cfg.grid_size, self.cfg.width, device=device).to(dtype)
+        if self.rel_pos_bias is not None:
+            self.rel_pos_bias.init_buffers(device)
 
     @property
     def labels(self) -> list[str] | None:
@@ -165,6 +187,9 @@ class VisionTransformer(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> tokens (B, prefix + gh*gw, D), position embedding added."""
+        return self._embed(x)[0]
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, grid = self.patch_embed(x)  # (B, N, D)
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
@@ -175,22 +200,31 @@ class VisionTransformer(nn.Module):
             x = torch.cat(prefix + [x], dim=1)
         if pos is not None and self.pos_prefix:
             x = x + pos
-        return self.pos_drop(x)
+        return self.pos_drop(x), grid
+
+    def attn_bias(self, blk: Block, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The additive attention bias of ``blk`` for a patch grid: BEiT's relative position bias (heads, T, T)
+        from the block's own table or the shared one; None without relative positions. A wrapper that runs
+        the blocks itself passes it on: ``blk(x, bias=model.attn_bias(blk, model.patch_embed.grid_size))``."""
+        if self.rel_pos_bias is None:
+            return None
+        return self.rel_pos_bias(grid, blk.attn.relative_position_bias_table)  # None: the shared table
 
     # --- the uniform interface ------------------------------------------
-    def _run_block(self, blk: Block, x: torch.Tensor, attn_impl: str,
+    def _run_block(self, blk: Block, x: torch.Tensor, attn_impl: str, grid: tuple[int, int],
                    queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = self.attn_bias(blk, grid)
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(blk, x, attn_impl, queries, use_reentrant=False)
-        return blk(x, attn_impl, queries)
+            return checkpoint(blk, x, attn_impl, queries, bias, use_reentrant=False)
+        return blk(x, attn_impl, queries, bias)
 
     def _encode(self, x: torch.Tensor, attn_impl: str, last_queries: int | None = None) -> torch.Tensor:
         """(B, C, H, W) -> tokens after the last block and the final norm: (B, T, D), or (B, Q, D) when
         the last block computes only its first ``last_queries`` tokens (they still attend to all T)."""
-        x = self.embed(x)
+        x, grid = self._embed(x)
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            x, _ = self._run_block(blk, x, attn_impl, last_queries if i == last else None)
+            x, _ = self._run_block(blk, x, attn_impl, grid, last_queries if i == last else None)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor, attn_impl: str = "fused") -> torch.Tensor:
@@ -255,10 +289,10 @@ class VisionTransformer(nn.Module):
         those blocks (negative counts from the end). ``norm`` applies the final norm.
         """
         take = self._block_indices(indices)
-        x = self.embed(x)
+        x, grid = self._embed(x)
         out = []
         for i, blk in enumerate(self.blocks[: max(take) + 1]):
-            x, _ = self._run_block(blk, x, attn_impl)
+            x, _ = self._run_block(blk, x, attn_impl, grid)
             if i in take:
                 out.append(self.norm(x) if norm else x)
         return out
@@ -266,10 +300,10 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Attention probabilities of every layer, each (B, heads, T, T), through the plain path."""
-        x = self.embed(x)
+        x, grid = self._embed(x)
         maps = []
         for blk in self.blocks:
-            x, w = blk(x, "plain")
+            x, w = blk(x, "plain", bias=self.attn_bias(blk, grid))
             maps.append(w)
         return maps
 
@@ -282,6 +316,7 @@ class VisionTransformer(nn.Module):
         return predict(self, images, topk=topk, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names that weight decay should skip (embeddings and tokens)."""
-        return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+        """Parameter names that weight decay should skip (embeddings, tokens, relative position tables)."""
+        tables = {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+        return {"pos_embed", "cls_token", "dist_token", "reg_token"} | tables
 

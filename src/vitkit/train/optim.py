@@ -10,9 +10,9 @@ from torch import nn
 
 
 def layer_id(name: str, depth: int) -> int:
-    """Depth of a parameter for layer-wise lr decay: 0 = embeddings and tokens, i+1 = block i,
-    depth+1 = final norm and head(s)."""
-    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed")):
+    """Depth of a parameter for layer-wise lr decay: 0 = embeddings, tokens and a shared relative position
+    table (as timm groups BEiT's), i+1 = block i, depth+1 = final norm and head(s)."""
+    if name.startswith(("patch_embed.", "cls_token", "dist_token", "reg_token", "pos_embed", "rel_pos_bias.")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

@@ -10,7 +10,7 @@ import torch
 from ..config import ViTConfig
 from ..data.imagenet import imagenet1k_classes
 from ..data.preprocess import PreprocessConfig
-from ..layers import resample_pos_embed, sincos_2d_pos_embed
+from ..layers import resample_pos_embed, resize_rel_pos_table
 from ..models.vit import VisionTransformer
 from .safe_io import check_tensor_dtypes
 
@@ -18,13 +18,18 @@ from .safe_io import check_tensor_dtypes
 def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int | tuple[int, int],
                  interpolation: str = "bicubic", antialias: bool = True) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """The config and state dict for another input size: the learned position embedding's patch grid
-    is resampled (prefix rows kept), as timm's ``resample_abs_pos_embed`` does."""
+    is resampled (prefix rows kept), as timm's ``resample_abs_pos_embed`` does, and BEiT's relative
+    position tables as timm's ``resize_rel_pos_bias_table`` does (layers/rel_pos.py says why)."""
     new = cfg.replace(image_size=image_size)
-    if new.grid_size != cfg.grid_size and "pos_embed" in state:
-        state = dict(state)
+    if new.grid_size == cfg.grid_size:
+        return new, state
+    state = dict(state)
+    if "pos_embed" in state:
         prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
                                                 interpolation=interpolation, antialias=antialias)
+    for k in [k for k in state if k.endswith("relative_position_bias_table")]:
+        state[k] = resize_rel_pos_table(state[k], new.grid_size, cfg.grid_size)
     return new, state
 
 
@@ -67,9 +72,7 @@ def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: Prep
     state = cast_state(state, opts.dtype, str(info.get("weights", info.get("source", "checkpoint"))), opts)
     model = _empty_model(cfg)
     model.load_state_dict(state, strict=True, assign=True)  # the loaded tensors become the parameters
-    if cfg.pos_embed == "sincos2d":  # a fixed buffer, not in the state dict: compute it
-        model.register_buffer("pos_embed", sincos_2d_pos_embed(cfg.grid_size, cfg.width).to(opts.dtype),
-                              persistent=False)
+    model.init_buffers()  # what is derived, not saved (sin-cos embedding, relative position index): computed
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"vitkit bug: tensors {left} were not loaded")

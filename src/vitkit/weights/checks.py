@@ -2,59 +2,73 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ..config import ViTConfig
+from ..models.vit import VisionTransformer
 
 
 def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the state dict of ``VisionTransformer(cfg)``, from the sizes alone (nothing allocated,
-    so a hostile config is refused before any memory is spent; tests hold it equal to the built model's)."""
-    d, c, p, m, f = cfg.width, cfg.channels, cfg.patch_size, cfg.mlp_dim, cfg.num_features
-    s: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (d, c, p, p)}
-    if cfg.patch_bias:
-        s["patch_embed.proj.bias"] = (d,)
-    if cfg.class_token:
-        s["cls_token"] = (1, 1, d)
-    if cfg.distilled:
-        s["dist_token"] = (1, 1, d)
-    if cfg.reg_tokens:
-        s["reg_token"] = (1, cfg.reg_tokens, d)
-    if cfg.pos_embed == "learned":
-        s["pos_embed"] = (1, (cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0) + cfg.num_patches, d)
-    for i in range(cfg.depth):
-        b = f"blocks.{i}."
-        for n in ("norm1", "norm2"):
-            s[b + n + ".weight"] = s[b + n + ".bias"] = (d,)
-        s[b + "attn.qkv.weight"] = (3 * d, d)
-        if cfg.qkv_bias:
-            s[b + "attn.qkv.bias"] = (3 * d,)
-        s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (d, d), (d,)
-        if cfg.layer_scale_init is not None:
-            s[b + "ls1.gamma"] = s[b + "ls2.gamma"] = (d,)
-        s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (m, d), (m,)
-        s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (d, m), (d,)
-    norm = "fc_norm" if cfg.use_fc_norm else "norm"
-    s[norm + ".weight"] = s[norm + ".bias"] = (d,)
-    if cfg.representation_size:
-        s["pre_logits.fc.weight"], s["pre_logits.fc.bias"] = (cfg.representation_size, d), (cfg.representation_size,)
-    if cfg.num_classes:
-        for h in ("head", "head_dist") if cfg.distilled else ("head",):
-            s[h + ".weight"], s[h + ".bias"] = (cfg.num_classes, f), (cfg.num_classes,)
-    return s
+    """{name: shape} of the state dict of ``VisionTransformer(cfg)``, read off the model built on the meta device:
+    shapes without storage (nothing allocated, nothing initialised) and no second shape formula to keep in step
+    with the model. A hostile config is refused before anything is built: ``validate`` bounds every size and
+    the parameter count (``num_params``, from the sizes alone) before the model exists."""
+    cfg.validate()
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def check_state(state: dict[str, torch.Tensor], cfg: ViTConfig, source: str) -> None:
-    """Raise ValueError listing every missing, unexpected or wrongly shaped key of ``state`` for ``cfg``."""
+    """Raise ValueError naming the missing, unexpected or wrongly shaped keys of ``state`` for ``cfg`` (the first
+    12 of each kind, and how many more), or the family of a checkpoint vitkit does not build."""
     want = expected_shapes(cfg)
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
     wrong = sorted(f"{k}: file {tuple(state[k].shape)} != model {want[k]}"
                    for k in set(want) & set(state) if tuple(state[k].shape) != want[k])
     if missing or unexpected or wrong:
-        parts = [f"{what} {keys}" for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                      ("wrong shapes", wrong)) if keys]
+        refuse_unbuilt_family(state, source)
+        parts = [f"{what} {keys[:12]}" + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+                 for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("wrong shapes", wrong)) if keys]
         raise ValueError(f"{source}: the weights do not fit the model they describe: " + "; ".join(parts))
+
+
+# Members of the ViT family vitkit does not build, told by keys that only they have (timm's names first, then
+# transformers' and the original repositories'), so that their files get a reason instead of a list of keys.
+UNBUILT_FAMILIES: tuple[tuple[str, re.Pattern], ...] = (
+    ("EVA-02 (rotary position embeddings)", re.compile(r"(^|\.)(rope|rotary_emb|rotary_pos_emb)\.")),
+    ("a SwiGLU MLP (EVA-02, DINOv2-giant, SigLIP 2 ...)",
+     re.compile(r"(^|\.)mlp\.(fc1_g|fc1_x|w12|w3|weights_in|weights_out)\.")),
+    ("an attention-pooling head (SigLIP, big_vision's MAP head)",
+     re.compile(r"^(attn_pool\.|head\.(probe|attention\.|mlp\.|layernorm\.))")),
+    ("CLIP's vision tower (a LayerNorm before the blocks, norm_pre)", re.compile(r"^(norm_pre|pre_layrnorm)\.")),
+    ("a hybrid CNN-ViT (a ResNet stem under patch_embed.backbone)", re.compile(r"^patch_embed\.backbone\.")),
+    ("EVA-02's inner LayerNorms (scale_mlp / scale_attn_inner)", re.compile(r"\.(mlp\.norm|mlp\.ffn_ln|attn\.norm)\.")),
+    ("a Swin Transformer (hierarchical stages)", re.compile(r"^layers\.\d+\.blocks\.\d+\.")),
+)
+
+
+def refuse_unbuilt_family(state: dict[str, torch.Tensor], source: str) -> None:
+    """ValueError naming the family of ``state`` and the keys that show it, when vitkit does not build it;
+    nothing otherwise. A gated MLP packed into one fc1 (timm's GluMlp, EVA-02) is told by its shape:
+    fc1 twice as wide as fc2's input."""
+    for family, pattern in UNBUILT_FAMILIES:
+        keys = sorted(k for k in state if pattern.search(k))
+        if keys:
+            break
+    else:
+        fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")
+        if fc1 is None or fc2 is None or fc1.ndim != 2 or fc2.ndim != 2 or fc1.shape[0] != 2 * fc2.shape[1]:
+            return
+        family = "a gated (SwiGLU) MLP packed into fc1 (EVA-02)"
+        keys = [f"blocks.0.mlp.fc1.weight {tuple(fc1.shape)}", f"blocks.0.mlp.fc2.weight {tuple(fc2.shape)}"]
+    more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+    raise ValueError(f"{source}: a checkpoint of {family}, which vitkit does not build; the keys that show it: "
+                     f"{keys[:3]}{more}. vitkit builds ViT, DeiT (distilled), registers, DINOv2, MAE and BEiT")
 
 
 def need(state: dict, key: str, source: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Hugging Face transformers ViT / DeiT / ViT-MAE / DINOv2 checkpoints <-> vitkit.
+"""Hugging Face transformers ViT / DeiT / ViT-MAE / DINOv2 / BEiT checkpoints <-> vitkit.
 
 Works on the state dict as ``save_pretrained`` writes it (and the hub holds it),
 never on transformers' in-memory module names. Per block ``i`` (HF -> vitkit):
@@ -12,11 +12,16 @@ never on transformers' in-memory module names. Per block ``i`` (HF -> vitkit):
     {p}encoder.layer.i.output.dense               -> blocks.i.mlp.fc2      (DINOv2: mlp.fc2)
     {p}encoder.layer.i.layer_scale{1,2}.lambda1   -> blocks.i.ls{1,2}.gamma (DINOv2 only)
 
+BEiT (``beit.``): no key bias (``query.bias``, ``value.bias`` -> ``attn.q_bias``, ``attn.v_bias``),
+``lambda_{1,2}`` -> ``ls{1,2}.gamma``, ``attention.attention.relative_position_bias.relative_position_bias_table``
+-> ``attn.relative_position_bias_table`` (per layer) or ``encoder.relative_position_bias.`` ->
+``rel_pos_bias.`` (shared); mean pooling's ``pooler.layernorm`` -> ``fc_norm``.
+
 and ``embeddings.{patch_embeddings.projection, cls_token, distillation_token,
 position_embeddings}``, ``layernorm`` -> ``norm``, ``classifier`` -> ``head``
 (DeiT: ``cls_classifier`` -> ``head``, ``distillation_classifier`` -> ``head_dist``),
 ViTModel's ``pooler.dense`` (Linear + tanh on [CLS]) -> ``pre_logits.fc``.
-``{p}`` is ``vit.``, ``deit.``, ``dinov2.`` or nothing (a bare ``*Model``).
+``{p}`` is ``vit.``, ``deit.``, ``dinov2.``, ``beit.`` or nothing (a bare ``*Model``).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from typing import Any
 import torch
 
 from ..config import MAX_DEPTH, MAX_TOKENS_SIDE, MAX_WIDTH, ViTConfig
-from .checks import check_state, need
+from .checks import check_state, need, refuse_unbuilt_family
 
-MODEL_TYPES = ("vit", "deit", "vit_mae", "dinov2")
+MODEL_TYPES = ("vit", "deit", "vit_mae", "dinov2", "beit")
 ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-PREFIXES = ("vit.", "deit.", "dinov2.")
-# parts of a checkpoint that are not the encoder/classifier and are deliberately left out
-IGNORABLE = re.compile(r"^(decoder\.|embeddings\.mask_token$)")
+PREFIXES = ("vit.", "deit.", "dinov2.", "beit.")
+# parts of a checkpoint that are not the encoder/classifier and are deliberately left out (BEiT's index: derived)
+IGNORABLE = re.compile(r"^(decoder\.|embeddings\.mask_token$)|(^|\.)relative_position_index$")
+REL_TABLE = "relative_position_bias.relative_position_bias_table"
 
 
 def _int_field(cfg: dict, key: str, lo: int, hi: int, file: str, default: Any = None) -> int:
@@ -50,7 +56,7 @@ def config_from_hf(cfg: dict[str, Any], file: str) -> tuple[ViTConfig, list[str]
         raise ValueError(f"{file}: a transformers config must be a JSON object")
     if "auto_map" in cfg:
         raise ValueError(f"{file}: has 'auto_map' (custom code from the hub); vitkit never imports code from a "
-                         "checkpoint, and only reads the built-in ViT, DeiT, ViT-MAE and DINOv2 layouts")
+                         "checkpoint, and only reads the built-in ViT, DeiT, ViT-MAE, DINOv2 and BEiT layouts")
     mt = cfg.get("model_type")
     if mt not in MODEL_TYPES:
         raise ValueError(f"{file}: model_type {mt!r} is not one vitkit reads; accepted: {MODEL_TYPES}")
@@ -88,13 +94,35 @@ def config_from_hf(cfg: dict[str, Any], file: str) -> tuple[ViTConfig, list[str]
             raise ValueError(f"{file}: 'id2label' keys must be integers") from None
         # names only when they cover classes 0..n-1: sorting {0, 1, 5} would give class 2 the name of class 5
         labels = [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(by_index))) else None
+    parts = _beit_parts(cfg, file) if mt == "beit" else dict(
+        qkv_bias=bool(cfg.get("qkv_bias", True)), distilled=mt == "deit",
+        layer_scale_init=float(cfg.get("layerscale_value", 1.0)) if mt == "dinov2" else None)
     try:
         return ViTConfig(image_size=hw, patch_size=patch, channels=channels, width=width, depth=depth, heads=heads,
-                         mlp_ratio=ratio, qkv_bias=bool(cfg.get("qkv_bias", True)), distilled=mt == "deit",
-                         layer_scale_init=float(cfg.get("layerscale_value", 1.0)) if mt == "dinov2" else None,
-                         norm_eps=float(eps), act=ACTS[act], num_classes=0, labels=None), labels
+                         mlp_ratio=ratio, norm_eps=float(eps), act=ACTS[act], num_classes=0, labels=None,
+                         **parts), labels
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
+
+
+def _beit_parts(cfg: dict[str, Any], file: str) -> dict[str, Any]:
+    """The ViTConfig fields of a BeitConfig: q and v biases (BEiT has no k bias), the relative position bias per
+    layer or shared, the absolute position embedding, mean pooling with its own norm, LayerScale (lambda)."""
+    flags = {k: cfg.get(k, default) for k, default in (
+        ("use_relative_position_bias", False), ("use_shared_relative_position_bias", False),
+        ("use_absolute_position_embeddings", False), ("use_mean_pooling", True))}
+    for k, v in flags.items():
+        if not isinstance(v, bool):
+            raise ValueError(f"{file}: field {k!r} must be true or false, got {v!r}")
+    if flags["use_relative_position_bias"] and flags["use_shared_relative_position_bias"]:
+        raise ValueError(f"{file}: a relative position bias both per layer and shared; vitkit builds one or the other")
+    ls = cfg.get("layer_scale_init_value", 0.1)
+    if not isinstance(ls, (int, float)) or isinstance(ls, bool) or not 0 <= ls < 1e3:
+        raise ValueError(f"{file}: field 'layer_scale_init_value' must be a number >= 0, got {ls!r}")
+    return dict(qkv_bias="qv", rel_pos="per_block" if flags["use_relative_position_bias"] else
+                "shared" if flags["use_shared_relative_position_bias"] else "none",
+                pos_embed="learned" if flags["use_absolute_position_embeddings"] else "none",
+                pooling="gap" if flags["use_mean_pooling"] else "cls", layer_scale_init=float(ls) if ls > 0 else None)
 
 
 def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: str
@@ -108,6 +136,7 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
         raise ValueError(f"{file}: no 'embeddings.cls_token' (with or without a {PREFIXES} prefix); "
                          "not a transformers ViT state dict")
     src = {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+    refuse_unbuilt_family(src, file)
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
@@ -120,8 +149,9 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
     out["cls_token"] = take("embeddings.cls_token")  # (1, 1, D)
     if mt == "deit":
         out["dist_token"] = take("embeddings.distillation_token")
-    out["pos_embed"] = take("embeddings.position_embeddings")  # (1, prefix + N, D)
-    dino = mt == "dinov2"
+    if cfg.pos_embed == "learned":
+        out["pos_embed"] = take("embeddings.position_embeddings")  # (1, prefix + N, D)
+    dino, beit = mt == "dinov2", mt == "beit"
     for i in range(cfg.depth):
         a, b = f"encoder.layer.{i}.", f"blocks.{i}."
         names = (("norm1", "norm2", "mlp.fc1", "mlp.fc2") if dino else
@@ -131,14 +161,28 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
                 out[f"{b}{ours}.{t}"] = take(f"{a}{theirs}.{t}")
         q, k, v = (f"{a}attention.attention.{n}" for n in ("query", "key", "value"))
         out[f"{b}attn.qkv.weight"] = torch.cat([take(f"{q}.weight"), take(f"{k}.weight"), take(f"{v}.weight")])
-        if cfg.qkv_bias:
+        if cfg.qkv_bias_parts == "qkv":
             out[f"{b}attn.qkv.bias"] = torch.cat([take(f"{q}.bias"), take(f"{k}.bias"), take(f"{v}.bias")])
+        if cfg.qkv_bias_parts == "qv":  # BEiT: no key bias
+            out[f"{b}attn.q_bias"], out[f"{b}attn.v_bias"] = take(f"{q}.bias"), take(f"{v}.bias")
         out[f"{b}attn.proj.weight"] = take(f"{a}attention.output.dense.weight")
         out[f"{b}attn.proj.bias"] = take(f"{a}attention.output.dense.bias")
         if dino:
             out[f"{b}ls1.gamma"] = take(f"{a}layer_scale1.lambda1")
             out[f"{b}ls2.gamma"] = take(f"{a}layer_scale2.lambda1")
-    out["norm.weight"], out["norm.bias"] = take("layernorm.weight"), take("layernorm.bias")
+        if beit and cfg.layer_scale_init is not None:
+            out[f"{b}ls1.gamma"], out[f"{b}ls2.gamma"] = take(f"{a}lambda_1"), take(f"{a}lambda_2")
+        if cfg.rel_pos == "per_block":
+            out[f"{b}attn.relative_position_bias_table"] = take(f"{a}attention.attention.{REL_TABLE}")
+    if cfg.rel_pos == "shared":
+        out["rel_pos_bias.relative_position_bias_table"] = take(f"encoder.{REL_TABLE}")
+    if beit and cfg.pooling == "gap":  # mean of the patch tokens, then the pooler's own norm; no final norm
+        if "pooler.layernorm.weight" not in src:
+            raise ValueError(f"{file}: a BEiT with mean pooling saved without its pooler (add_pooling_layer=False) "
+                             "has no norm after the blocks; vitkit's mean pooling needs it (pooler.layernorm)")
+        out["fc_norm.weight"], out["fc_norm.bias"] = take("pooler.layernorm.weight"), take("pooler.layernorm.bias")
+    else:
+        out["norm.weight"], out["norm.bias"] = take("layernorm.weight"), take("layernorm.bias")
 
     # the head: which one the file has decides the model's
     if "classifier.weight" in src and mt == "deit":
@@ -172,30 +216,41 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
     return cfg, out, ignored
 
 
+def _hf_problems(cfg: ViTConfig) -> list[str]:
+    """What transformers' ViT/DeiT (or, for BEiT blocks, its Beit) cannot express in ``cfg``."""
+    beit = cfg.is_beit
+    checks = [
+        (cfg.reg_tokens, "register tokens"),
+        (cfg.pos_embed == "sincos2d" or (cfg.pos_embed == "learned" and not cfg.pos_embed_prefix),
+         "a position embedding that is not learned or has no row for the prefix tokens"),
+        (not cfg.patch_bias, "no patch-embedding bias"), (cfg.qk_norm, "qk-norm"),
+        (cfg.layer_scale_init is not None and (not beit or cfg.layer_scale_init <= 0),
+         "LayerScale" + (" initialised at 0 (transformers reads 0 as none)" if beit else "")),
+    ]
+    if beit:
+        checks += [(cfg.distilled, "a distillation token"), (cfg.qkv_bias_parts != "qv", "a k bias, or no q/v bias"),
+                   (cfg.use_fc_norm != (cfg.pooling == "gap"), "fc_norm other than with mean pooling"),
+                   (cfg.representation_size, "a pre-logits layer")]
+    else:
+        checks += [(not cfg.class_token or cfg.pooling != "cls", "pooling other than the [CLS] token"),
+                   (cfg.use_fc_norm, "fc_norm"), (cfg.qkv_bias_parts == "qv", "q and v biases without a k bias"),
+                   (cfg.representation_size and (cfg.num_classes or cfg.distilled or
+                                                 cfg.representation_size != cfg.width),
+                    "a pre-logits layer with a classifier (only a bare ViTModel's width x width pooler can hold one)")]
+    return [why for bad, why in checks if bad]
+
+
 def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict as ``save_pretrained`` writes it, config.json dict) for ViTForImageClassification /
-    ViTModel, or DeiTForImageClassificationWithTeacher / DeiTModel for distilled models."""
-    problems = []
-    if not cfg.class_token or cfg.pooling != "cls":
-        problems.append("pooling other than the [CLS] token")
-    if cfg.reg_tokens:
-        problems.append("register tokens")
-    if cfg.layer_scale_init is not None:
-        problems.append("LayerScale")
-    if cfg.use_fc_norm:
-        problems.append("fc_norm")
-    if cfg.pos_embed != "learned" or not cfg.pos_embed_prefix:
-        problems.append("a position embedding that is not learned or has no row for the prefix tokens")
-    if not cfg.patch_bias:
-        problems.append("no patch-embedding bias")
-    if cfg.representation_size and (cfg.num_classes or cfg.distilled or cfg.representation_size != cfg.width):
-        problems.append("a pre-logits layer with a classifier (only a bare ViTModel's width x width pooler "
-                        "can hold one)")
+    ViTModel, DeiTForImageClassificationWithTeacher / DeiTModel for distilled models, or
+    BeitForImageClassification / BeitModel for BEiT blocks (relative positions or q/v-only biases)."""
+    problems = _hf_problems(cfg)
     if problems:
-        raise ValueError("transformers' ViT/DeiT cannot express this model: it has "
+        raise ValueError(f"transformers' {'BEiT' if cfg.is_beit else 'ViT/DeiT'} cannot express this model: it has "
                          + "; ".join(problems) + ". Save it as vitkit or timm instead.")
-    deit = cfg.distilled
-    p = ("deit." if deit else "vit.") if cfg.num_classes else ""
+    deit, beit = cfg.distilled, cfg.is_beit
+    mt = "beit" if beit else "deit" if deit else "vit"
+    p = f"{mt}." if cfg.num_classes else ""
     out: dict[str, torch.Tensor] = {}
 
     def put(key: str, t: torch.Tensor) -> None:
@@ -206,7 +261,8 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
     put(f"{p}embeddings.cls_token", state["cls_token"])
     if deit:
         put(f"{p}embeddings.distillation_token", state["dist_token"])
-    put(f"{p}embeddings.position_embeddings", state["pos_embed"])
+    if cfg.pos_embed == "learned":
+        put(f"{p}embeddings.position_embeddings", state["pos_embed"])
     d = cfg.width
     for i in range(cfg.depth):
         a, b = f"{p}encoder.layer.{i}.", f"blocks.{i}."
@@ -218,10 +274,24 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
         w = state[f"{b}attn.qkv.weight"]  # (3D, D): rows q, then k, then v
         for j, n in enumerate(("query", "key", "value")):
             put(f"{a}attention.attention.{n}.weight", w[j * d:(j + 1) * d])
-            if cfg.qkv_bias:
+            if cfg.qkv_bias_parts == "qkv":
                 put(f"{a}attention.attention.{n}.bias", state[f"{b}attn.qkv.bias"][j * d:(j + 1) * d])
-    put(f"{p}layernorm.weight", state["norm.weight"])
-    put(f"{p}layernorm.bias", state["norm.bias"])
+        if cfg.qkv_bias_parts == "qv":
+            put(f"{a}attention.attention.query.bias", state[f"{b}attn.q_bias"])
+            put(f"{a}attention.attention.value.bias", state[f"{b}attn.v_bias"])
+        if beit and cfg.layer_scale_init is not None:
+            put(f"{a}lambda_1", state[f"{b}ls1.gamma"])
+            put(f"{a}lambda_2", state[f"{b}ls2.gamma"])
+        if cfg.rel_pos == "per_block":
+            put(f"{a}attention.attention.{REL_TABLE}", state[f"{b}attn.relative_position_bias_table"])
+    if cfg.rel_pos == "shared":
+        put(f"{p}encoder.{REL_TABLE}", state["rel_pos_bias.relative_position_bias_table"])
+    if beit and cfg.pooling == "gap":  # BEiT's mean pooling: the pooler's norm, no norm after the blocks
+        put(f"{p}pooler.layernorm.weight", state["fc_norm.weight"])
+        put(f"{p}pooler.layernorm.bias", state["fc_norm.bias"])
+    else:
+        put(f"{p}layernorm.weight", state["norm.weight"])
+        put(f"{p}layernorm.bias", state["norm.bias"])
     if cfg.num_classes:
         heads = {"head": "cls_classifier", "head_dist": "distillation_classifier"} if deit else {"head": "classifier"}
         for ours, theirs in heads.items():
@@ -230,17 +300,24 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
     elif cfg.representation_size:
         put("pooler.dense.weight", state["pre_logits.fc.weight"])
         put("pooler.dense.bias", state["pre_logits.fc.bias"])
-    arch = (("DeiTForImageClassificationWithTeacher" if deit else "ViTForImageClassification") if cfg.num_classes
-            else ("DeiTModel" if deit else "ViTModel"))
+    name = {"beit": "Beit", "deit": "DeiT", "vit": "ViT"}[mt]
+    arch = (f"{name}ForImageClassification" + ("WithTeacher" if deit else "")) if cfg.num_classes else f"{name}Model"
     h, w_ = cfg.image_hw
     hf: dict[str, Any] = dict(
-        architectures=[arch], model_type="deit" if deit else "vit", hidden_size=d, num_hidden_layers=cfg.depth,
+        architectures=[arch], model_type=mt, hidden_size=d, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim,
         hidden_act={"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.act], hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.norm_eps, image_size=h if h == w_ else [h, w_],
-        patch_size=cfg.patch_size, num_channels=cfg.channels, qkv_bias=cfg.qkv_bias, encoder_stride=cfg.patch_size,
-        initializer_range=0.02, dtype="float32",
+        patch_size=cfg.patch_size, num_channels=cfg.channels, initializer_range=0.02, dtype="float32",
     )
+    if beit:
+        hf.update(use_absolute_position_embeddings=cfg.pos_embed == "learned",
+                  use_relative_position_bias=cfg.rel_pos == "per_block",
+                  use_shared_relative_position_bias=cfg.rel_pos == "shared",
+                  layer_scale_init_value=cfg.layer_scale_init or 0.0, use_mean_pooling=cfg.pooling == "gap",
+                  use_mask_token=False, drop_path_rate=0.0)
+    else:
+        hf.update(qkv_bias=cfg.qkv_bias, encoder_stride=cfg.patch_size)
     if cfg.num_classes:
         names = cfg.labels or [f"LABEL_{i}" for i in range(cfg.num_classes)]
         hf["id2label"] = {str(i): n for i, n in enumerate(names)}

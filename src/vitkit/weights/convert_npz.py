@@ -184,8 +184,12 @@ def vitkit_to_npz(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, n
         problems.append("LayerScale")
     if cfg.use_fc_norm:
         problems.append("fc_norm (the npz layout has one encoder_norm before pooling)")
-    if not cfg.qkv_bias or not cfg.patch_bias:
+    if cfg.qkv_bias_parts != "qkv" or not cfg.patch_bias:
         problems.append("missing qkv/patch biases")
+    if cfg.qk_norm:
+        problems.append("qk-norm")
+    if cfg.rel_pos != "none":
+        problems.append("a relative position bias")
     if problems:
         raise ValueError("the Google npz layout cannot express this model: " + "; ".join(problems)
                          + ". Save it as vitkit or timm instead.")

@@ -1,9 +1,13 @@
-"""timm ``VisionTransformer`` state dicts <-> vitkit.
+"""timm ``VisionTransformer`` and ``Beit`` state dicts <-> vitkit.
 
 vitkit's parameter names are timm's (DESIGN.md, "Checkpoint layouts"), so the
-conversion is the identity on names; the work is inferring the architecture
-from the tensors and checking every key. What a state dict cannot tell (number
-of heads, pooling without fc_norm, eps, activation) comes from ``hints``: a
+conversion is the identity on names but for BEiT's LayerScale (timm's ``Beit``
+stores ``blocks.i.gamma_1``/``gamma_2``, vitkit ``blocks.i.ls1.gamma``/``ls2.gamma``);
+the work is inferring the architecture from the tensors and checking every key.
+A BEiT file is told by its content: ``attn.q_bias``/``v_bias`` (q and v biases, no
+k bias), ``relative_position_bias_table`` (per block, or shared at ``rel_pos_bias.``),
+``gamma_1``. What a state dict cannot tell (number of heads without a relative
+position table, pooling without fc_norm, eps, activation) comes from ``hints``: a
 timm hub ``config.json`` (``model_args``, ``architecture``), or the caller.
 """
 
@@ -15,12 +19,15 @@ from typing import Any
 import torch
 
 from ..config import VARIANTS, ViTConfig, parse_model_name
-from .checks import check_state, need, square_side
+from .checks import check_state, need, refuse_unbuilt_family, square_side
 
 # wrappers that training scripts put around the state dict (DeiT/MAE: {'model': ...})
 WRAPPER_KEYS = ("model", "state_dict", "model_ema", "module")
 # keys of MAE pre-training checkpoints that belong to the decoder, not the encoder
 IGNORABLE = re.compile(r"^(decoder_|decoder\.|mask_token$)")
+# derived buffers that older timm and BEiT files hold: recomputed, as timm's checkpoint_filter_fn drops them
+DERIVED = re.compile(r"(^|\.)relative_position_index$")
+TABLE, SHARED_TABLE = "blocks.0.attn.relative_position_bias_table", "rel_pos_bias.relative_position_bias_table"
 # width -> heads of the published ViT sizes a bare state dict may come from: the paper's and DeiT's (VARIANTS),
 # and timm's other registered sizes (medium 512, betwixt 640, giant 1408, gigantic 1664). Every timm ViT of one of
 # these widths has that head count, whatever its depth. A state dict stores no head count; these are the only
@@ -71,6 +78,18 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     """
     notes = notes if notes is not None else []
     hints = dict(hints or {})
+    refuse_unbuilt_family(state, source)  # EVA-02, SwiGLU, SigLIP, CLIP, hybrids: their family named, not keys listed
+    table = state.get(TABLE, state.get(SHARED_TABLE))
+    if TABLE in state and SHARED_TABLE in state:
+        raise ValueError(f"{source}: relative position tables both per block and shared; vitkit builds one or "
+                         "the other")
+    if table is not None:  # BEiT's table stores the head count
+        if table.ndim != 2:
+            raise ValueError(f"{source}: a relative position table must be (rows, heads), got {tuple(table.shape)}")
+        if hints.get("heads") and int(hints["heads"]) != table.shape[1]:
+            raise ValueError(f"{source}: heads={hints['heads']} given, but the relative position table has "
+                             f"{table.shape[1]} columns, one per head")
+        hints["heads"] = table.shape[1]
     arch = hints.pop("architecture", None)
     if arch and "heads" not in hints:
         try:
@@ -98,9 +117,13 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
                      "(a state dict does not store them; heads=N if yours differ)")
     kw: dict[str, Any] = dict(
         patch_size=p, channels=channels, width=width, depth=depth, heads=_heads(width, depth, hints, source),
-        mlp_ratio=fc1.shape[0] / width, qkv_bias="blocks.0.attn.qkv.bias" in state, pooling=pooling,
+        mlp_ratio=fc1.shape[0] / width,
+        qkv_bias="qv" if "blocks.0.attn.q_bias" in state else "blocks.0.attn.qkv.bias" in state,
+        rel_pos="none" if table is None else "per_block" if TABLE in state else "shared",
+        qk_norm={"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(state), pooling=pooling,
         class_token=cls, reg_tokens=reg, distilled=dist, patch_bias="patch_embed.proj.bias" in state,
-        layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        # the init value is not stored: timm's ViTs 1e-5, BEiT-B's 0.1 (it only matters for a fresh model)
+        layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else 0.1 if "blocks.0.gamma_1" in state else None,
         fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
@@ -127,6 +150,9 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         else:
             raise ValueError(f"{source}: pos_embed has {rows} rows, not a square grid (+{n_prefix} prefix tokens); "
                              "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
+    elif table is not None:
+        kw.update(pos_embed="none", image_size=_rel_pos_size(table.shape[0], p, hints.get("image_size"),
+                                                              requested_size, source))
     else:
         kw.update(pos_embed="none", image_size=hints.get("image_size") or 224)
     if kw["labels"] is not None and len(kw["labels"]) != kw["num_classes"]:
@@ -139,41 +165,77 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         raise ValueError(f"{source}: the tensors describe an impossible ViT: {e}") from None
 
 
+def _rel_pos_size(rows: int, p: int, size: int | tuple[int, int] | None,
+                  requested: int | tuple[int, int] | None, source: str) -> int | tuple[int, int]:
+    """The image size of a relative position table of ``rows`` = (2gh-1)(2gw-1) + 3: the checkpoint's own
+    ``size`` when it says (checked), a square grid, or else the ``requested`` size when the table fits it."""
+    def fits(size: int | tuple[int, int]) -> bool:
+        gh, gw = (size, size) if isinstance(size, int) else tuple(size)
+        return (2 * (gh // p) - 1) * (2 * (gw // p) - 1) + 3 == rows
+
+    if size is not None:
+        if not fits(size):
+            raise ValueError(f"{source}: the relative position table has {rows} rows, not those of a {size} image "
+                             f"at patch {p}")
+        return size
+    side = square_side(rows - 3)
+    if side is not None and side % 2:
+        return (side + 1) // 2 * p
+    if requested is not None and fits(requested):
+        return requested
+    raise ValueError(f"{source}: the relative position table has {rows} rows, not (2g-1)² + 3 for a square grid; "
+                     "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
+
+
 def _patches(size: int | tuple[int, int], p: int) -> int:
     h, w = (size, size) if isinstance(size, int) else size
     return (h // p) * (w // p)
 
 
 def timm_to_vitkit(state: dict[str, torch.Tensor], cfg: ViTConfig, source: str) -> tuple[dict, list[str]]:
-    """(our state dict, ignored keys). Names are shared; MAE decoder keys are ignored, anything else must match."""
-    ignored = sorted(k for k in state if IGNORABLE.match(k))
-    out = {k: v for k, v in state.items() if k not in ignored}
+    """(our state dict, ignored keys). Names are shared but BEiT's gamma_1/gamma_2; MAE decoder keys and stored
+    relative position indices are ignored, anything else must match."""
+    ignored = sorted(k for k in state if IGNORABLE.match(k) or DERIVED.search(k))
+    out = {re.sub(r"^(blocks\.\d+\.)gamma_([12])$", r"\1ls\2.gamma", k): v for k, v in state.items()
+           if k not in ignored}
     check_state(out, cfg, source)
     return out, ignored
 
 
-def vitkit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict in timm's layout: the same names and shapes (contiguous CPU copies)."""
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+def vitkit_to_timm(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Our state dict in timm's layout (contiguous CPU copies): the same names and shapes, LayerScale as
+    ``gamma_1``/``gamma_2`` for BEiT blocks (``cfg.is_beit``: timm builds them as ``Beit``)."""
+    rename = (lambda k: re.sub(r"^(blocks\.\d+\.)ls([12])\.gamma$", r"\1gamma_\2", k)) if cfg.is_beit else str
+    return {rename(k): v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
-    """Keyword arguments of ``timm.models.vision_transformer.VisionTransformer`` that rebuild ``cfg``."""
-    if cfg.pos_embed == "sincos2d":
-        raise ValueError("timm's VisionTransformer has no fixed sin-cos position embedding; cannot express this model")
+    """Keyword arguments of the timm class that rebuilds ``cfg``: ``timm.models.beit.Beit`` for BEiT blocks
+    (``cfg.is_beit``), else ``timm.models.vision_transformer.VisionTransformer``; ValueError naming what timm
+    cannot express."""
+    beit = cfg.is_beit
+    name = "Beit" if beit else "VisionTransformer"
+    problems = [why for bad, why in (
+        (cfg.pos_embed == "sincos2d", "a fixed sin-cos position embedding"),
+        (not cfg.patch_bias, "patch_bias=False (timm always has a patch-embedding bias)"),
+        (cfg.representation_size, "representation_size (timm no longer builds a pre-logits layer)"),
+        (cfg.act != "gelu" or cfg.norm_eps != 1e-6, f"act={cfg.act!r}, norm_eps={cfg.norm_eps} (timm uses exact "
+                                                    "GELU and LayerNorm eps 1e-6 by name)"),
+        (not beit and cfg.qkv_bias_parts == "qv", "qkv_bias='qv'"),
+        (beit and cfg.qkv_bias_parts == "qkv", "a k bias (Beit has q and v biases, or none)"),
+        (beit and (not cfg.class_token or cfg.reg_tokens or cfg.distilled), "prefix tokens other than one [CLS]"),
+        (beit and cfg.pos_embed == "learned" and not cfg.pos_embed_prefix, "a patch-only position embedding"),
+        (beit and cfg.qk_norm, "qk-norm")) if bad]
+    if problems:
+        raise ValueError(f"timm's {name} cannot express {'; '.join(problems)}; save it as vitkit instead")
     args = dict(img_size=cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
                 patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
                 embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, reg_tokens=cfg.reg_tokens,
-                no_embed_class=not cfg.pos_embed_prefix, global_pool="avg" if cfg.pooling == "gap" else "token",
-                fc_norm=cfg.use_fc_norm, init_values=cfg.layer_scale_init,
+                global_pool="avg" if cfg.pooling == "gap" else "token", init_values=cfg.layer_scale_init)
+    if beit:
+        return dict(args, qkv_bias=cfg.qkv_bias_parts == "qv", use_abs_pos_emb=cfg.pos_embed == "learned",
+                    use_rel_pos_bias=cfg.rel_pos == "per_block", use_shared_rel_pos_bias=cfg.rel_pos == "shared",
+                    use_fc_norm=cfg.use_fc_norm)
+    return dict(args, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, class_token=cfg.class_token,
+                reg_tokens=cfg.reg_tokens, no_embed_class=not cfg.pos_embed_prefix, fc_norm=cfg.use_fc_norm,
                 pos_embed="none" if cfg.pos_embed == "none" else "learn")
-    if not cfg.patch_bias:
-        raise ValueError("timm's VisionTransformer always has a patch-embedding bias; cannot express patch_bias=False")
-    if cfg.representation_size:
-        raise ValueError("timm's VisionTransformer no longer builds a pre-logits layer; cannot express "
-                         "representation_size")
-    if cfg.act != "gelu" or cfg.norm_eps != 1e-6:
-        raise ValueError(f"timm's VisionTransformer uses exact GELU and LayerNorm eps 1e-6 by name; this model has "
-                         f"act={cfg.act!r}, norm_eps={cfg.norm_eps}: save as vitkit or hf instead")
-    return args

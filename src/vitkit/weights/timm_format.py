@@ -89,14 +89,14 @@ def read_timm_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
 
 def save_timm(model: VisionTransformer, path: str | os.PathLike) -> Path:
     """Write a timm state dict: ``*.safetensors`` / ``*.pth`` / ``*.bin`` as one file, or a folder
-    (any other name) in timm's hub layout (``config.json`` + ``model.safetensors``) that
+    (any other name) in timm's hub layout (BEiT models in the layout of timm's ``Beit``) (``config.json`` + ``model.safetensors``) that
     ``timm.create_model('local-dir:PATH', pretrained=True)`` reads (without ``pretrained=True`` timm
     initialises randomly). safetensors files carry our exact config as metadata."""
     import torch
     from safetensors.torch import save_file
 
     path = Path(path)
-    state = vitkit_to_timm(model.state_dict())
+    state = vitkit_to_timm(model.state_dict(), model.cfg)
     pre = model.preprocess_cfg
     if isinstance(pre, dict):
         pre = PreprocessConfig.from_dict(pre)
@@ -143,6 +143,13 @@ def _timm_name(cfg: ViTConfig) -> str:
     Distilled models need a DeiT distilled name: timm builds them with another class (``dist_token``)."""
     from ..config import VARIANTS
 
+    if cfg.is_beit:  # timm's Beit models: beit_base_patch16_{224,384}, beit_large_patch16_{224,384,512}
+        for name, res in (("base", 224), ("base", 384), ("large", 224), ("large", 384), ("large", 512)):
+            v = VARIANTS[name]
+            if (v["width"], v["depth"], v["heads"], 16, (res, res)) == \
+                    (cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.image_hw):
+                return f"beit_{name}_patch16_{res}"
+        return "beit_base_patch16_224"
     if cfg.distilled:
         for name in ("tiny", "small", "base"):
             v = VARIANTS[name]
