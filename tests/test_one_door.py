@@ -346,3 +346,18 @@ def test_an_impossible_pooling_override_blames_the_flag(tmp_path):
     save_file(reg.state_dict(), tmp_path / "reg.safetensors")
     with pytest.raises(ValueError, match=r"pooling='cls' \(--pooling\) does not fit this file"):
         vitkit.load(tmp_path / "reg.safetensors", pooling="cls")
+
+
+def test_train_init_starts_from_a_checkpoint_of_the_named_architecture(tmp_path, capsys):
+    run, data = _train_run(tmp_path, capsys)
+    common = ["--data", str(data), "--steps", "1", "--batch-size", "6", "--no-progress", "--threads", "1",
+              "--workers", "0"]
+    assert main(["train", "--init", str(run), "--out", str(tmp_path / "a"), *common]) == 0
+    assert "fine-tuning from" in capsys.readouterr().out
+    assert main(["train", "--init", str(run), "--model", "vit_tiny_patch4_16", "--model-set",
+                 "width=64,depth=2,heads=4", "--out", str(tmp_path / "b"), *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--init", str(run), "--model", "vit_tiny_patch4_16", "--model-set",
+                 "width=64,depth=3,heads=4", "--out", str(tmp_path / "c"), *common]) == 2
+    assert "is not a 'vit_tiny_patch4_16' (depth: 3 != 2)" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "model").exists()

@@ -46,6 +46,8 @@ class TrainConfig:
     image_size: int | None = None  # input side; default: the model's (pos-embed resampled for checkpoints)
     patch_size: int | None = None  # override for a model built from a name/config (not for checkpoints)
     model_overrides: dict[str, Any] | None = None  # ViTConfig fields for a name/config model, e.g. {width: 96}
+    init: str | None = None  # start from this checkpoint's weights (anything vitkit.load reads); with a --model
+    # name or config, the checkpoint must be of that architecture (classes and head aside)
     heads: int | None = None  # for a checkpoint that does not say (a bare timm state dict), as vitkit.load(heads=)
     pooling: str | None = None  # likewise: cls | gap
     act: str | None = None  # likewise: gelu | gelu_tanh
@@ -151,9 +153,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when it is impossible."""
-        if not self.model:
+        if not self.model and not self.init:
             raise ValueError("no model: give --model (a name such as vit_tiny_patch4_32, a config .json, "
-                             "or a checkpoint folder)")
+                             "or a checkpoint folder) or --init CHECKPOINT")
         if not self.data:
             raise ValueError("no data: give --data (digits, lfw-faces, a folder or a .csv)")
         if not self.out:

@@ -206,9 +206,11 @@ class Trainer:
             classes = list(train_ds.classes)
         else:
             classes = source_classes(cfg.data)
-        model, notes = build_model(cfg.model, classes, native, cfg.image_size, cfg.patch_size,
-                                   0.0 if cfg.linear_probe else cfg.drop_path, cfg.model_overrides,
-                                   cfg.load_options())
+        model, notes = build_model(cfg.init or cfg.model, classes, native, cfg.image_size, cfg.patch_size,
+                                   0.0 if cfg.linear_probe else cfg.drop_path,
+                                   None if cfg.init else cfg.model_overrides, cfg.load_options(),
+                                   architecture=cfg.model if cfg.init else None,
+                                   architecture_overrides=cfg.model_overrides if cfg.init else None)
         mcfg = model.cfg
         if train_ds is None:
             spec = DataSpec(image_size=mcfg.image_hw, channels=mcfg.channels, val_fraction=cfg.val_fraction,

@@ -41,12 +41,14 @@ def check_trainable(cfg: ViTConfig, source: str) -> None:
 
 def build_model(model: str, classes: list[str], data_channels: int, image_size: int | None = None,
                 patch_size: int | None = None, drop_path: float = 0.0,
-                overrides: dict[str, Any] | None = None, load_options: dict[str, Any] | None = None
+                overrides: dict[str, Any] | None = None, load_options: dict[str, Any] | None = None,
+                architecture: str | None = None, architecture_overrides: dict[str, Any] | None = None
                 ) -> tuple[VisionTransformer, list[str]]:
     """The model to train (its ``preprocess_cfg`` set) and notes on what was adapted (printed by the engine).
 
     ``load_options``: the overrides of :func:`vitkit.load` (heads, pooling, act) for checkpoints that do not
-    say them."""
+    say them. ``architecture`` (``--model`` beside ``--init``): a name or config the checkpoint ``model`` must
+    be an instance of (its classes and head aside), checked before training."""
     notes: list[str] = []
     n = len(classes)
     if not is_checkpoint(model):
@@ -74,6 +76,13 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
     src = load(model, image_size=image_size, dtype=torch.float32, **(load_options or {}))
     old_cfg, where = src.cfg, src.load_info.get("source", model)
     notes.append(f"fine-tuning from {where} ({src.load_info['format']})")
+    if architecture is not None:
+        want = resolve_config(architecture, **(architecture_overrides or {}))
+        ignore = {"num_classes", "labels", "dynamic_img_size", "dynamic_img_pad", "image_size"}  # size: resampled
+        diff = [d for d in architecture_diff(want.to_dict(), old_cfg.to_dict()) if d.split(":")[0] not in ignore]
+        if diff:
+            raise ValueError(f"--init {model}: the checkpoint is not a {architecture!r} ({'; '.join(diff)}); "
+                             "drop --model to train the checkpoint's own architecture")
     notes += src.load_info.get("notes", [])
     if patch_size is not None and patch_size != old_cfg.patch_size:
         raise ValueError(f"--patch-size {patch_size}: the checkpoint {where} has patch size {old_cfg.patch_size}, "
