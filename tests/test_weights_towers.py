@@ -76,3 +76,14 @@ def test_map_pooling_refuses_a_distillation_token_and_other_peers_refuse_it(tmp_
         vitkit.save(m, tmp_path / "hf", format="hf")
     with pytest.raises(ValueError, match="attention-pooling"):
         vitkit.save(m, tmp_path / "m.npz", format="npz")
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_clip_224", "vit_base_patch16_siglip_224"])
+def test_tower_names_build_what_timm_builds(name):
+    ours = vitkit.parse_model_name(name).replace(num_classes=0)
+    with torch.device("meta"):
+        theirs = timm.create_model(name, num_classes=0)
+        mine = vitkit.create_model(ours)
+    assert {k: tuple(v.shape) for k, v in mine.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert ours.num_params() == sum(p.numel() for p in theirs.parameters())

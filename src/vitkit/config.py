@@ -312,7 +312,7 @@ class ViTConfig:
 # --- names ---------------------------------------------------------------
 
 _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
-              "optional tokens 'reg{N}', 'gap', 'distilled'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
               "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
 # BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean
@@ -320,6 +320,12 @@ _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}'
 # BEiT-L and for BEiT v2 (same blocks, another pre-training).
 BEIT = dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", pos_embed="none")
 BEIT_LAYER_SCALE = {("beit", "base"): 0.1}  # otherwise 1e-5
+
+
+# The vision towers of CLIP (Radford et al. 2021; timm's vit_*_clip_*: a LayerNorm before the blocks, no patch
+# bias, LayerNorm eps 1e-5) and SigLIP (Zhai et al. 2023; timm's vit_*_siglip_*: no [CLS], an attention pool).
+CLIP = dict(norm_pre=True, patch_bias=False, norm_eps=1e-5)
+SIGLIP = dict(pooling="map", class_token=False)
 
 
 def parse_model_name(name: str) -> ViTConfig:
@@ -358,6 +364,10 @@ def parse_model_name(name: str) -> ViTConfig:
             extra.update(pooling="gap", class_token=False)
         elif tok == "distilled":
             extra["distilled"] = True
+        elif tok == "clip" and family == "vit":
+            extra.update(CLIP)
+        elif tok == "siglip" and family == "vit":
+            extra.update(SIGLIP)
         else:
             raise ValueError(f"unknown token {tok!r} in model name {raw!r}; {_NAME_HELP}")
     if patch is None:
@@ -379,9 +389,10 @@ def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[st
 
 
 def list_models() -> list[str]:
-    """The canonical model names: every size at every standard patch size, at 224², plus DeiT and BEiT (v1, v2)
-    at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT, BEiT (v1, v2) and
+    the CLIP and SigLIP vision towers at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
     names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
     names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
     names += [f"{f}_{s}_patch16_224" for f in ("beit", "beitv2") for s in ("base", "large")]
+    names += [f"vit_{s}_patch16_{t}_224" for t in ("clip", "siglip") for s in ("base", "large")]
     return names
