@@ -98,3 +98,19 @@ def test_cli_convert_patch_size(tmp_path):
     assert "patch 16" in r.stdout
     again = vitkit.load(out)
     assert again.cfg.patch_size == 16 and again.pos_embed.shape[1] == 1 + 4
+
+
+def test_fine_tuning_a_checkpoint_at_another_patch_size(tmp_path):
+    from vitkit.train.model_setup import build_model
+
+    _, path = _tiny_file(tmp_path)
+    m, notes = build_model(str(path), ["a", "b"], 3, patch_size=16)
+    assert m.cfg.patch_size == 16 and m.cfg.num_classes == 2 and m.pos_embed.shape[1] == 1 + 4
+    assert any("FlexiViT" in n for n in notes)
+
+
+@pytest.mark.parametrize("cmd", ["predict", "explain", "features", "export", "convert", "eval", "serve"])
+def test_every_loading_command_takes_patch_size(cmd):
+    from vitkit.cli.main import build_parser
+
+    assert "--patch-size" in build_parser()._subparsers._group_actions[0].choices[cmd].format_help()

@@ -44,7 +44,7 @@ class TrainConfig:
     val_data: str | None = None  # separate validation folder / CSV (default: the source's own split)
     out: str | None = None  # run folder
     image_size: int | None = None  # input side; default: the model's (pos-embed resampled for checkpoints)
-    patch_size: int | None = None  # override for a model built from a name/config (not for checkpoints)
+    patch_size: int | None = None  # for a model built from a name/config; a checkpoint's kernel is resized (FlexiViT)
     model_overrides: dict[str, Any] | None = None  # ViTConfig fields for a name/config model, e.g. {width: 96}
     heads: int | None = None  # for a checkpoint that does not say (a bare timm state dict), as vitkit.load(heads=)
     pooling: str | None = None  # likewise: cls | gap
