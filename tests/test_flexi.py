@@ -114,3 +114,19 @@ def test_every_loading_command_takes_patch_size(cmd):
     from vitkit.cli.main import build_parser
 
     assert "--patch-size" in build_parser()._subparsers._group_actions[0].choices[cmd].format_help()
+
+
+def test_readme_example_one_set_of_weights_at_patch_8_16_32(tmp_path):
+    """README's example, narrow: a /16 model at 224 loaded at patch 8, 16 and 32."""
+    src = vitkit.create_model(vitkit.parse_model_name("vit_base_patch16_224").replace(width=32, heads=2, depth=1))
+    vitkit.save(randomise(src), tmp_path / "vit-b16")
+    x = torch.randn(1, 3, 224, 224)
+    outs = {}
+    for p, tokens in ((8, 785), (16, 197), (32, 50)):
+        model = vitkit.load(tmp_path / "vit-b16", patch_size=p)
+        assert model.cfg.num_tokens == tokens
+        with torch.no_grad():
+            outs[p] = model(x)
+        assert outs[p].shape == (1, 1000) and torch.isfinite(outs[p]).all()
+    with torch.no_grad():
+        assert max_diff(outs[16], src.eval()(x)) <= 1e-6
