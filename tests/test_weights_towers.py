@@ -50,6 +50,7 @@ def test_timm_towers_load_with_parity_and_save_back(tmp_path, name, kw, check):
     with torch.no_grad():
         assert max_diff(again(x), theirs(x)) == 0
         assert max_diff(rebuilt(x), theirs(x)) <= 1e-6
+        assert max_diff(vitkit.load(tmp_path / "folder")(x), theirs(x)) <= 1e-6  # timm's folder read back
     # and vitkit's own folder round trip
     vitkit.save(ours, tmp_path / "vk")
     with torch.no_grad():
@@ -87,3 +88,14 @@ def test_tower_names_build_what_timm_builds(name):
     assert {k: tuple(v.shape) for k, v in mine.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
     assert ours.num_params() == sum(p.numel() for p in theirs.parameters())
+
+
+def test_pooling_overrides_that_contradict_the_head_are_refused(tmp_path):
+    save_file({k: v.contiguous() for k, v in _timm("vit_base_patch16_siglip_224").state_dict().items()},
+              tmp_path / "siglip.safetensors")
+    with pytest.raises(ValueError, match="attention-pooling head"):
+        vitkit.load(tmp_path / "siglip.safetensors", heads=2, pooling="gap")
+    save_file({k: v.contiguous() for k, v in _timm("vit_base_patch16_clip_224").state_dict().items()},
+              tmp_path / "clip.safetensors")
+    with pytest.raises(ValueError, match="pooling='map' needs an attention-pooling head"):
+        vitkit.load(tmp_path / "clip.safetensors", heads=2, pooling="map")

@@ -112,6 +112,9 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     if attn_pool and hints.get("pooling") not in (None, "map"):
         raise ValueError(f"{source}: the file has an attention-pooling head (attn_pool.); pooling="
                          f"{hints['pooling']!r} cannot read it")
+    if not attn_pool and hints.get("pooling") == "map":
+        raise ValueError(f"{source}: pooling='map' needs an attention-pooling head (attn_pool.* tensors, SigLIP); "
+                         "this file has none")
     pooling = "map" if attn_pool else hints.get("pooling") or ("gap" if has_fc_norm or not cls else "cls")
     if "pooling" not in hints:
         notes.append(f"{source}: pooling {pooling!r} (" + ("attn_pool present" if attn_pool else "fc_norm present"
