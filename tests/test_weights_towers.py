@@ -23,7 +23,8 @@ def _timm(name, **kw):
     ("vit_base_patch16_clip_224", {}, lambda c: c.norm_pre and c.norm_eps == 1e-5 and not c.patch_bias),
     ("vit_base_patch16_siglip_224", {}, lambda c: c.pooling == "map" and not c.class_token),
     ("vit_base_patch16_siglip_224", dict(reg_tokens=2, qk_norm=True), lambda c: c.reg_tokens == 2 and c.qk_norm),
-    ("vit_base_patch16_clip_224", dict(global_pool="map", class_token=False), lambda c: c.norm_pre and c.pooling == "map"),
+    ("vit_base_patch16_clip_224", dict(global_pool="map", class_token=False),
+     lambda c: c.norm_pre and c.pooling == "map"),
 ])
 def test_timm_towers_load_with_parity_and_save_back(tmp_path, name, kw, check):
     theirs = _timm(name, **kw)

@@ -312,7 +312,8 @@ class ViTConfig:
 # --- names ---------------------------------------------------------------
 
 _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
-              "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; "
+              "'deit_{tiny|small|base}[_distilled]_patch16_224'; "
               "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
 # BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean

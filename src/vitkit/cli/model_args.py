@@ -43,7 +43,8 @@ def add_model_args(p: argparse.ArgumentParser, size_aliases: tuple[str, ...] = (
                         "position embedding resampled to the new grid; default: the checkpoint's own)")
     g.add_argument("--heads", type=int, default=None,
                    help="attention heads, for a timm state dict whose width is no published size (it stores none)")
-    g.add_argument("--pooling", choices=POOLINGS, default=None, help="cls, gap or map (attention pool), for a file that does not say")
+    g.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="cls, gap or map (attention pool), for a file that does not say")
     g.add_argument("--act", choices=ACTIVATIONS, default=None,
                    help="GELU form (gelu = exact erf, gelu_tanh), for a file that does not say (a JAX .npz)")
     g.add_argument("--dynamic-img-size", action="store_true", default=None,

@@ -62,7 +62,8 @@ def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: Prep
     """A model in eval mode with ``preprocess_cfg`` and ``load_info`` ({format, source, ignored_keys, notes...}).
 
     ``opts`` (:class:`~vitkit.weights.options.LoadOptions`): ``image_size`` resamples the position embedding
-    (only when asked), ``patch_size`` resizes the patch kernel (FlexiViT) and resamples it too, ``dynamic_img_size``, ``dtype`` (float32 by default), ``map_location``.
+    (only when asked), ``patch_size`` resizes the patch kernel (FlexiViT) and resamples it too,
+    ``dynamic_img_size``, ``dtype`` (float32 by default), ``map_location``.
     """
     from .options import LoadOptions
 

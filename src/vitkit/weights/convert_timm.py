@@ -138,7 +138,8 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-        norm_pre=norm_pre, norm_eps=hints.get("norm_eps", 1e-5 if norm_pre else 1e-6), act=hints.get("act", "gelu"), labels=hints.get("labels"),
+        norm_pre=norm_pre, norm_eps=hints.get("norm_eps", 1e-5 if norm_pre else 1e-6),
+        act=hints.get("act", "gelu"), labels=hints.get("labels"),
     )
     if "pos_embed" in state:
         rows = state["pos_embed"].shape[1]
