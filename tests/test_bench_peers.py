@@ -20,6 +20,8 @@ TIMM_CFGS = {
     "distilled": tiny_cfg(distilled=True),
     "tanh_eps12_nobias": tiny_cfg(act="gelu_tanh", norm_eps=1e-12, qkv_bias=False),
     "rect": tiny_cfg(image_size=(32, 48)),
+    "clip": tiny_cfg(norm_pre=True, patch_bias=False, norm_eps=1e-5),
+    "siglip": tiny_cfg(pooling="map", class_token=False),
 }
 HF_CFGS = {"cls": tiny_cfg(), "tanh_eps12": tiny_cfg(act="gelu_tanh", norm_eps=1e-12),
            "nobias": tiny_cfg(qkv_bias=False)}
@@ -63,6 +65,7 @@ def test_weight_copy_really_moves_weights():
 @pytest.mark.parametrize("peer,cfg,needle", [
     ("timm", tiny_cfg(pos_embed="sincos2d"), "sincos2d"),
     ("timm", tiny_cfg(representation_size=16), "representation_size"),
+    ("timm", tiny_cfg(norm_pre=True), "norm_pre=True"),
     ("hf", tiny_cfg(pooling="gap", class_token=False), "pooling='gap'"),
     ("hf", tiny_cfg(reg_tokens=2), "register tokens"),
     ("hf", tiny_cfg(layer_scale_init=0.1), "LayerScale"),

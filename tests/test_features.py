@@ -70,6 +70,16 @@ def test_gap_model_features_equal_its_head_input(photos):
     assert np.allclose(extract_features(model, imgs, pool="gap"), ref.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match=r"pool='cls' needs a model with a \[CLS\] token"):
         extract_features(model, imgs, pool="cls")
+    with pytest.raises(ValueError, match="pool='map' needs a model with an attention-pooling head"):
+        extract_features(model, imgs, pool="map")
+
+
+def test_siglip_model_map_features_equal_its_head_input(photos):
+    model = make_model(class_token=False, pooling="map", reg_tokens=2, num_classes=0)
+    imgs, x = _inputs(model, photos)
+    with torch.no_grad():
+        ref = model.forward_head(model.forward_features(x), pre_logits=True)  # the attention pool's output
+    assert np.allclose(extract_features(model, imgs, pool="map"), ref.numpy(), atol=1e-5)
 
 
 def test_intermediate_layer(photos):

@@ -27,7 +27,7 @@ SIZE_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "hug
 PATCH_SIZES = (8, 14, 16, 32)  # the patch sizes list_models() enumerates
 DEFAULT_RESOLUTION = 224
 
-POOLINGS = ("cls", "gap")
+POOLINGS = ("cls", "gap", "map")  # "map": SigLIP's attention pool (a learned query over the tokens)
 # q/k/v biases: True or "qkv" (all three), False or "none", "qv" (BEiT: q and v, no k). Stored as True / False / "qv",
 # so configs written before "qv" existed read back unchanged.
 QKV_BIASES: dict[bool | str, bool | str] = {True: True, "qkv": True, False: False, "none": False, "qv": "qv"}
@@ -69,7 +69,7 @@ class ViTConfig:
     qkv_bias: bool | str = True  # True/"qkv": q, k and v; False/"none": none; "qv": q and v only (BEiT)
     qk_norm: bool = False  # LayerNorm per head on q and k (timm's attn.q_norm / attn.k_norm)
     rel_pos: str = "none"  # BEiT's relative position bias: "none" | "per_block" (a table per block) | "shared"
-    pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens
+    pooling: str = "cls"  # "cls": head reads [CLS]; "gap": mean of patch tokens; "map": attention pool (SigLIP)
     class_token: bool = True
     reg_tokens: int = 0  # register tokens (Darcet et al. 2023), after [CLS]
     distilled: bool = False  # DeiT distillation token + second head
@@ -90,6 +90,7 @@ class ViTConfig:
     dynamic_img_size: bool = False  # accept other input sizes, resampling pos-embed per call
     dynamic_img_pad: bool = False  # pad inputs up to a multiple of the patch size
     labels: list[str] | None = field(default=None, compare=False)  # class names, index order
+    norm_pre: bool = False  # CLIP's vision tower: a LayerNorm after the embedding, before the blocks (timm norm_pre)
 
     def __post_init__(self) -> None:
         if isinstance(self.qkv_bias, (bool, str)) and self.qkv_bias in QKV_BIASES:
@@ -187,6 +188,11 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "cls" and not self.class_token:
             raise ValueError("ViTConfig.pooling='cls' needs class_token=True; use pooling='gap' without a class token")
+        if self.pooling == "map" and self.distilled:
+            raise ValueError("ViTConfig.pooling='map' (an attention pool) has no distillation head; distilled=True "
+                             "needs pooling='cls'")
+        if not isinstance(self.norm_pre, bool):
+            raise ValueError(f"ViTConfig.norm_pre must be true or false, got {self.norm_pre!r}")
         if self.distilled and not self.class_token:
             raise ValueError("ViTConfig.distilled=True needs class_token=True")
         if not isinstance(self.reg_tokens, int) or not 0 <= self.reg_tokens <= 1024:
@@ -276,6 +282,10 @@ class ViTConfig:
         if self.layer_scale_init is not None:
             block += 2 * d
         n += self.depth * block + 2 * d  # blocks + final norm (or fc_norm)
+        if self.norm_pre:
+            n += 2 * d
+        if self.pooling == "map":  # latent query, q, kv, proj, its norm and MLP (timm's AttentionPoolLatent)
+            n += d + (d * d + d) + (2 * d * d + 2 * d) + (d * d + d) + 2 * d + (d * m + m + m * d + d)
         if self.representation_size:
             n += d * self.representation_size + self.representation_size
         if self.num_classes:
@@ -290,6 +300,9 @@ class ViTConfig:
         per_block = t * d * 3 * d + t * d * d + 2 * t * m * d  # qkv, proj, MLP
         per_block += 2 * t * t * d  # QK^T and AV
         macs += self.depth * per_block
+        if self.pooling == "map":  # one query: q, k/v of the patch tokens, attention, proj, MLP
+            n = self.num_patches  # the pool reads the patch tokens only
+            macs += d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * m
         if self.representation_size:
             macs += d * self.representation_size
         macs += self.num_features * self.num_classes * (2 if self.distilled else 1)
@@ -299,7 +312,8 @@ class ViTConfig:
 # --- names ---------------------------------------------------------------
 
 _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
-              "optional tokens 'reg{N}', 'gap', 'distilled'; 'deit_{tiny|small|base}[_distilled]_patch16_224'; "
+              "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; "
+              "'deit_{tiny|small|base}[_distilled]_patch16_224'; "
               "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
 # BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean
@@ -307,6 +321,12 @@ _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}'
 # BEiT-L and for BEiT v2 (same blocks, another pre-training).
 BEIT = dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", pos_embed="none")
 BEIT_LAYER_SCALE = {("beit", "base"): 0.1}  # otherwise 1e-5
+
+
+# The vision towers of CLIP (Radford et al. 2021; timm's vit_*_clip_*: a LayerNorm before the blocks, no patch
+# bias, LayerNorm eps 1e-5) and SigLIP (Zhai et al. 2023; timm's vit_*_siglip_*: no [CLS], an attention pool).
+CLIP = dict(norm_pre=True, patch_bias=False, norm_eps=1e-5)
+SIGLIP = dict(pooling="map", class_token=False)
 
 
 def parse_model_name(name: str) -> ViTConfig:
@@ -345,6 +365,10 @@ def parse_model_name(name: str) -> ViTConfig:
             extra.update(pooling="gap", class_token=False)
         elif tok == "distilled":
             extra["distilled"] = True
+        elif tok == "clip" and family == "vit":
+            extra.update(CLIP)
+        elif tok == "siglip" and family == "vit":
+            extra.update(SIGLIP)
         else:
             raise ValueError(f"unknown token {tok!r} in model name {raw!r}; {_NAME_HELP}")
     if patch is None:
@@ -366,9 +390,10 @@ def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[st
 
 
 def list_models() -> list[str]:
-    """The canonical model names: every size at every standard patch size, at 224², plus DeiT and BEiT (v1, v2)
-    at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT, BEiT (v1, v2) and
+    the CLIP and SigLIP vision towers at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
     names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
     names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
     names += [f"{f}_{s}_patch16_224" for f in ("beit", "beitv2") for s in ("base", "large")]
+    names += [f"vit_{s}_patch16_{t}_224" for t in ("clip", "siglip") for s in ("base", "large")]
     return names

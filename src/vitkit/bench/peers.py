@@ -36,8 +36,8 @@ def build_timm(cfg: ViTConfig) -> nn.Module:
         why.append("pos_embed='sincos2d'")
     if cfg.representation_size:
         why.append("representation_size")
-    if not cfg.patch_bias:
-        why.append("patch_bias=False")
+    if cfg.patch_bias == cfg.norm_pre:  # timm: a patch bias exactly when there is no norm_pre (CLIP)
+        why.append(f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre}")
     if cfg.qkv_bias_parts == "qv":
         why.append("qkv_bias='qv'")
     if int(cfg.width * cfg.mlp_ratio) != cfg.mlp_dim:
@@ -46,14 +46,15 @@ def build_timm(cfg: ViTConfig) -> nn.Module:
         raise ValueError(f"timm's VisionTransformer cannot express {', '.join(why)}; compare without timm")
     kw = dict(img_size=cfg.image_hw, patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
               embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-              qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, global_pool="avg" if cfg.pooling == "gap" else "token",
+              qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
+              global_pool={"gap": "avg", "map": "map"}.get(cfg.pooling, "token"),
               class_token=cfg.class_token, reg_tokens=cfg.reg_tokens, no_embed_class=not cfg.pos_embed_prefix,
               pos_embed="none" if cfg.pos_embed == "none" else "learn", init_values=cfg.layer_scale_init,
               fc_norm=cfg.fc_norm, drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout,
               attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path,
               norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
               act_layer=functools.partial(nn.GELU, approximate="tanh" if cfg.act == "gelu_tanh" else "none"),
-              dynamic_img_size=cfg.dynamic_img_size, dynamic_img_pad=cfg.dynamic_img_pad)
+              dynamic_img_size=cfg.dynamic_img_size, dynamic_img_pad=cfg.dynamic_img_pad, pre_norm=cfg.norm_pre)
     if cfg.distilled:
         from timm.models.deit import VisionTransformerDistilled
 
@@ -68,7 +69,8 @@ def build_hf(cfg: ViTConfig) -> nn.Module:
     except ImportError as e:
         raise _missing("hf", e) from None
     why = []
-    for bad, name in ((cfg.pooling != "cls", "pooling='gap'"), (cfg.reg_tokens > 0, "register tokens"),
+    for bad, name in ((cfg.pooling != "cls", f"pooling={cfg.pooling!r}"), (cfg.norm_pre, "norm_pre"),
+                      (cfg.reg_tokens > 0, "register tokens"),
                       (cfg.distilled, "a distillation token"),
                       (cfg.pos_embed != "learned", f"pos_embed={cfg.pos_embed!r}"),
                       (not cfg.pos_embed_prefix, "pos_embed_prefix=False"),

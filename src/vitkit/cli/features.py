@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="the .npy file to write")
     p.add_argument("--pool", default="cls", choices=list(POOLS),
-                   help="cls: [CLS] token; gap: mean of patch tokens (+ the model's fc_norm); tokens: all tokens "
+                   help="cls: [CLS] token; gap: mean of patch tokens (+ the model's fc_norm); map: the attention "
+                        "pool's output (SigLIP); tokens: all tokens "
                         "(default cls)")
     p.add_argument("--layer", type=int, default=None,
                    help="block index (0-based, negative from the end), final norm applied; default: the last")

@@ -31,16 +31,20 @@ def parse_image_size(values: list[str] | str | None) -> int | tuple[int, int] | 
 
 
 def add_model_args(p: argparse.ArgumentParser, size_aliases: tuple[str, ...] = (), two_values: bool = False) -> None:
-    """Add the loading options (--image-size, --heads, --pooling, --act, --dynamic-img-size) to ``p``.
+    """Add the loading options (--image-size, --patch-size, --heads, --pooling, --act, --dynamic-img-size) to ``p``.
     ``two_values``: --image-size also takes ``H W`` (only where no positional argument follows it)."""
     g = p.add_argument_group(GROUP_TITLE, GROUP_HELP)
     g.add_argument("--image-size", *size_aliases, dest="image_size", nargs="+" if two_values else None,
                    metavar="N|HxW", default=None,
                    help="load at this input size, N or HxW" + (" or H W" if two_values else "")
                         + " (the position embedding is resampled, bicubic; default: the checkpoint's own)")
+    g.add_argument("--patch-size", dest="patch_size", type=int, default=None, metavar="P",
+                   help="run at patch size P (FlexiViT: the patch kernel resized by the pseudo-inverse, the "
+                        "position embedding resampled to the new grid; default: the checkpoint's own)")
     g.add_argument("--heads", type=int, default=None,
                    help="attention heads, for a timm state dict whose width is no published size (it stores none)")
-    g.add_argument("--pooling", choices=POOLINGS, default=None, help="cls or gap, for a file that does not say")
+    g.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="cls, gap or map (attention pool), for a file that does not say")
     g.add_argument("--act", choices=ACTIVATIONS, default=None,
                    help="GELU form (gelu = exact erf, gelu_tanh), for a file that does not say (a JAX .npz)")
     g.add_argument("--dynamic-img-size", action="store_true", default=None,
@@ -49,6 +53,6 @@ def add_model_args(p: argparse.ArgumentParser, size_aliases: tuple[str, ...] = (
 
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The flags of :func:`add_model_args` that were given, as ``vitkit.load`` keyword arguments."""
-    kw = {k: getattr(args, k, None) for k in ("heads", "pooling", "act", "dynamic_img_size")}
+    kw = {k: getattr(args, k, None) for k in ("heads", "pooling", "act", "dynamic_img_size", "patch_size")}
     kw["image_size"] = parse_image_size(getattr(args, "image_size", None))
     return {k: v for k, v in kw.items() if v is not None}

@@ -39,7 +39,8 @@ HELP: dict[str, str] = {
     "out": "run folder for checkpoints, metrics, plots and the final model (default when resuming: the "
            "checkpoint's run folder)",
     "image_size": "input side in pixels (default: the model's; images are resized to it)",
-    "patch_size": "patch size for a model built from a name or config",
+    "patch_size": "patch size for a model built from a name or config; for a checkpoint, the patch kernel is "
+                  "resized to it (FlexiViT)",
     "model_overrides": "ViTConfig fields for a model built from a name or config, as KEY=VALUE[,KEY=VALUE...], "
                        "e.g. width=64,depth=4,heads=4",
     "init": "start from this checkpoint's weights (anything vitkit.load reads: a pre-trained run, a hub id, a "

@@ -22,17 +22,21 @@ from PIL import Image
 from ..models.vit import VisionTransformer
 from .pipeline import ModelRunner
 
-POOLS = ("cls", "gap", "tokens")
+POOLS = ("cls", "gap", "map", "tokens")
 
 
 def pool_tokens(model: VisionTransformer, tokens: torch.Tensor, pool: str) -> torch.Tensor:
-    """Tokens (B, T, D) -> (B, D) for ``cls``/``gap`` or unchanged for ``tokens``."""
+    """Tokens (B, T, D) -> (B, D) for ``cls``/``gap``/``map`` (SigLIP's attention pool) or unchanged for ``tokens``."""
     if pool == "tokens":
         return tokens
     if pool == "cls":
         if not model.cfg.class_token:
             raise ValueError("pool='cls' needs a model with a [CLS] token; this one has none (use gap or tokens)")
         return tokens[:, 0]
+    if pool == "map":
+        if model.attn_pool is None:
+            raise ValueError("pool='map' needs a model with an attention-pooling head (SigLIP); this one has none")
+        return model.attn_pool(tokens[:, model.num_prefix_tokens:])
     if pool == "gap":
         return model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1))
     raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")

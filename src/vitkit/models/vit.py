@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ViTConfig
-from ..layers import (Attention, DropPath, LayerScale, Mlp, PatchEmbed, RelPosBias, resample_pos_embed,
+from ..layers import (Attention, AttentionPool, DropPath, LayerScale, Mlp, PatchEmbed, RelPosBias, resample_pos_embed,
                       resize_rel_pos_table, sincos_2d_pos_embed)
 
 
@@ -85,6 +85,7 @@ class VisionTransformer(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.dropout)
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()  # CLIP
         # stochastic depth per block (on the CPU, so that the model can also be built on the meta device)
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
@@ -92,6 +93,7 @@ class VisionTransformer(nn.Module):
         self.rel_pos_bias = RelPosBias(cfg) if cfg.rel_pos != "none" else None
         self.norm = nn.Identity() if cfg.use_fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()
+        self.attn_pool = AttentionPool(cfg) if cfg.pooling == "map" else None  # SigLIP
         self.pre_logits = PreLogits(d, cfg.representation_size) if cfg.representation_size else nn.Identity()
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -120,6 +122,8 @@ class VisionTransformer(nn.Module):
         for tok in (self.cls_token, self.dist_token, self.reg_token):
             if tok is not None:
                 nn.init.normal_(tok, std=1e-6)
+        if self.attn_pool is not None:  # timm: truncated normal, std latent_dim^-0.5
+            nn.init.trunc_normal_(self.attn_pool.latent, std=self.cfg.width ** -0.5)
         for head in (self.head, getattr(self, "head_dist", None)):
             if isinstance(head, nn.Linear):
                 nn.init.zeros_(head.weight)
@@ -200,7 +204,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat(prefix + [x], dim=1)
         if pos is not None and self.pos_prefix:
             x = x + pos
-        return self.pos_drop(x), grid
+        return self.norm_pre(self.pos_drop(x)), grid
 
     def attn_bias(self, blk: Block, grid: tuple[int, int]) -> torch.Tensor | None:
         """The additive attention bias of ``blk`` for a patch grid: BEiT's relative position bias (heads, T, T)
@@ -232,7 +236,9 @@ class VisionTransformer(nn.Module):
         return self._encode(x, attn_impl)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of patch tokens."""
+        """Tokens (B, T, D) -> (B, D): the [CLS] token, the mean of patch tokens, or the attention pool over them."""
+        if self.attn_pool is not None:
+            return self.attn_pool(x[:, self.num_prefix_tokens:])
         if self.cfg.pooling == "gap":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]

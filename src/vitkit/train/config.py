@@ -44,7 +44,7 @@ class TrainConfig:
     val_data: str | None = None  # separate validation folder / CSV (default: the source's own split)
     out: str | None = None  # run folder
     image_size: int | None = None  # input side; default: the model's (pos-embed resampled for checkpoints)
-    patch_size: int | None = None  # override for a model built from a name/config (not for checkpoints)
+    patch_size: int | None = None  # for a model built from a name/config; a checkpoint's kernel is resized (FlexiViT)
     model_overrides: dict[str, Any] | None = None  # ViTConfig fields for a name/config model, e.g. {width: 96}
     init: str | None = None  # start from this checkpoint's weights (anything vitkit.load reads); with a --model
     # name or config, the checkpoint must be of that architecture (classes and head aside)

@@ -73,7 +73,8 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
     if overrides:
         raise ValueError(f"model overrides {sorted(overrides)} apply to models built from a name or config, "
                          f"not to the checkpoint {model}")
-    src = load(model, image_size=image_size, dtype=torch.float32, **(load_options or {}))
+    # a new --patch-size resizes the checkpoint's patch kernel (FlexiViT's pseudo-inverse, layers/flexi.py)
+    src = load(model, image_size=image_size, patch_size=patch_size, dtype=torch.float32, **(load_options or {}))
     old_cfg, where = src.cfg, src.load_info.get("source", model)
     notes.append(f"fine-tuning from {where} ({src.load_info['format']})")
     if architecture is not None:
@@ -84,9 +85,6 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
             raise ValueError(f"--init {model}: the checkpoint is not a {architecture!r} ({'; '.join(diff)}); "
                              "drop --model to train the checkpoint's own architecture")
     notes += src.load_info.get("notes", [])
-    if patch_size is not None and patch_size != old_cfg.patch_size:
-        raise ValueError(f"--patch-size {patch_size}: the checkpoint {where} has patch size {old_cfg.patch_size}, "
-                         "which fine-tuning cannot change")
     if old_cfg.channels != data_channels and not (data_channels == 1 and old_cfg.channels == 3):
         raise ValueError(f"the checkpoint {where} takes {old_cfg.channels}-channel images, the data has "
                          f"{data_channels} channel(s)")

@@ -24,7 +24,7 @@ __all__ = ["SAVE_FORMATS", "is_checkpoint", "load", "save"]
 
 def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None, heads: int | None = None,
          pooling: str | None = None, act: str | None = None, dynamic_img_size: bool | None = None,
-         dtype: str | torch.dtype | None = None, revision: str | None = None,
+         patch_size: int | None = None, dtype: str | torch.dtype | None = None, revision: str | None = None,
          cache_dir: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> VisionTransformer:
     """A ready model (eval mode) with its preprocessing in ``model.preprocess_cfg`` and what was read in
     ``model.load_info`` (format, files, ignored keys, where the preprocessing came from, notes).
@@ -32,13 +32,16 @@ def load(src: str | os.PathLike, *, image_size: int | tuple[int, int] | None = N
     ``src``: a vitkit / Hugging Face / timm folder, a training run folder or checkpoint (``.pt``), a timm
     state-dict file, a Google ``.npz``, or a hub id / pretrained name.
     ``image_size``: load at another resolution, resampling the position embedding (bicubic, antialiased);
-    without it a checkpoint loads at its own size. ``heads``, ``pooling``, ``act``: for files that do not
+    without it a checkpoint loads at its own size. ``patch_size``: run at another patch size (FlexiViT: the
+    patch kernel resized by the pseudo-inverse, bicubic; the position embedding resampled to the new grid of
+    the same image size). ``heads``, ``pooling``, ``act``: for files that do not
     say (a timm state dict stores no head count; a JAX npz no GELU form); one that contradicts the file is
     refused. ``dynamic_img_size``: accept other input sizes at run time. ``dtype``: of the parameters,
     float32 unless asked; half-precision files are cast (said in one line).
     """
     opts = LoadOptions(image_size=image_size, heads=heads, pooling=pooling, act=act,
-                       dynamic_img_size=dynamic_img_size, dtype=dtype, map_location=map_location)
+                       dynamic_img_size=dynamic_img_size, patch_size=patch_size, dtype=dtype,
+                       map_location=map_location)
     path = Path(src)
     if not path.exists():
         name = str(src)

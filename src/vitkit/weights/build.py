@@ -10,20 +10,30 @@ import torch
 from ..config import ViTConfig
 from ..data.imagenet import imagenet1k_classes
 from ..data.preprocess import PreprocessConfig
-from ..layers import resample_pos_embed, resize_rel_pos_table
+from ..layers import resample_pos_embed, resize_patch_kernel, resize_rel_pos_table
 from ..models.vit import VisionTransformer
 from .safe_io import check_tensor_dtypes
 
 
-def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int | tuple[int, int],
-                 interpolation: str = "bicubic", antialias: bool = True) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """The config and state dict for another input size: the learned position embedding's patch grid
-    is resampled (prefix rows kept), as timm's ``resample_abs_pos_embed`` does, and BEiT's relative
-    position tables as timm's ``resize_rel_pos_bias_table`` does (layers/rel_pos.py says why)."""
-    new = cfg.replace(image_size=image_size)
+def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int | tuple[int, int] | None = None,
+                 interpolation: str = "bicubic", antialias: bool = True, patch_size: int | None = None
+                 ) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """The config and state dict for another input size and/or patch size: the learned position embedding's
+    patch grid is resampled to the new grid (prefix rows kept), as timm's ``resample_abs_pos_embed`` does,
+    and BEiT's relative position tables as timm's ``resize_rel_pos_bias_table`` does (layers/rel_pos.py says
+    why); a new ``patch_size`` resizes the patch-embedding kernel by FlexiViT's pseudo-inverse (layers/flexi.py)."""
+    change = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size)) if v is not None}
+    try:
+        new = cfg.replace(**change)
+    except ValueError as e:
+        if patch_size is None:
+            raise
+        raise ValueError(f"patch_size={patch_size}: {e}") from None
+    state = dict(state)
+    if new.patch_size != cfg.patch_size and "patch_embed.proj.weight" in state:
+        state["patch_embed.proj.weight"] = resize_patch_kernel(state["patch_embed.proj.weight"], new.patch_size)
     if new.grid_size == cfg.grid_size:
         return new, state
-    state = dict(state)
     if "pos_embed" in state:
         prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
@@ -52,16 +62,20 @@ def build_model(cfg: ViTConfig, state: dict[str, torch.Tensor], preprocess: Prep
     """A model in eval mode with ``preprocess_cfg`` and ``load_info`` ({format, source, ignored_keys, notes...}).
 
     ``opts`` (:class:`~vitkit.weights.options.LoadOptions`): ``image_size`` resamples the position embedding
-    (only when asked), ``dynamic_img_size``, ``dtype`` (float32 by default), ``map_location``.
+    (only when asked), ``patch_size`` resizes the patch kernel (FlexiViT) and resamples it too,
+    ``dynamic_img_size``, ``dtype`` (float32 by default), ``map_location``.
     """
     from .options import LoadOptions
 
     opts = opts if opts is not None else LoadOptions()
     if opts.dynamic_img_size is not None:
         cfg = cfg.replace(dynamic_img_size=bool(opts.dynamic_img_size))
-    if opts.image_size is not None:
-        old = cfg.grid_size
-        cfg, state = resize_state(cfg, state, opts.image_size)
+    if opts.image_size is not None or opts.patch_size is not None:
+        old, old_p = cfg.grid_size, cfg.patch_size
+        cfg, state = resize_state(cfg, state, opts.image_size, patch_size=opts.patch_size)
+        if cfg.patch_size != old_p:
+            opts.note(f"patch-embedding kernel resized (FlexiViT pseudo-inverse, bicubic): patch {old_p} -> "
+                      f"{cfg.patch_size}")
         if cfg.grid_size != old:
             opts.note(f"position embedding resampled: grid {old[0]}x{old[1]} -> {cfg.grid_size[0]}x{cfg.grid_size[1]}")
         if preprocess is not None:

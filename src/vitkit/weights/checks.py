@@ -43,9 +43,11 @@ UNBUILT_FAMILIES: tuple[tuple[str, re.Pattern], ...] = (
     ("EVA-02 (rotary position embeddings)", re.compile(r"(^|\.)(rope|rotary_emb|rotary_pos_emb)\.")),
     ("a SwiGLU MLP (EVA-02, DINOv2-giant, SigLIP 2 ...)",
      re.compile(r"(^|\.)mlp\.(fc1_g|fc1_x|w12|w3|weights_in|weights_out)\.")),
-    ("an attention-pooling head (SigLIP, big_vision's MAP head)",
-     re.compile(r"^(attn_pool\.|head\.(probe|attention\.|mlp\.|layernorm\.))")),
-    ("CLIP's vision tower (a LayerNorm before the blocks, norm_pre)", re.compile(r"^(norm_pre|pre_layrnorm)\.")),
+    # timm's attn_pool. (SigLIP) and norm_pre. (CLIP) are built; transformers' layouts of them are not read yet
+    ("an attention-pooling head in transformers' layout (SigLIP's head.probe; vitkit reads timm's attn_pool.)",
+     re.compile(r"^head\.(probe|attention\.|mlp\.|layernorm\.)")),
+    ("CLIP's vision tower in transformers' layout (pre_layrnorm; vitkit reads timm's norm_pre)",
+     re.compile(r"^pre_layrnorm\.")),
     ("a hybrid CNN-ViT (a ResNet stem under patch_embed.backbone)", re.compile(r"^patch_embed\.backbone\.")),
     ("EVA-02's inner LayerNorms (scale_mlp / scale_attn_inner)", re.compile(r"\.(mlp\.norm|mlp\.ffn_ln|attn\.norm)\.")),
     ("a Swin Transformer (hierarchical stages)", re.compile(r"^layers\.\d+\.blocks\.\d+\.")),
@@ -68,7 +70,8 @@ def refuse_unbuilt_family(state: dict[str, torch.Tensor], source: str) -> None:
         keys = [f"blocks.0.mlp.fc1.weight {tuple(fc1.shape)}", f"blocks.0.mlp.fc2.weight {tuple(fc2.shape)}"]
     more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
     raise ValueError(f"{source}: a checkpoint of {family}, which vitkit does not build; the keys that show it: "
-                     f"{keys[:3]}{more}. vitkit builds ViT, DeiT (distilled), registers, DINOv2, MAE and BEiT")
+                     f"{keys[:3]}{more}. vitkit builds ViT, DeiT (distilled), registers, DINOv2, MAE, BEiT and the "
+                     "CLIP/SigLIP towers")
 
 
 def need(state: dict, key: str, source: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:

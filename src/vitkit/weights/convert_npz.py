@@ -188,6 +188,8 @@ def vitkit_to_npz(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, n
         problems.append("missing qkv/patch biases")
     if cfg.qk_norm:
         problems.append("qk-norm")
+    if cfg.norm_pre or cfg.pooling == "map":
+        problems.append("norm_pre or an attention-pooling head")
     if cfg.rel_pos != "none":
         problems.append("a relative position bias")
     if problems:

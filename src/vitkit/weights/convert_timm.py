@@ -108,10 +108,21 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     reg = state["reg_token"].shape[1] if "reg_token" in state else 0
     n_prefix = int(cls) + int(dist) + reg
     has_fc_norm = "fc_norm.weight" in state
-    pooling = hints.get("pooling") or ("gap" if has_fc_norm or not cls else "cls")
+    attn_pool = "attn_pool.latent" in state  # SigLIP's MAP head (timm's AttentionPoolLatent)
+    if attn_pool and hints.get("pooling") not in (None, "map"):
+        raise ValueError(f"{source}: the file has an attention-pooling head (attn_pool.); pooling="
+                         f"{hints['pooling']!r} cannot read it")
+    if not attn_pool and hints.get("pooling") == "map":
+        raise ValueError(f"{source}: pooling='map' needs an attention-pooling head (attn_pool.* tensors, SigLIP); "
+                         "this file has none")
+    pooling = "map" if attn_pool else hints.get("pooling") or ("gap" if has_fc_norm or not cls else "cls")
     if "pooling" not in hints:
-        notes.append(f"{source}: pooling {pooling!r} (" + ("fc_norm present" if has_fc_norm else "no [CLS] token"
-                     if not cls else "a [CLS] token and no fc_norm, as every timm ViT that pools [CLS]") + ")")
+        notes.append(f"{source}: pooling {pooling!r} (" + ("attn_pool present" if attn_pool else "fc_norm present"
+                     if has_fc_norm else "no [CLS] token" if not cls
+                     else "a [CLS] token and no fc_norm, as every timm ViT that pools [CLS]") + ")")
+    norm_pre = "norm_pre.weight" in state  # CLIP's vision tower: every timm CLIP tower's LayerNorms use eps 1e-5
+    if norm_pre and "norm_eps" not in hints:
+        notes.append(f"{source}: LayerNorm eps 1e-5 (norm_pre present: timm's CLIP towers; norm_eps= if not)")
     if "heads" not in hints and width in KNOWN_HEADS:
         notes.append(f"{source}: {KNOWN_HEADS[width]} heads, those of every published ViT of width {width} "
                      "(a state dict does not store them; heads=N if yours differ)")
@@ -127,7 +138,8 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         fc_norm=has_fc_norm if (has_fc_norm or pooling == "gap") else None,
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-        norm_eps=hints.get("norm_eps", 1e-6), act=hints.get("act", "gelu"), labels=hints.get("labels"),
+        norm_pre=norm_pre, norm_eps=hints.get("norm_eps", 1e-5 if norm_pre else 1e-6),
+        act=hints.get("act", "gelu"), labels=hints.get("labels"),
     )
     if "pos_embed" in state:
         rows = state["pos_embed"].shape[1]
@@ -217,10 +229,13 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     name = "Beit" if beit else "VisionTransformer"
     problems = [why for bad, why in (
         (cfg.pos_embed == "sincos2d", "a fixed sin-cos position embedding"),
-        (not cfg.patch_bias, "patch_bias=False (timm always has a patch-embedding bias)"),
+        (cfg.patch_bias == cfg.norm_pre, f"patch_bias={cfg.patch_bias} with norm_pre={cfg.norm_pre} (timm has a "
+                                         "patch-embedding bias exactly when it has no norm_pre)"),
         (cfg.representation_size, "representation_size (timm no longer builds a pre-logits layer)"),
-        (cfg.act != "gelu" or cfg.norm_eps != 1e-6, f"act={cfg.act!r}, norm_eps={cfg.norm_eps} (timm uses exact "
-                                                    "GELU and LayerNorm eps 1e-6 by name)"),
+        (cfg.act != "gelu" or cfg.norm_eps != (1e-5 if cfg.norm_pre else 1e-6),
+         f"act={cfg.act!r}, norm_eps={cfg.norm_eps} (timm uses exact GELU and LayerNorm eps 1e-6 by name, "
+         "1e-5 for its CLIP towers)"),
+        (beit and (cfg.norm_pre or cfg.pooling == "map"), "norm_pre or an attention pool in BEiT's blocks"),
         (not beit and cfg.qkv_bias_parts == "qv", "qkv_bias='qv'"),
         (beit and cfg.qkv_bias_parts == "qkv", "a k bias (Beit has q and v biases, or none)"),
         (beit and (not cfg.class_token or cfg.reg_tokens or cfg.distilled), "prefix tokens other than one [CLS]"),
@@ -231,11 +246,11 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     args = dict(img_size=cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
                 patch_size=cfg.patch_size, in_chans=cfg.channels, num_classes=cfg.num_classes,
                 embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                global_pool="avg" if cfg.pooling == "gap" else "token", init_values=cfg.layer_scale_init)
+                global_pool={"gap": "avg", "map": "map"}.get(cfg.pooling, "token"), init_values=cfg.layer_scale_init)
     if beit:
         return dict(args, qkv_bias=cfg.qkv_bias_parts == "qv", use_abs_pos_emb=cfg.pos_embed == "learned",
                     use_rel_pos_bias=cfg.rel_pos == "per_block", use_shared_rel_pos_bias=cfg.rel_pos == "shared",
                     use_fc_norm=cfg.use_fc_norm)
     return dict(args, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, class_token=cfg.class_token,
                 reg_tokens=cfg.reg_tokens, no_embed_class=not cfg.pos_embed_prefix, fc_norm=cfg.use_fc_norm,
-                pos_embed="none" if cfg.pos_embed == "none" else "learn")
+                pos_embed="none" if cfg.pos_embed == "none" else "learn", pre_norm=cfg.norm_pre)

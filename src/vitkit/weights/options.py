@@ -41,6 +41,8 @@ class LoadOptions:
     ``heads``, ``pooling``, ``act``: for files that do not say (a bare timm state dict stores no head
     count; a JAX npz no GELU form). A value that contradicts what the file says is refused.
     ``image_size``: load at another resolution (the position embedding is resampled; only when asked).
+    ``patch_size``: run at another patch size (FlexiViT: the kernel resized by the pseudo-inverse, the
+    position embedding resampled to the new grid; only when asked).
     ``dynamic_img_size``: accept other input sizes at run time. ``dtype``: the parameters' dtype
     (float32 by default; half-precision files are cast, said in one line).
     ``default_preprocess``: the preprocessing to use when the file carries none (the pretrained table's).
@@ -51,6 +53,7 @@ class LoadOptions:
     pooling: str | None = None
     act: str | None = None
     dynamic_img_size: bool | None = None
+    patch_size: int | None = None
     dtype: torch.dtype = torch.float32
     map_location: str | torch.device = "cpu"
     default_preprocess: PreprocessConfig | None = None
@@ -60,6 +63,9 @@ class LoadOptions:
         if self.heads is not None and (not isinstance(self.heads, int) or isinstance(self.heads, bool)
                                        or self.heads < 1):
             raise ValueError(f"heads must be a positive int, got {self.heads!r}")
+        if self.patch_size is not None and (not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool)
+                                            or self.patch_size < 1):
+            raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.act is not None and self.act not in ACTIVATIONS:

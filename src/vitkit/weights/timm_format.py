@@ -68,8 +68,8 @@ def read_timm_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
     if args.get("num_heads"):  # what the file says wins; an override that contradicts it is refused by load()
         hints["heads"] = args["num_heads"]
     pool = args.get("global_pool", meta.get("global_pool"))
-    if pool in ("avg", "token"):
-        hints["pooling"] = "gap" if pool == "avg" else "cls"
+    if pool in ("avg", "token", "map"):
+        hints["pooling"] = {"avg": "gap", "token": "cls", "map": "map"}[pool]
     if isinstance(meta.get("label_names"), list):
         hints.setdefault("labels", [str(n) for n in meta["label_names"]])
     pcfg = meta.get("pretrained_cfg")
@@ -157,6 +157,10 @@ def _timm_name(cfg: ViTConfig) -> str:
                     (cfg.width, cfg.depth, cfg.heads, 16, (224, 224)):
                 return f"deit_{name}_distilled_patch16_224"
         return "deit_base_distilled_patch16_224"
+    if cfg.norm_pre:  # the name carries the CLIP towers' LayerNorm eps 1e-5 (model_args cannot)
+        return "vit_base_patch16_clip_224"
+    if cfg.pooling == "map":
+        return "vit_base_patch16_siglip_224"
     for name, v in VARIANTS.items():
         key = (name, cfg.patch_size, cfg.image_hw[0])
         if (v["width"], v["depth"], v["heads"]) == (cfg.width, cfg.depth, cfg.heads) and key in _TIMM_REGISTERED \
