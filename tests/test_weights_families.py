@@ -21,7 +21,8 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     ("vit_base_patch16_224", dict(SMALL, mlp_layer=timm.layers.SwiGLU), "a SwiGLU MLP", "blocks.0.mlp.fc1_g.bias"),
     ("vit_base_patch16_siglip_224", SMALL, "an attention-pooling head (SigLIP", "attn_pool.kv.bias"),
     ("vit_base_patch16_clip_224", SMALL, "CLIP's vision tower", "norm_pre.bias"),
-    ("vit_base_r26_s32_224", dict(img_size=64, depth=1), "a hybrid CNN-ViT", "patch_embed.backbone."),
+    ("vit_small_resnet26d_224", dict(img_size=64, depth=1), "a hybrid CNN-ViT with another CNN than ResNet-v2",
+     "patch_embed.backbone."),
 ])
 def test_timm_checkpoints_of_families_vitkit_does_not_build_name_the_family(tmp_path, name, kw, family, key):
     model = timm.create_model(name, **kw)

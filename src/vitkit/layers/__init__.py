@@ -5,8 +5,9 @@ from .drop import DropPath
 from .layer_scale import LayerScale
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
+from .hybrid_stem import HybridEmbed
 from .pos_embed import resample_pos_embed, sincos_2d_pos_embed
 from .rel_pos import RelPosBias, rel_pos_index, resize_rel_pos_table
 
-__all__ = ["ATTENTION_IMPLS", "Attention", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "RelPosBias",
+__all__ = ["ATTENTION_IMPLS", "Attention", "DropPath", "HybridEmbed", "LayerScale", "Mlp", "PatchEmbed", "RelPosBias",
            "rel_pos_index", "resample_pos_embed", "resize_rel_pos_table", "sincos_2d_pos_embed"]

@@ -224,6 +224,7 @@ def _hf_problems(cfg: ViTConfig) -> list[str]:
         (cfg.pos_embed == "sincos2d" or (cfg.pos_embed == "learned" and not cfg.pos_embed_prefix),
          "a position embedding that is not learned or has no row for the prefix tokens"),
         (not cfg.patch_bias, "no patch-embedding bias"), (cfg.qk_norm, "qk-norm"),
+        (cfg.stem == "hybrid", "a hybrid CNN stem (transformers' ViTHybrid is another class, not read here)"),
         (cfg.layer_scale_init is not None and (not beit or cfg.layer_scale_init <= 0),
          "LayerScale" + (" initialised at 0 (transformers reads 0 as none)" if beit else "")),
     ]

@@ -190,6 +190,8 @@ def vitkit_to_npz(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, n
         problems.append("qk-norm")
     if cfg.rel_pos != "none":
         problems.append("a relative position bias")
+    if cfg.stem == "hybrid":
+        problems.append("a hybrid CNN stem (not written in the npz layout yet)")
     if problems:
         raise ValueError("the Google npz layout cannot express this model: " + "; ".join(problems)
                          + ". Save it as vitkit or timm instead.")
