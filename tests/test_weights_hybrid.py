@@ -113,3 +113,30 @@ def test_train_a_hybrid_from_the_cli_and_explain_it(tmp_path, capsys):
     assert expl.heatmap.shape == (8, 8)  # the stem's output grid (32 px / stride 4), one cell per token
     assert main(["explain", str(run), str(tmp_path / "d.png"), "--out", str(tmp_path / "map.png")]) == 0
     assert (tmp_path / "map.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("layers, patch", [((1, 1), 1), ((), 2)])
+def test_npz_hybrid_in_the_original_naming_is_what_timm_reads(tmp_path, layers, patch):
+    """R50+ViT-B_16.npz naming (conv_root, gn_root, block{i}/unit{j}/{conv,gn}{1..3}, conv_proj, gn_proj): written
+    by vitkit, read by timm's own npz loader and by vitkit without vitkit's config entry, both with parity."""
+    theirs = timm_hybrid(layers, patch)
+    torch.save(theirs.state_dict(), tmp_path / "h.pth")
+    ours = vitkit.load(tmp_path / "h.pth", heads=2).eval()
+    vitkit.save(ours, tmp_path / "h.npz", format="npz")
+    arrays = dict(np.load(tmp_path / "h.npz"))
+    assert "conv_root/kernel" in arrays and arrays["conv_root/kernel"].shape == (7, 7, 3, 64)
+    assert ("block2/unit1/conv_proj/kernel" in arrays) == (layers == (1, 1))
+    foreign = {k: v for k, v in arrays.items() if not k.startswith("vitkit/")}
+    np.savez(tmp_path / "foreign.npz", **foreign)
+    again = timm_hybrid(layers, patch)
+    with torch.no_grad():
+        for p in again.parameters():
+            p.zero_()
+    again.load_pretrained(str(tmp_path / "foreign.npz"))
+    back = vitkit.load(tmp_path / "foreign.npz", act="gelu").eval()  # JAX files default to tanh GELU
+    assert (back.cfg.stem, back.cfg.hybrid_layers, back.cfg.image_hw) == ("hybrid", layers, (32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = theirs(x)
+        assert max_diff(again(x), ref) <= 1e-4
+        assert max_diff(back(x), ref) <= 1e-4
