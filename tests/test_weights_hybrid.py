@@ -9,6 +9,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer_hybrid import _create_vision_transformer_hybrid, _resnetv2
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -140,3 +141,19 @@ def test_npz_hybrid_in_the_original_naming_is_what_timm_reads(tmp_path, layers, 
         ref = theirs(x)
         assert max_diff(again(x), ref) <= 1e-4
         assert max_diff(back(x), ref) <= 1e-4
+
+
+def test_hybrid_loaded_at_another_size_follows_the_stems_grid(tmp_path):
+    theirs = timm_hybrid((1,))  # 32 px, stride 4: an 8x8 grid
+    torch.save(theirs.state_dict(), tmp_path / "h.pth")
+    ours = vitkit.load(tmp_path / "h.pth", heads=2, image_size=64).eval()
+    assert ours.cfg.grid_size == (16, 16) and ours.pos_embed.shape == (1, 257, 64)
+    big = timm_hybrid((1,), img=64)
+    state = dict(theirs.state_dict(), pos_embed=resample_abs_pos_embed(theirs.pos_embed.detach(), new_size=(16, 16),
+                                                                       num_prefix_tokens=1))
+    big.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(ours(x), big(x)) <= 1e-4
+    with pytest.raises(ValueError, match="not divisible by the token stride 4"):
+        vitkit.load(tmp_path / "h.pth", heads=2, image_size=66)
