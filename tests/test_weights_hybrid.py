@@ -60,9 +60,8 @@ def test_timm_hybrid_written_back_loads_into_timm(tmp_path):
     assert vitkit.load(tmp_path / "back.safetensors").cfg == ours.cfg  # our config rides along as metadata
     with pytest.raises(ValueError, match="hybrid CNN stem in a hub folder"):
         vitkit.save(ours, tmp_path / "folder", format="timm")
-    for fmt in ("hf", "npz"):
-        with pytest.raises(ValueError, match="hybrid CNN stem"):
-            vitkit.save(ours, tmp_path / f"out-{fmt}" if fmt == "hf" else tmp_path / "out.npz", format=fmt)
+    with pytest.raises(ValueError, match="hybrid CNN stem"):  # transformers' ViTHybrid is another class
+        vitkit.save(ours, tmp_path / "out-hf", format="hf")
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_r_s16_p8_224", "vit_small_r26_s32_224", "vit_base_r50_s16_224",
