@@ -19,7 +19,8 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     ("eva02_tiny_patch14_224", dict(img_size=28, depth=1), "gated (SwiGLU) MLP packed into fc1",
      "blocks.0.mlp.fc1.weight (1024, 192)"),
     ("vit_base_patch16_224", dict(SMALL, mlp_layer=timm.layers.SwiGLU), "a SwiGLU MLP", "blocks.0.mlp.fc1_g.bias"),
-    ("vit_base_r26_s32_224", dict(img_size=64, depth=1), "a hybrid CNN-ViT", "patch_embed.backbone."),
+    ("vit_small_resnet26d_224", dict(img_size=64, depth=1), "a hybrid CNN-ViT with another CNN than ResNet-v2",
+     "patch_embed.backbone."),
 ])
 def test_timm_checkpoints_of_families_vitkit_does_not_build_name_the_family(tmp_path, name, kw, family, key):
     model = timm.create_model(name, **kw)

@@ -34,6 +34,7 @@ QKV_BIASES: dict[bool | str, bool | str] = {True: True, "qkv": True, False: Fals
 REL_POS = ("none", "per_block", "shared")
 POS_EMBEDS = ("learned", "sincos2d", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh")
+STEMS = ("patch", "hybrid")  # a P×P patch convolution | a ResNet-v2 CNN whose feature map is cut into P×P patches
 
 # Refuse configurations that could only come from a corrupt or hostile file
 # before anything is allocated (see RELIABILITY.md item 6).
@@ -44,6 +45,11 @@ MAX_CLASSES = 1_000_000
 MAX_PARAMS = 50_000_000_000  # ViT-22B is the largest published ViT
 # BEiT's relative position index is (1 + N)² integers for N patches: 128x128 patches (2048² px at P=16) is 2 GB of it
 MAX_REL_POS_PATCHES = 128 * 128
+
+
+def hybrid_stride(layers: tuple[int, ...]) -> int:
+    """The stride of a hybrid's ResNet-v2: 4 (7×7/2 conv, 3×3/2 max pool), halved by each stage after the first."""
+    return 4 * 2 ** max(len(layers) - 1, 0)
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -91,10 +97,18 @@ class ViTConfig:
     dynamic_img_pad: bool = False  # pad inputs up to a multiple of the patch size
     labels: list[str] | None = field(default=None, compare=False)  # class names, index order
     norm_pre: bool = False  # CLIP's vision tower: a LayerNorm after the embedding, before the blocks (timm norm_pre)
+    # hybrid CNN-ViT (Dosovitskiy et al. 2020): a ResNet-v2 stem (layers/hybrid_stem.py), then patch_size x
+    # patch_size patches (1 for R50+ViT-B/16) of its feature map. hybrid_layers: bottleneck blocks per stage,
+    # () for the stem alone; hybrid_width: the stem's width (64 for R50; stage i is 4 * width * 2^i wide)
+    stem: str = "patch"
+    hybrid_layers: tuple[int, ...] = ()
+    hybrid_width: int = 64
 
     def __post_init__(self) -> None:
         if isinstance(self.qkv_bias, (bool, str)) and self.qkv_bias in QKV_BIASES:
             self.qkv_bias = QKV_BIASES[self.qkv_bias]  # "qkv" -> True, "none" -> False
+        if isinstance(self.hybrid_layers, list):
+            self.hybrid_layers = tuple(self.hybrid_layers)  # read back from JSON
         self.image_size = _pair(self.image_size)
         if self.image_size[0] == self.image_size[1]:
             self.image_size = self.image_size[0]
@@ -106,9 +120,28 @@ class ViTConfig:
         return _pair(self.image_size)
 
     @property
+    def stem_stride(self) -> int:
+        """Pixels per feature-map cell before the patches: 1 for the patch stem; the hybrid's 7×7/2 conv and
+        3×3/2 max pool (4), halved again by every stage after the first."""
+        return 1 if self.stem == "patch" else hybrid_stride(self.hybrid_layers)
+
+    @property
+    def stem_channels(self) -> int:
+        """Channels that the patch projection reads: the image's, or the hybrid CNN's last stage's."""
+        if self.stem == "patch":
+            return self.channels
+        n = len(self.hybrid_layers)
+        return self.hybrid_width * 4 * 2 ** (n - 1) if n else self.hybrid_width
+
+    @property
+    def token_stride(self) -> int:
+        """Pixels per token side: the patch size times the stem's stride (what a map onto the image uses)."""
+        return self.patch_size * self.stem_stride
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         h, w = self.image_hw
-        p = self.patch_size
+        p = self.token_stride
         return (math.ceil(h / p), math.ceil(w / p)) if self.dynamic_img_pad else (h // p, w // p)
 
     @property
@@ -169,15 +202,19 @@ class ViTConfig:
         for name, hi in (("patch_size", 4096), ("channels", 4096), ("width", MAX_WIDTH),
                          ("depth", MAX_DEPTH), ("heads", 4096)):
             pos_int(name, hi)
+        self._validate_stem()
         h, w = self.image_hw
         if not (1 <= h and 1 <= w):
             raise ValueError(f"ViTConfig.image_size must be positive, got {self.image_size!r}")
-        if max(h, w) / self.patch_size > MAX_TOKENS_SIDE:
+        s = self.token_stride
+        what = f"patch_size {self.patch_size}" if s == self.patch_size else \
+            f"the token stride {s} (patch_size {self.patch_size} x the hybrid stem's stride {self.stem_stride})"
+        if max(h, w) / s > MAX_TOKENS_SIDE:
             raise ValueError(f"ViTConfig.image_size {h}x{w} gives more than {MAX_TOKENS_SIDE} patches "
-                             f"per side at patch_size {self.patch_size}; refusing")
-        if not self.dynamic_img_pad and (h % self.patch_size or w % self.patch_size):
-            raise ValueError(f"ViTConfig.image_size {h}x{w} is not divisible by patch_size "
-                             f"{self.patch_size}; use a multiple of {self.patch_size} or dynamic_img_pad=True")
+                             f"per side at {what}; refusing")
+        if not self.dynamic_img_pad and (h % s or w % s):
+            raise ValueError(f"ViTConfig.image_size {h}x{w} is not divisible by {what}; use a multiple of {s}"
+                             + (" or dynamic_img_pad=True" if self.stem == "patch" else ""))
         if not isinstance(self.num_classes, int) or not 0 <= self.num_classes <= MAX_CLASSES:
             raise ValueError(f"ViTConfig.num_classes must be an integer in [0, {MAX_CLASSES}], got {self.num_classes!r}")
         if self.width % self.heads:
@@ -232,11 +269,64 @@ class ViTConfig:
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"ViTConfig.labels has {len(self.labels)} names for {self.num_classes} classes")
 
+    def _validate_stem(self) -> None:
+        if self.stem not in STEMS:
+            raise ValueError(f"ViTConfig.stem must be one of {STEMS}, got {self.stem!r}")
+        layers = self.hybrid_layers
+        if not isinstance(layers, tuple) or len(layers) > 4 or \
+                not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in layers):
+            raise ValueError(f"ViTConfig.hybrid_layers must be 0 to 4 stage depths in [1, 64], got {layers!r}")
+        w = self.hybrid_width
+        if not isinstance(w, int) or isinstance(w, bool) or not 32 <= w <= 4096 or w % 32:
+            raise ValueError(f"ViTConfig.hybrid_width must be a multiple of 32 (GroupNorm's 32 groups) in "
+                             f"[32, 4096], got {w!r}")
+        if self.stem == "patch" and layers:
+            raise ValueError("ViTConfig.hybrid_layers needs stem='hybrid'")
+        if self.stem == "hybrid" and self.dynamic_img_pad:
+            raise ValueError("ViTConfig.dynamic_img_pad is for the patch stem; the hybrid stem pads 'same' itself")
+
+    def stem_params(self) -> int:
+        """Parameters of the hybrid CNN (0 for the patch stem): bias-free convolutions, GroupNorm scale + shift."""
+        if self.stem == "patch":
+            return 0
+        w = self.hybrid_width
+        n = self.channels * 49 * w + 2 * w  # 7x7 conv + norm
+        cin = w
+        for i, blocks in enumerate(self.hybrid_layers):
+            mid, out = w * 2 ** i, 4 * w * 2 ** i
+            n += cin * out + 2 * out  # downsample 1x1 conv + norm (first block)
+            for b in range(blocks):
+                n += (cin if b == 0 else out) * mid + 9 * mid * mid + mid * out + 2 * (2 * mid + out)
+            cin = out
+        return n
+
+    def stem_macs(self) -> int:
+        """Multiply-adds of the hybrid CNN for one image ('same' padding: every output cell is computed)."""
+        if self.stem == "patch":
+            return 0
+        h, w_ = self.image_hw
+        c = self.hybrid_width
+        cells = math.ceil(h / 2) * math.ceil(w_ / 2)
+        macs = cells * self.channels * 49 * c
+        h, w_ = math.ceil(h / 4), math.ceil(w_ / 4)
+        cin = c
+        for i, blocks in enumerate(self.hybrid_layers):
+            mid, out = c * 2 ** i, 4 * c * 2 ** i
+            s = 1 if i == 0 else 2
+            ho, wo = math.ceil(h / s), math.ceil(w_ / s)
+            macs += ho * wo * cin * out  # downsample
+            for b in range(blocks):
+                inp = h * w_ if b == 0 else ho * wo
+                macs += inp * (cin if b == 0 else out) * mid + ho * wo * (9 * mid * mid + mid * out)
+            h, w_, cin = ho, wo, out
+        return macs
+
     # --- (de)serialisation ---------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if isinstance(d["image_size"], tuple):
             d["image_size"] = list(d["image_size"])
+        d["hybrid_layers"] = list(d["hybrid_layers"])
         return d
 
     @classmethod
@@ -264,8 +354,8 @@ class ViTConfig:
     # --- cost ----------------------------------------------------------
     def num_params(self) -> int:
         """Parameter count, computed from the sizes (equals the built model's)."""
-        d, c, p = self.width, self.channels, self.patch_size
-        n = c * p * p * d + (d if self.patch_bias else 0)  # patch embedding
+        d, p = self.width, self.patch_size
+        n = self.stem_channels * p * p * d + (d if self.patch_bias else 0) + self.stem_params()  # patch embedding
         n += d * self.num_prefix_tokens  # cls / dist / register tokens
         if self.pos_embed == "learned":
             n += d * (self.num_patches + (self.num_prefix_tokens if self.pos_embed_prefix else 0))
@@ -296,7 +386,7 @@ class ViTConfig:
     def flops(self) -> int:
         """Forward FLOPs for one image (2 x multiply-adds of the matrix products and attention)."""
         d, m, t = self.width, self.mlp_dim, self.num_tokens
-        macs = self.num_patches * self.channels * self.patch_size ** 2 * d
+        macs = self.num_patches * self.stem_channels * self.patch_size ** 2 * d + self.stem_macs()
         per_block = t * d * 3 * d + t * d * d + 2 * t * m * d  # qkv, proj, MLP
         per_block += 2 * t * t * d  # QK^T and AV
         macs += self.depth * per_block
@@ -315,12 +405,17 @@ _NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}'
               "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; "
               "'deit_{tiny|small|base}[_distilled]_patch16_224'; "
               "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
+              "'vit_{size}_{r50_s16|r50_s32|r26_s32|r_s16_p8}_{RES}' (ResNet-v2 hybrids); "
               "short forms '{Ti|S|B|L|H}/{P}' and '{Ti|S|B|L|H}/{P}@{RES}'")
 # BEiT (Bao et al. 2021; timm's beit_*): relative position bias in every block, q and v biases, LayerScale, mean
 # pooling with its own norm, no absolute position embedding. LayerScale starts at 0.1 for BEiT-B, 1e-5 for
 # BEiT-L and for BEiT v2 (same blocks, another pre-training).
 BEIT = dict(rel_pos="per_block", qkv_bias="qv", pooling="gap", pos_embed="none")
 BEIT_LAYER_SCALE = {("beit", "base"): 0.1}  # otherwise 1e-5
+# timm's hybrid names (vision_transformer_hybrid): vit_{size}_{r|r26|r50}_s{stride}[_p{P}]_{RES} -> ResNet-v2 stage
+# depths ("r": the root stem alone, with 8x8 patches of its stride-4 map)
+HYBRID_STAGES = {("r", 16): (), ("r26", 32): (2, 2, 2, 2), ("r50", 16): (3, 4, 9), ("r50", 32): (3, 4, 6, 3)}
+_HYBRID_NAME = re.compile(r"vit_(\w+?)_(r|r26|r50)_s(\d+)(?:_p(\d+))?_(\d+)(?:x(\d+))?")
 
 
 # The vision towers of CLIP (Radford et al. 2021; timm's vit_*_clip_*: a LayerNorm before the blocks, no patch
@@ -345,6 +440,15 @@ def parse_model_name(name: str) -> ViTConfig:
         h = int(short.group(3)) if short.group(3) else DEFAULT_RESOLUTION
         w = int(short.group(4)) if short.group(4) else h
         return _build(raw, size, patch, (h, w), {})
+
+    if hyb := _HYBRID_NAME.fullmatch(name):
+        size, net, stride = SIZE_ALIASES.get(hyb.group(1), hyb.group(1)), hyb.group(2), int(hyb.group(3))
+        if size not in VARIANTS or (net, stride) not in HYBRID_STAGES:
+            raise ValueError(f"unknown hybrid {raw!r}: sizes {list(VARIANTS)}, CNNs "
+                             f"{sorted(f'{n}_s{s}' for n, s in HYBRID_STAGES)}; {_NAME_HELP}")
+        h = int(hyb.group(5))
+        extra = dict(stem="hybrid", hybrid_layers=HYBRID_STAGES[(net, stride)])
+        return _build(raw, size, int(hyb.group(4) or 1), (h, int(hyb.group(6) or h)), extra)
 
     parts = name.split("_")
     if len(parts) < 3 or parts[0] not in ("vit", "deit", "beit", "beitv2"):
@@ -390,10 +494,13 @@ def _build(raw: str, size: str, patch: int, res: tuple[int, int], extra: dict[st
 
 
 def list_models() -> list[str]:
-    """The canonical model names: every size at every standard patch size, at 224², plus DeiT, BEiT (v1, v2) and
-    the CLIP and SigLIP vision towers at their published sizes (any resolution parses: ``beit_large_patch16_512``)."""
+    """The canonical model names: every size at every standard patch size, at 224², plus DeiT, BEiT (v1, v2),
+    the CLIP and SigLIP vision towers and timm's ResNet-v2 hybrids at their published sizes (any resolution
+    parses: ``beit_large_patch16_512``)."""
     names = [f"vit_{size}_patch{p}_{DEFAULT_RESOLUTION}" for size in VARIANTS for p in PATCH_SIZES]
     names += [f"deit_{s}{d}_patch16_224" for s in ("tiny", "small", "base") for d in ("", "_distilled")]
     names += [f"{f}_{s}_patch16_224" for f in ("beit", "beitv2") for s in ("base", "large")]
     names += [f"vit_{s}_patch16_{t}_224" for t in ("clip", "siglip") for s in ("base", "large")]
+    names += ["vit_tiny_r_s16_p8_224", "vit_small_r26_s32_224", "vit_base_r26_s32_224", "vit_base_r50_s16_224",
+              "vit_large_r50_s32_224"]
     return names

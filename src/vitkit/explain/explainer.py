@@ -72,7 +72,7 @@ def explain(runner: ModelRunner | VisionTransformer, image: Image.Image, method:
     from ..data.preprocess import preprocess
 
     x = preprocess(image, cfg).to(run.device)  # (1, C, H, W)
-    p = model.cfg.patch_size
+    p = model.cfg.token_stride  # pixels per token side (patch x the hybrid stem's stride)
     h, w = x.shape[-2:]
     grid = (math.ceil(h / p), math.ceil(w / p)) if model.cfg.dynamic_img_pad else (h // p, w // p)
     was_training = model.training

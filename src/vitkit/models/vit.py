@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ViTConfig
-from ..layers import (Attention, AttentionPool, DropPath, LayerScale, Mlp, PatchEmbed, RelPosBias, resample_pos_embed,
-                      resize_rel_pos_table, sincos_2d_pos_embed)
+from ..layers import (Attention, AttentionPool, DropPath, HybridEmbed, LayerScale, Mlp, PatchEmbed, RelPosBias,
+                      resample_pos_embed, resize_rel_pos_table, sincos_2d_pos_embed)
 
 
 class Block(nn.Module):
@@ -71,7 +71,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = cfg.num_prefix_tokens
         # tokens the head reads: [CLS] (and the distillation token), or every token for "gap"
         self.head_tokens = (2 if cfg.distilled else 1) if cfg.pooling == "cls" else None
-        self.patch_embed = PatchEmbed(cfg)
+        self.patch_embed = HybridEmbed(cfg) if cfg.stem == "hybrid" else PatchEmbed(cfg)  # patches | CNN + patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.distilled else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None

@@ -101,7 +101,7 @@ class BatchingHandler:
         self.name = name or "vitkit"
         self.source = source
         self.max_batch = max_batch
-        self.patch = model.cfg.patch_size
+        self.patch = model.cfg.token_stride  # pixels per token (the hybrid stem strides too)
         self.native_hw = tuple(self.runner.preprocess_cfg.size)  # (H, W)
         self.sizes = [tuple(s) for s in sizes]
         for hw in self.sizes:

@@ -48,7 +48,6 @@ UNBUILT_FAMILIES: tuple[tuple[str, re.Pattern], ...] = (
      re.compile(r"^head\.(probe|attention\.|mlp\.|layernorm\.)")),
     ("CLIP's vision tower in transformers' layout (pre_layrnorm; vitkit reads timm's norm_pre)",
      re.compile(r"^pre_layrnorm\.")),
-    ("a hybrid CNN-ViT (a ResNet stem under patch_embed.backbone)", re.compile(r"^patch_embed\.backbone\.")),
     ("EVA-02's inner LayerNorms (scale_mlp / scale_attn_inner)", re.compile(r"\.(mlp\.norm|mlp\.ffn_ln|attn\.norm)\.")),
     ("a Swin Transformer (hierarchical stages)", re.compile(r"^layers\.\d+\.blocks\.\d+\.")),
 )
@@ -70,8 +69,8 @@ def refuse_unbuilt_family(state: dict[str, torch.Tensor], source: str) -> None:
         keys = [f"blocks.0.mlp.fc1.weight {tuple(fc1.shape)}", f"blocks.0.mlp.fc2.weight {tuple(fc2.shape)}"]
     more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
     raise ValueError(f"{source}: a checkpoint of {family}, which vitkit does not build; the keys that show it: "
-                     f"{keys[:3]}{more}. vitkit builds ViT, DeiT (distilled), registers, DINOv2, MAE, BEiT and the "
-                     "CLIP/SigLIP towers")
+                     f"{keys[:3]}{more}. vitkit builds ViT, DeiT (distilled), registers, DINOv2, MAE, BEiT, the "
+                     "CLIP/SigLIP towers and ResNet-v2 hybrids")
 
 
 def need(state: dict, key: str, source: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -226,6 +226,7 @@ def _hf_problems(cfg: ViTConfig) -> list[str]:
         (not cfg.patch_bias, "no patch-embedding bias"), (cfg.qk_norm, "qk-norm"),
         (cfg.norm_pre, "norm_pre (CLIP's LayerNorm before the blocks)"),
         (cfg.pooling == "map", "an attention-pooling head (SigLIP)"),
+        (cfg.stem == "hybrid", "a hybrid CNN stem (transformers' ViTHybrid is another class, not read here)"),
         (cfg.layer_scale_init is not None and (not beit or cfg.layer_scale_init <= 0),
          "LayerScale" + (" initialised at 0 (transformers reads 0 as none)" if beit else "")),
     ]

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ViTConfig
+from ..config import ViTConfig, hybrid_stride
 from .checks import check_state, square_side
+from .npz_hybrid import npz_stem, stem_to_npz
 
 CONFIG_KEY = "vitkit/config"
 PREPROCESS_KEY = "vitkit/preprocess"  # vitkit's PreprocessConfig as JSON bytes, when the writer had one
@@ -82,6 +83,10 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"{file}: embedding/kernel must be (P, P, C, D), got {kernel.shape}")
     p, _, c, d = kernel.shape
+    stem, stem_state = npz_stem(arrays, pre, take)  # R50+ViT-B_16.npz: conv_root, gn_root, block{i}/unit{j}/...
+    if stem:
+        c = stem.pop("channels")
+    s = p * hybrid_stride(stem["hybrid_layers"]) if stem else p  # pixels per token side
     if scanned:
         depth = arrays[f"{pre}Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
     else:
@@ -111,7 +116,7 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
             req = hints.get("requested_size")  # the size the caller loads at: settles non-square grids
             if size is None and req is not None and not (prefix_rows and square_side(rows - 1)):
                 rh, rw = (req, req) if isinstance(req, int) else tuple(req)
-                n = (rh // p) * (rw // p)
+                n = (rh // s) * (rw // s)
                 if rows == n or (cls and rows == n + 1):  # e.g. 4*6 + 1 = 25 rows, also a 5x5 grid
                     size, prefix_rows = (rh, rw), rows - n
             if size is None:
@@ -119,7 +124,7 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
                 if side is None:
                     raise ValueError(f"{file}: position embedding has {rows} rows, not a square grid; "
                                      "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
-                size = side * p
+                size = side * s
         else:
             size = hints.get("image_size", 224)
         n_cls = arrays[f"{pre}head/bias"].shape[-1] if f"{pre}head/bias" in arrays else 0
@@ -130,10 +135,11 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
                             pos_embed="learned" if has_pos else hints.get("pos_embed", "sincos2d"),
                             pos_embed_prefix=bool(prefix_rows), fc_norm=False, num_classes=n_cls,
                             representation_size=rep, norm_eps=hints.get("norm_eps", 1e-6),
-                            act=hints.get("act", "gelu_tanh"), labels=hints.get("labels"))
+                            act=hints.get("act", "gelu_tanh"), labels=hints.get("labels"), **stem)
         except ValueError as e:
             raise ValueError(f"{file}: the arrays describe an impossible ViT: {e}") from None
 
+    state.update(stem_state)
     state["patch_embed.proj.weight"] = _t(kernel.transpose(3, 2, 0, 1))  # HWIO -> OIHW
     state["patch_embed.proj.bias"] = _t(take("embedding/bias"))
     if cls:
@@ -202,6 +208,7 @@ def vitkit_to_npz(state: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, n
     d, h, hd = cfg.width, cfg.heads, cfg.head_dim
     n = lambda t: t.detach().cpu().float().numpy()  # noqa: E731
     out: dict[str, np.ndarray] = {}
+    out.update(stem_to_npz(state, cfg, pre))  # the hybrid's ResNet-v2, if any
     out[pre + "embedding/kernel"] = n(state["patch_embed.proj.weight"]).transpose(2, 3, 1, 0)  # OIHW -> HWIO
     out[pre + "embedding/bias"] = n(state["patch_embed.proj.bias"])
     if cfg.class_token:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import VARIANTS, ViTConfig, parse_model_name
+from ..config import VARIANTS, ViTConfig, hybrid_stride, parse_model_name
 from .checks import check_state, need, refuse_unbuilt_family, square_side
 
 # wrappers that training scripts put around the state dict (DeiT/MAE: {'model': ...})
@@ -78,7 +78,7 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     """
     notes = notes if notes is not None else []
     hints = dict(hints or {})
-    refuse_unbuilt_family(state, source)  # EVA-02, SwiGLU, SigLIP, CLIP, hybrids: their family named, not keys listed
+    refuse_unbuilt_family(state, source)  # EVA-02, SwiGLU, SigLIP, CLIP: their family named, not keys listed
     table = state.get(TABLE, state.get(SHARED_TABLE))
     if TABLE in state and SHARED_TABLE in state:
         raise ValueError(f"{source}: relative position tables both per block and shared; vitkit builds one or "
@@ -100,6 +100,11 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
     width, channels, p, p2 = w.shape
     if p != p2:
         raise ValueError(f"{source}: non-square patch kernel {tuple(w.shape)} is not supported")
+    stem = hybrid_stem(state, source)  # {} for the patch stem
+    if stem:
+        channels = stem.pop("channels")
+    # pixels per token side: the patch, times the hybrid CNN's stride
+    s = p * hybrid_stride(stem["hybrid_layers"]) if stem else p
     depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     if depth == 0:
         raise ValueError(f"{source}: no 'blocks.N.' tensors; not a timm ViT state dict")
@@ -139,31 +144,31 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
         norm_pre=norm_pre, norm_eps=hints.get("norm_eps", 1e-5 if norm_pre else 1e-6),
-        act=hints.get("act", "gelu"), labels=hints.get("labels"),
+        act=hints.get("act", "gelu"), labels=hints.get("labels"), **stem,
     )
     if "pos_embed" in state:
         rows = state["pos_embed"].shape[1]
         size = hints.get("image_size")
         if size is not None:  # the grid is known: decide whether prefix tokens have rows
             gh, gw = (size, size) if isinstance(size, int) else tuple(size)
-            n = (gh // p) * (gw // p)
+            n = (gh // s) * (gw // s)
             if rows not in (n, n + n_prefix):
-                raise ValueError(f"{source}: pos_embed has {rows} rows; a {gh}x{gw} image at patch {p} "
+                raise ValueError(f"{source}: pos_embed has {rows} rows; a {gh}x{gw} image at token stride {s} "
                                  f"has {n} patches (+{n_prefix} prefix tokens)")
             kw.update(image_size=(gh, gw), pos_embed_prefix=rows == n + n_prefix and n_prefix > 0)
         elif n_prefix and (side := square_side(rows - n_prefix)) is not None:
-            kw.update(image_size=side * p, pos_embed_prefix=True)
-        elif requested_size is not None and rows in (n := _patches(requested_size, p), n + n_prefix):
+            kw.update(image_size=side * s, pos_embed_prefix=True)
+        elif requested_size is not None and rows in (n := _patches(requested_size, s), n + n_prefix):
             # e.g. timm img_size=(224, 256): 14*16 + 1 = 225 rows would also read as a 15x15 grid without
             # a [CLS] row; the caller's size settles it
             kw.update(image_size=requested_size, pos_embed_prefix=rows == n + n_prefix and n_prefix > 0)
         elif (side := square_side(rows)) is not None:
-            kw.update(image_size=side * p, pos_embed_prefix=False)
+            kw.update(image_size=side * s, pos_embed_prefix=False)
         else:
             raise ValueError(f"{source}: pos_embed has {rows} rows, not a square grid (+{n_prefix} prefix tokens); "
                              "pass the checkpoint's own image_size=(H, W) (CLI: --image-size H W)")
     elif table is not None:
-        kw.update(pos_embed="none", image_size=_rel_pos_size(table.shape[0], p, hints.get("image_size"),
+        kw.update(pos_embed="none", image_size=_rel_pos_size(table.shape[0], s, hints.get("image_size"),
                                                               requested_size, source))
     else:
         kw.update(pos_embed="none", image_size=hints.get("image_size") or 224)
@@ -175,6 +180,34 @@ def infer_config(state: dict[str, torch.Tensor], source: str, hints: dict[str, A
         if "pooling" in hints and "pooling" in str(e):  # the caller's override is what cannot be
             raise ValueError(f"{source}: pooling={hints['pooling']!r} (--pooling) does not fit this file: {e}") from None
         raise ValueError(f"{source}: the tensors describe an impossible ViT: {e}") from None
+
+
+HYBRID = "patch_embed.backbone."
+
+
+def hybrid_stem(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """The ViTConfig fields of a hybrid's ResNet-v2 under ``patch_embed.backbone.`` (timm's
+    ``vision_transformer_hybrid``), {} without one: stage depths from the ``stages.N.blocks.M`` keys, the width
+    and the image channels from the root conv (``stem.conv``, or ``conv`` for a stem without stages)."""
+    keys = [k[len(HYBRID):] for k in state if k.startswith(HYBRID)]
+    if not keys:
+        return {}
+    root = HYBRID + ("stem.conv.weight" if any(k.startswith("stem.") for k in keys) else "conv.weight")
+    if "stem.conv.weight" not in keys and "conv.weight" not in keys:
+        shown = sorted(HYBRID + k for k in keys)
+        raise ValueError(f"{source}: a checkpoint of a hybrid CNN-ViT with another CNN than ResNet-v2 (timm's "
+                         f"vit_*_resnet*d_*), which vitkit does not build; the keys that show it: {shown[:3]}. "
+                         "vitkit builds the ResNet-v2 hybrids (vit_*_r26/r50_*: a root conv at "
+                         f"{HYBRID}stem.conv)")
+    conv = need(state, root, source, (None, None, 7, 7))
+    blocks: dict[int, set[int]] = {}
+    for k in keys:
+        if m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", k):
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layers = tuple(len(blocks.get(i, ())) for i in range(len(blocks)))
+    if blocks and (sorted(blocks) != list(range(len(blocks))) or 0 in layers):
+        raise ValueError(f"{source}: the hybrid's stages are not numbered 0..N-1: {sorted(blocks)}")
+    return dict(stem="hybrid", hybrid_layers=layers, hybrid_width=conv.shape[0], channels=conv.shape[1])
 
 
 def _rel_pos_size(rows: int, p: int, size: int | tuple[int, int] | None,
@@ -240,7 +273,9 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
         (beit and cfg.qkv_bias_parts == "qkv", "a k bias (Beit has q and v biases, or none)"),
         (beit and (not cfg.class_token or cfg.reg_tokens or cfg.distilled), "prefix tokens other than one [CLS]"),
         (beit and cfg.pos_embed == "learned" and not cfg.pos_embed_prefix, "a patch-only position embedding"),
-        (beit and cfg.qk_norm, "qk-norm")) if bad]
+        (beit and cfg.qk_norm, "qk-norm"),
+        (cfg.stem == "hybrid", "a hybrid CNN stem in a hub folder (timm builds the ResNet in code, from the "
+                               "architecture name alone: save a .safetensors or .pth file instead)")) if bad]
     if problems:
         raise ValueError(f"timm's {name} cannot express {'; '.join(problems)}; save it as vitkit instead")
     args = dict(img_size=cfg.image_size if isinstance(cfg.image_size, int) else list(cfg.image_size),
