@@ -130,3 +130,11 @@ def test_readme_example_one_set_of_weights_at_patch_8_16_32(tmp_path):
         assert outs[p].shape == (1, 1000) and torch.isfinite(outs[p]).all()
     with torch.no_grad():
         assert max_diff(outs[16], src.eval()(x)) <= 1e-6
+
+
+def test_a_hybrid_refuses_a_patch_kernel_resize(tmp_path):
+    cfg = vitkit.ViTConfig(image_size=32, patch_size=1, width=32, depth=1, heads=4, num_classes=3, stem="hybrid",
+                           hybrid_layers=(1,), hybrid_width=32)
+    vitkit.save(vitkit.create_model(cfg), tmp_path / "h")
+    with pytest.raises(ValueError, match="hybrid's patches are cut from its CNN's feature map"):
+        vitkit.load(tmp_path / "h", patch_size=2)

@@ -30,6 +30,9 @@ def resize_state(cfg: ViTConfig, state: dict[str, torch.Tensor], image_size: int
             raise
         raise ValueError(f"patch_size={patch_size}: {e}") from None
     state = dict(state)
+    if new.patch_size != cfg.patch_size and getattr(cfg, "stem", "patch") == "hybrid":
+        raise ValueError(f"patch_size={patch_size}: a hybrid's patches are cut from its CNN's feature map; FlexiViT's "
+                         "kernel resize is for pixel patches (a patch-stem ViT)")
     if new.patch_size != cfg.patch_size and "patch_embed.proj.weight" in state:
         state["patch_embed.proj.weight"] = resize_patch_kernel(state["patch_embed.proj.weight"], new.patch_size)
     if new.grid_size == cfg.grid_size:
