@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.train import engine
 from vitkit.train import NonFiniteLossError, ResumeError, TrainConfig, Trainer, train
 from vitkit.train.checkpoint import load_checkpoint, step_checkpoints
 
@@ -290,3 +291,51 @@ def test_engine_ema_is_the_running_average_of_the_steps(tmp_path):
     assert st["ema"]["decay"] == decay and st["ema"]["updates"] == steps
     for k, p in tr.ema.module.state_dict().items():
         assert torch.equal(st["ema"]["model"][k], p), k
+
+
+class _Stop(Exception):
+    pass
+
+
+def _small_data():
+    """96 training and 32 validation images of digits' shape (16x16, grey, 10 classes), in memory."""
+    from vitkit.data.datasets import TensorImageDataset
+
+    g = torch.Generator().manual_seed(7)
+    make = lambda n, name: TensorImageDataset(torch.rand(n, 1, 16, 16, generator=g), [i % 10 for i in range(n)],
+                                              [str(i) for i in range(10)], (16, 16), 1, name)
+    return make(96, "small/train"), make(32, "small/val")
+
+
+def test_resume_in_process_mid_epoch_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """The in-process twin of the SIGKILL test, small enough for mutation runs: a run stopped (by an
+    exception) after step 10, mid-epoch, resumed from its step-8 checkpoint, ends like the uninterrupted
+    run: the same loss and lr at every step, the same parameters, EMA, schedule and progress."""
+    cfg = dict(RESUME_CFG, steps=14, batch_size=16, save_every_steps=4, keep_last=2,  # 6 steps per epoch
+               randaugment=None, random_erasing=0.0)  # their per-image seeding is the SIGKILL test's; here they cost time
+    monkeypatch.setattr(engine, "plot_curves", lambda *a, **kw: None)  # the PNGs are not what is tested
+    full = tmp_path / "full"
+    Trainer(TrainConfig(**cfg, out=str(full)), *_small_data()).fit()
+
+    def stop(event, trainer, **info):
+        if event == "step" and info["step"] == 10:
+            raise _Stop
+
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        Trainer(TrainConfig(**cfg, out=str(run)), *_small_data(), hooks=[stop]).fit()
+    assert [s for s, _ in step_checkpoints(run)] == [6, 8]  # 4, 6 (end of epoch 1), 8; the last two kept
+    assert max(_losses(run)) == 10
+    tr = Trainer(TrainConfig(**cfg, out=str(run), resume="auto"), *_small_data()).setup()
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (8, 1, 2)
+    assert tr.ema.updates == 8 and tr.schedule.step_count == 8
+    assert max(_losses(run)) == 8  # the metrics of steps 9 and 10 (after the checkpoint) are dropped
+    tr.fit()
+    assert _losses(run) == _losses(full) and _logged_lrs(run) == _logged_lrs(full)
+    assert sorted(_losses(full)) == list(range(1, 15))
+    a, b = (load_checkpoint(step_checkpoints(r)[-1][1]) for r in (full, run))
+    assert a["progress"] == b["progress"] and a["scheduler"] == b["scheduler"]
+    assert a["progress"]["global_step"] == 14
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 14
+    assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
