@@ -16,7 +16,7 @@ from vitkit.train import checkpoint as ckpt
 from vitkit.train.config import TrainConfig, read_config_file
 from vitkit.train.ema import ModelEma
 from vitkit.train.mixup import Mixer, smooth_one_hot, soft_target_cross_entropy
-from vitkit.train.optim import WarmupCosine, build_optimizer, param_groups
+from vitkit.train.optim import WarmupCosine, build_optimizer, layer_id, param_groups
 
 
 def test_no_weight_decay_on_norms_biases_tokens_pos_embed():
@@ -165,3 +165,49 @@ def test_config_files_and_validation(tmp_path):
         TrainConfig(model="m", data="digits", out="o").validate()
     with pytest.raises(ValueError, match="randaugment"):
         TrainConfig(model="m", data="digits", out="o", epochs=1, randaugment="9").validate()
+
+
+def test_layer_id_of_every_kind_of_parameter():
+    for name in ("patch_embed.proj.weight", "cls_token", "dist_token", "reg_token", "pos_embed"):
+        assert layer_id(name, 12) == 0, name
+    assert layer_id("blocks.0.attn.qkv.weight", 12) == 1 and layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("norm.weight", 12) == layer_id("head.weight", 12) == layer_id("head_dist.bias", 12) == 13
+    # a model with every token: layer decay scales each like the embeddings, weight decay skips them
+    m = create_model(tiny_cfg(distilled=True, reg_tokens=2))
+    groups = param_groups(m, 0.05, layer_decay=0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
+        assert scale[name] == 0.5 ** 3 and decay[name] == 0.0, name
+    assert scale["head_dist.weight"] == 1.0 and decay["head_dist.weight"] == 0.05
+
+
+def test_build_optimizer_settings():
+    m = create_model(tiny_cfg())
+    adam = build_optimizer(m, "adamw", 3e-4, 0.05)
+    assert isinstance(adam, torch.optim.AdamW)
+    assert adam.defaults["lr"] == 3e-4 and adam.defaults["betas"] == (0.9, 0.999)
+    assert all(g["lr"] == 3e-4 for g in adam.param_groups)
+    assert build_optimizer(m, "adamw", 1e-3, 0.05, betas=[0.8, 0.95]).defaults["betas"] == (0.8, 0.95)
+    sgd = build_optimizer(m, "sgd", 0.1, 0.0)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (0.1, 0.9, True)
+    plain = build_optimizer(m, "sgd", 0.1, 0.0, momentum=0.0)
+    assert (plain.defaults["momentum"], plain.defaults["nesterov"]) == (0.0, False)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        build_optimizer(m, "lamb", 0.1, 0.0)
+
+
+def test_warmup_cosine_edges_and_state_dict():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    one = WarmupCosine(opt, peak=1.0, total=1, warmup=0, min_lr=0.25)  # a one-step run
+    assert one.lr_at(0) == 1.0 and one.lr_at(1) == 0.25 and one.lr_at(5) == 0.25
+    assert WarmupCosine(opt, 1.0, total=0, warmup=0).total == 1
+    none = WarmupCosine(opt, peak=1.0, total=10, warmup=0)  # no warm-up: the cosine starts at step 0
+    assert none.warmup == 0 and none.lr_at(0) == 1.0 and none.lr_at(1) < 1.0
+    assert math.isclose(none.lr_at(5), 0.5) and none.lr_at(10) == 0.0  # min_lr defaults to 0
+    assert WarmupCosine(opt, 1.0, total=4, warmup=9).warmup == 4  # capped at the run
+    s = WarmupCosine(opt, peak=2.0, total=20, warmup=3, min_lr=0.1)
+    assert opt.param_groups[0]["lr"] == s.lr_at(0) == 2.0 / 3  # applied on construction
+    assert s.step() == s.lr_at(1) == opt.param_groups[0]["lr"]
+    assert s.state_dict() == {"step_count": 1, "peak": 2.0, "total": 20, "warmup": 3, "min_lr": 0.1}
