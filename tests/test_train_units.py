@@ -211,3 +211,25 @@ def test_warmup_cosine_edges_and_state_dict():
     assert opt.param_groups[0]["lr"] == s.lr_at(0) == 2.0 / 3  # applied on construction
     assert s.step() == s.lr_at(1) == opt.param_groups[0]["lr"]
     assert s.state_dict() == {"step_count": 1, "peak": 2.0, "total": 20, "warmup": 3, "min_lr": 0.1}
+
+
+def test_param_groups_of_any_module():
+    """A model without no_weight_decay() works (nothing extra skipped); names it lists may be modules
+    (all their parameters skip decay); without layer decay there are just two groups."""
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    groups = param_groups(plain, 0.1)
+    assert [(g["names"], g["weight_decay"], g["lr_scale"]) for g in groups] == [
+        (["0.weight"], 0.1, 1.0), (["0.bias", "1.weight", "1.bias"], 0.0, 1.0)]
+
+    class WithEmbedding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.proj = torch.nn.Embedding(5, 4), torch.nn.Linear(4, 4)
+
+        def no_weight_decay(self):
+            return {"emb"}
+
+    decay = {n: g["weight_decay"] for g in param_groups(WithEmbedding(), 0.1) for n in g["names"]}
+    assert decay == {"emb.weight": 0.0, "proj.weight": 0.1, "proj.bias": 0.0}
+    vit = param_groups(create_model(tiny_cfg(depth=3)), 0.05)
+    assert len(vit) == 2 and [g["weight_decay"] for g in vit] == [0.05, 0.0]
