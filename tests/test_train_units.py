@@ -233,3 +233,97 @@ def test_param_groups_of_any_module():
     assert decay == {"emb.weight": 0.0, "proj.weight": 0.1, "proj.bias": 0.0}
     vit = param_groups(create_model(tiny_cfg(depth=3)), 0.05)
     assert len(vit) == 2 and [g["weight_decay"] for g in vit] == [0.05, 0.0]
+
+
+def test_checkpoint_files_errors_and_listing(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    d = run / "checkpoints"
+    d.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"holds no training checkpoint \(looked for checkpoints/step_\*.pt\)"):
+        ckpt.load_checkpoint(run)
+    assert ckpt.step_checkpoints(tmp_path / "nowhere") == [] and ckpt.latest_checkpoint(run) is None
+    good = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "w": torch.ones(2)}
+    for step in (100, 9, 20):
+        ckpt.save_checkpoint({**good, "step": step}, d / f"step_{step:08d}.pt")
+    (d / "best.pt").write_bytes(b"x")
+    (d / "step_7.pt.tmp").write_bytes(b"x")
+    expected = [(9, d / "step_00000009.pt"), (20, d / "step_00000020.pt"), (100, d / "step_00000100.pt")]
+    assert ckpt.step_checkpoints(run) == ckpt.step_checkpoints(d) == expected  # run folder or its checkpoints
+    st = ckpt.load_checkpoint(run)
+    assert st["step"] == 100 and st["_path"] == str(d / "step_00000100.pt")
+    assert ckpt.load_checkpoint(d / "step_00000009.pt")["step"] == 9
+
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"junk.pt is not a readable vitkit training checkpoint: \w+Error"):
+        ckpt.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "other", "format_version": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a vitkit training checkpoint \\(no format='vitkit-train'"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt is not a vitkit training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "list.pt")
+    torch.save({"format": ckpt.FORMAT, "format_version": 2}, tmp_path / "v2.pt")
+    with pytest.raises(ValueError, match="v2.pt: unsupported checkpoint format_version 2"):
+        ckpt.load_checkpoint(tmp_path / "v2.pt")
+
+    # another write error than a full disk: its own words; nothing about a previous version when none
+    def denied(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(ckpt.os, "replace", denied)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write .*new.pt: Permission denied$") as e:
+        ckpt.save_checkpoint(good, d / "new.pt")
+    assert e.value.errno == errno.EACCES
+    with pytest.raises(ckpt.CheckpointError, match=r"step_00000009.pt: Permission denied; the previous version is kept"):
+        ckpt.save_checkpoint(good, d / "step_00000009.pt")
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "step_00000009.pt", "step_00000020.pt",
+                                                    "step_00000100.pt", "step_7.pt.tmp"]  # no temporary file left
+
+
+def test_write_bytes_atomic_goes_through_a_synced_temporary_file(tmp_path, monkeypatch):
+    seen = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: seen.append(("fsync", fd)) or real_fsync(fd))
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: seen.append(("replace", a, b)) or real_replace(a, b))
+    ckpt.write_bytes_atomic(tmp_path / "f.bin", b"data")
+    assert (tmp_path / "f.bin").read_bytes() == b"data"
+    assert [s[0] for s in seen] == ["fsync", "replace", "fsync"]  # the file, the rename, then the folder
+    assert seen[1][1] == tmp_path / f".f.bin.tmp-{os.getpid()}" and seen[1][2] == tmp_path / "f.bin"
+
+
+def test_prune_keeps_everything_when_there_are_fewer_and_tolerates_a_vanished_file(tmp_path, monkeypatch):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for s in (1, 2):
+        (d / f"step_{s:08d}.pt").write_bytes(b"x")
+    ckpt.prune(tmp_path, keep_last=3)
+    assert len(list(d.iterdir())) == 2
+    real = type(d).unlink
+
+    def unlink(p, *a, **kw):
+        real(p, *a, **kw)
+        raise FileNotFoundError(p)  # removed by someone else meanwhile
+
+    monkeypatch.setattr(type(d), "unlink", unlink)
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [p.name for p in d.iterdir()] == ["step_00000002.pt"]
+
+
+def test_rng_state_includes_cuda_generators_when_there_are_some(monkeypatch):
+    got = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1], dtype=torch.uint8)] * 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: got.setdefault("cuda", states))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    st = ckpt.rng_state()
+    assert len(st["cuda"]) == 2
+    ckpt.set_rng_state(st)
+    assert got["cuda"] is st["cuda"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: the CUDA states are skipped
+    got.clear()
+    ckpt.set_rng_state(st)
+    assert not got
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ckpt.rng_state()["cuda"] == []
+    ckpt.set_rng_state(st)
+    assert not got
