@@ -165,7 +165,7 @@ def _verdicts() -> dict:
 def collect() -> dict:
     verdicts = _verdicts().get("mutants", {})
     modules: dict[str, Counter] = {}
-    survivors, ever_survived = [], []
+    survivors = []
     for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
@@ -187,8 +187,6 @@ def collect() -> dict:
                     c["equivalent"] += 1
                 survivors.append({"mutant": name, "status": status, "diff": diff, "verdict": verdict,
                                   "stale_verdict": bool(v) and v.get("diff") != diff})
-            elif v and status == "killed":
-                ever_survived.append({"mutant": name, "diff": diff, "verdict": v["verdict"]})
     scores = {}
     for m, c in sorted(modules.items()):
         tested = c["killed"] + c["survived"] + c["no tests"] + c["timeout"] + c["suspicious"] + c["segfault"]
@@ -199,12 +197,28 @@ def collect() -> dict:
                      "score": round(killed / tested, 4) if tested else None,
                      "score_without_equivalent": round(killed / (tested - c["equivalent"]), 4)
                      if tested - c["equivalent"] else None}
-    return {"modules": scores, "survivors": survivors, "killed_after_surviving": ever_survived}
+    return {"modules": scores, "survivors": survivors}
 
 
 def write_record(run: dict | None) -> None:
     old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
     data = collect()
+    # survivors of earlier runs that are killed now: kept in the record with the test that did it
+    verdicts = _verdicts().get("mutants", {})
+    now_open = {x["mutant"] for x in data["survivors"]}
+    killed_since = {x["mutant"]: x for x in old.get("killed_after_surviving", []) if x["mutant"] not in now_open}
+    status_now = {}
+    for meta in (ROOT / "mutants" / "src").rglob("*.py.meta"):
+        status_now.update(json.loads(meta.read_text()).get("exit_code_by_key", {}))
+    for x in old.get("survivors", []):
+        if x["mutant"] not in now_open and STATUS.get(status_now.get(x["mutant"], -1)) == "killed":
+            v = verdicts.get(x["mutant"], {}).get("verdict") or (
+                f"killed-by-new-test (rerun {run['date'] if run else 'since'})")
+            killed_since[x["mutant"]] = {"mutant": x["mutant"], "diff": x["diff"], "verdict": v}
+    for name, x in killed_since.items():  # a verdict written after the fact wins
+        if verdicts.get(name, {}).get("verdict"):
+            x["verdict"] = verdicts[name]["verdict"]
+    data["killed_after_surviving"] = sorted(killed_since.values(), key=lambda x: x["mutant"])
     runs = old.get("runs", [])
     if run is not None:
         runs.append(run)
@@ -272,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--no-record", action="store_true")
+    r.add_argument("--survivors", action="store_true",
+                   help="rerun only the mutants (of GLOBs, if given) that survived the last run")
     r.add_argument("globs", nargs="*")
     sub.add_parser("record")
     sub.add_parser("_mutmut").add_argument("args", nargs="*")  # internal: the mutmut process itself
@@ -284,14 +300,25 @@ def main(argv: list[str] | None = None) -> int:
         _mutmut_run(globs, int(jobs))
         return 0
     # run: mutmut in a child process at the lowest priority, timed
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *a.globs]
+    names = a.globs
+    if a.survivors:
+        names = [s["mutant"] for s in collect()["survivors"] if s["status"] != "not checked"
+                 and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
+        if not names:
+            print("no surviving mutants to rerun")
+            return 0
+        print(f"rerunning {len(names)} surviving mutant(s)")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names]
     if hasattr(os, "nice"):
         cmd = ["nice", "-n", "19", *cmd]
     start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
     run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
-           "command": "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
-           + (f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""), "mutants": " ".join(a.globs) or None,
+           "command": ("python tools/mutation.py run --survivors" + "".join(" " + shlex.quote(g) for g in a.globs))
+           if a.survivors else "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
+           + (f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""),
+           "mutants": f"{len(names)} survivors of {' '.join(a.globs) or 'all'}" if a.survivors
+           else " ".join(a.globs) or None,
            "exit_code": rc, "machine": _machine()}
     if not a.no_record:
         write_record(run)
