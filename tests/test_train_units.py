@@ -327,3 +327,15 @@ def test_rng_state_includes_cuda_generators_when_there_are_some(monkeypatch):
     assert ckpt.rng_state()["cuda"] == []
     ckpt.set_rng_state(st)
     assert not got
+
+
+def test_load_checkpoint_reads_onto_the_cpu_with_weights_only(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU must load on a CPU-only machine, and never unpickle code whatever
+    torch's defaults: load_checkpoint asks torch.load for both (not observable with CPU tensors alone)."""
+    path = tmp_path / "step_00000001.pt"
+    ckpt.save_checkpoint({"format": ckpt.FORMAT, "format_version": 1, "w": torch.ones(2)}, path)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    assert torch.equal(ckpt.load_checkpoint(path)["w"], torch.ones(2))
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
