@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # pytest workers: the suite is CPU-bound and sized for a 2-core machine
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install clean chromium
+.PHONY: demo test install clean chromium mutation
 
 install: $(STAMP)
 
@@ -34,6 +34,16 @@ chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: tests/test_serve_browser.py will skip"
+
+# Mutation testing, not part of `test` or CI (it takes an hour or more on 2 cores): installs mutmut
+# into the venv when missing, runs it at the lowest CPU priority (tools/mutation.py, config in
+# pyproject.toml) and writes the record benchmarks/mutation.md. A part: MUTANTS='vitkit.train.ema.*'.
+MUTANTS ?=
+MUTATION_JOBS ?= $(TEST_WORKERS)
+
+mutation: $(STAMP)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[dev,mutation]'
+	$(PY) tools/mutation.py run --jobs $(MUTATION_JOBS) $(MUTANTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

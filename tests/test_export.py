@@ -124,3 +124,34 @@ def test_cli_export_errors(tmp_path, capsys, monkeypatch, argv, needle):
     rc = main(["export"] + argv)
     err = capsys.readouterr().err
     assert rc == 2 and "vitkit: error:" in err and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fp16,default,under,over", [(False, 1e-4, 5e-5, 3e-4), (True, 2e-2, None, 6e-2)],
+                         ids=["fp32", "fp16"])
+def test_default_parity_threshold_refuses_a_runtime_that_differs(tmp_path, monkeypatch, fp16, default, under, over):
+    """Without an explicit atol the documented defaults apply (1e-4 fp32, 2e-2 fp16): an onnxruntime whose
+    output is off by more than that is refused and nothing is written; within it, the export goes through."""
+    model = _sharpen(vitkit.create_model(vitkit.ViTConfig(image_size=32, patch_size=8, width=32, depth=1, heads=2,
+                                                          num_classes=4)))
+    shift = {}
+
+    class Perturbed(ort.InferenceSession):
+        def run(self, *a, **kw):
+            outs = super().run(*a, **kw)
+            outs[0][0, 0] += shift["delta"]  # one logit off by delta
+            return outs
+
+    monkeypatch.setattr(ort, "InferenceSession", Perturbed)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"an earlier export")
+    shift["delta"] = over
+    with pytest.raises(ExportParityError, match=rf"more than the allowed {default:g}; nothing was written"):
+        export_onnx(model, path, fp16=fp16, dynamic_batch=False)
+    assert path.read_bytes() == b"an earlier export"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["model.onnx"]
+    shift["delta"] = 0.0 if under is None else under
+    report = export_onnx(model, path, fp16=fp16, dynamic_batch=False)
+    assert report.atol == default and report.max_abs_diff <= default
+    if under is not None:
+        assert report.max_abs_diff >= under / 2  # the perturbed runtime was the one checked
+    assert path.read_bytes() != b"an earlier export"

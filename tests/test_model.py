@@ -330,3 +330,103 @@ def test_relative_position_bias_needs_one_class_token():
         tiny_cfg(rel_pos="rope")
     with pytest.raises(ValueError, match="index is refused"):
         tiny_cfg(rel_pos="shared", image_size=129 * 8)
+
+
+# --- the layers one by one (mutants of layers/ that the model-level tests let through) ------------------
+
+def _big_vision_sincos(h, w, width, temperature=10_000.0):
+    """big_vision's posemb_sincos_2d, written out in NumPy."""
+    import numpy as np
+
+    y, x = np.mgrid[:h, :w]
+    omega = np.arange(width // 4) / (width // 4 - 1)
+    omega = 1.0 / (temperature ** omega)
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None]
+
+
+def test_sincos_2d_matches_big_vision_and_keeps_dtype_and_device():
+    import warnings
+
+    from vitkit.layers.pos_embed import sincos_2d_pos_embed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. meshgrid without indexing= warns
+        pe = sincos_2d_pos_embed((3, 5), 16)
+    assert pe.shape == (1, 15, 16) and pe.dtype == torch.float32
+    assert torch.allclose(pe.double(), torch.from_numpy(_big_vision_sincos(3, 5, 16)), atol=1e-6)
+    assert torch.allclose(sincos_2d_pos_embed((2, 2), 8, temperature=100.0).double(),
+                          torch.from_numpy(_big_vision_sincos(2, 2, 8, 100.0)), atol=1e-6)
+    assert sincos_2d_pos_embed((2, 3), 8, device="meta").device.type == "meta"
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert sincos_2d_pos_embed((2, 3), 8).dtype == torch.float32  # whatever the default dtype
+    finally:
+        torch.set_default_dtype(old)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_pos_embed((2, 2), 6)
+
+
+def test_resample_pos_embed_non_square_grid_against_interpolate():
+    import torch.nn.functional as F
+
+    pe = torch.randn(1, 2 + 2 * 3, 4)  # 2 prefix tokens, a 2x3 grid
+    out = resample_pos_embed(pe, (4, 5), old_grid=(2, 3), num_prefix_tokens=2)
+    grid = pe[:, 2:].reshape(1, 2, 3, 4).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, size=(4, 5), mode="bicubic", align_corners=False, antialias=True)
+    assert torch.equal(out[:, :2], pe[:, :2])
+    assert torch.allclose(out[:, 2:], ref.permute(0, 2, 3, 1).reshape(1, 20, 4), atol=1e-6)
+    assert resample_pos_embed(pe.half(), (4, 5), old_grid=(2, 3), num_prefix_tokens=2).dtype == torch.float16
+    with pytest.raises(ValueError, match="not the 3x3 grid given"):
+        resample_pos_embed(pe, (4, 4), old_grid=(3, 3), num_prefix_tokens=2)
+    for bad in (torch.randn(2, 5, 4), torch.randn(5, 4)):
+        with pytest.raises(ValueError, match=r"must be \(1, N, D\)"):
+            resample_pos_embed(bad, (2, 2))
+
+
+def test_attention_dropout_only_in_training_and_default_impl():
+    from vitkit.layers.attention import Attention
+
+    attn = Attention(tiny_cfg(attn_dropout=0.5))
+    x = torch.randn(2, 5, 32)
+    attn.eval()
+    out, w = attn(x)  # the default: fused, no weights
+    assert w is None
+    plain, w = attn(x, impl="plain")
+    assert torch.allclose(out, plain, atol=1e-6) and w.shape == (2, 4, 5, 5)
+    assert torch.equal(attn(x)[0], out) and torch.equal(attn(x, impl="plain")[0], plain)  # no dropout in eval
+    attn.train()
+    for impl, ref in (("fused", out), ("plain", plain)):
+        a, b = attn(x, impl=impl)[0], attn(x, impl=impl)[0]
+        assert not torch.allclose(a, ref, atol=1e-4) and not torch.equal(a, b), impl  # dropped at random
+    no_drop = Attention(tiny_cfg(attn_dropout=0.0)).train()
+    no_drop.load_state_dict(attn.state_dict())
+    assert torch.allclose(no_drop(x, impl="plain")[0], plain, atol=1e-6)  # training without dropout = eval
+
+
+def test_drop_path_scales_the_kept_samples_and_is_free_when_off():
+    from vitkit.layers.drop import DropPath
+
+    x = torch.randn(64, 3, 4) + 5
+    off = DropPath(0.0).train()
+    state = torch.get_rng_state()
+    assert off(x) is x and torch.equal(torch.get_rng_state(), state)  # no random number drawn
+    assert DropPath(0.5).eval()(x) is x
+    out = DropPath(0.25).train()(x)
+    kept = [torch.equal(o, xi / 0.75) for o, xi in zip(out, x)]
+    dropped = [bool((o == 0).all()) for o in out]
+    assert all(k or d for k, d in zip(kept, dropped)) and any(kept) and any(dropped)
+    assert DropPath(0.25).extra_repr() == "p=0.25"
+
+
+def test_padding_pads_right_and_bottom_with_zeros():
+    import torch.nn.functional as F
+
+    m = create_model(tiny_cfg(dynamic_img_size=True, dynamic_img_pad=True)).eval()
+    x = torch.randn(1, 3, 18, 29)  # pads 6 rows and 3 columns up to 24x32 (patch 8)
+    tokens, grid = m.patch_embed(x)
+    assert grid == (3, 4)
+    ref = m.patch_embed.proj(F.pad(x, (0, 3, 0, 6))).flatten(2).transpose(1, 2)
+    assert torch.equal(tokens, ref)

@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.train import engine
 from vitkit.train import NonFiniteLossError, ResumeError, TrainConfig, Trainer, train
 from vitkit.train.checkpoint import load_checkpoint, step_checkpoints
 
@@ -183,3 +185,157 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     assert l1.keys() == l4.keys() and all(abs(l1[k] - l4[k]) < 1e-5 for k in l1)
     p1, p4 = _final_params(tmp_path / "a1"), _final_params(tmp_path / "a4")
     assert all(torch.allclose(p1[k], p4[k], atol=1e-5) for k in p1)
+
+
+# --- the engine's use of clip_grad, warm-up and EMA (issue 15: each survived a mutation) ------------
+
+def _grad_norm(params):
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
+
+
+def _one_step_update(tmp_path, name, clip_grad):
+    """One plain-SGD step (no momentum, no weight decay, no warm-up): the update is lr x the gradient
+    the optimizer saw. Returns (norm of the gradient the optimizer stepped with, norm of the update)."""
+    cfg = TrainConfig(**dict(TINY, steps=1, batch_size=64, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.1,
+                             warmup_epochs=0, ema=None, clip_grad=clip_grad), out=str(tmp_path / name))
+    tr = Trainer(cfg).setup()
+    before = [p.detach().clone() for p in tr.raw.parameters()]
+    seen = []
+    real_step = tr.optimizer.step
+
+    def step(*a, **kw):
+        if not a and not kw:  # the engine's step (the checkpoint's optimizer-state init calls step(closure=None))
+            seen.append(_grad_norm(list(tr.raw.parameters())))
+        return real_step(*a, **kw)
+
+    tr.optimizer.step = step
+    tr.fit()
+    update = float(torch.linalg.vector_norm(torch.stack([(p.detach() - b).norm()
+                                                         for p, b in zip(tr.raw.parameters(), before)])))
+    assert len(seen) == 1
+    return seen[0], update
+
+
+def test_clip_grad_bounds_the_gradient_norm_of_the_step(tmp_path):
+    """The engine clips the global gradient norm to clip_grad before the optimizer step: with a tiny
+    threshold the step's gradient norm is the threshold and the SGD update lr x threshold, far smaller
+    than the unclipped step's."""
+    free_norm, free_update = _one_step_update(tmp_path, "free", None)
+    clip = 1e-3
+    assert free_norm > 100 * clip  # the threshold really bites
+    assert math.isclose(free_update, 0.1 * free_norm, rel_tol=1e-3)
+    norm, update = _one_step_update(tmp_path, "clipped", clip)
+    assert norm <= clip * (1 + 1e-4) and math.isclose(norm, clip, rel_tol=1e-3)
+    assert math.isclose(update, 0.1 * clip, rel_tol=1e-3)
+    assert update < free_update / 100
+
+
+def _logged_lrs(run_dir):
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return {r["step"]: r["lr"] for r in rows if r["kind"] == "train"}
+
+
+def test_engine_warms_the_learning_rate_up_linearly_to_the_peak(tmp_path):
+    """The lr logged at step k (the one that step used) is peak * k / warmup through the warm-up, the
+    peak at its end, then falls; the warm-up is warmup_epochs x steps per epoch, capped at a quarter of
+    the run. layer_decay makes the first group's lr a fraction of the logged (unscaled) one."""
+    peak = 2e-3
+    base = dict(TINY, batch_size=64, lr=peak, min_lr=0.0, log_every=1, ema=None, layer_decay=0.5)
+    tr = Trainer(TrainConfig(**base, steps=12, warmup_epochs=1.0, out=str(tmp_path / "capped"))).setup()
+    assert tr.steps_per_epoch == 22 and tr.schedule.warmup == 3  # 22 steps capped to 12 // 4
+    assert tr.optimizer.param_groups[0]["lr_scale"] == 0.5 ** 3  # embeddings of a depth-2 model
+    tr.fit()
+    lrs = _logged_lrs(tmp_path / "capped")
+    assert sorted(lrs) == list(range(1, 13))
+    for k in (1, 2, 3):
+        assert math.isclose(lrs[k], peak * k / 3, rel_tol=1e-9), (k, lrs)
+    assert lrs[4] == peak  # the cosine's start (t = 0)
+    assert math.isclose(lrs[5], peak * 0.5 * (1 + math.cos(math.pi / 9)), rel_tol=1e-9)  # 1 of 9 cosine steps
+    assert all(lrs[k] < lrs[k - 1] for k in range(5, 13))
+
+    # 5/22 of an epoch = 5 steps (under the cap of 40 // 4 = 10)
+    train(TrainConfig(**base, steps=40, warmup_epochs=5 / 22, out=str(tmp_path / "epochs")))
+    lrs = _logged_lrs(tmp_path / "epochs")
+    for k in range(1, 6):
+        assert math.isclose(lrs[k], peak * k / 5, rel_tol=1e-9), (k, lrs)
+    assert lrs[6] == lrs[5] == peak and lrs[7] < lrs[6]
+
+
+def test_engine_ema_is_the_running_average_of_the_steps(tmp_path):
+    """After each optimizer step the engine's EMA is d_t * ema + (1 - d_t) * weights with
+    d_t = min(decay, (1 + t) / (10 + t)), starting from the initial weights; the checkpoint carries the
+    configured decay, the number of updates and those weights."""
+    decay, steps = 0.15, 4  # d_t = 0.1, 0.15, 0.15, 0.15: the configured decay matters from step 2
+    cfg = TrainConfig(**dict(TINY, steps=steps, batch_size=64, lr=3e-3, warmup_epochs=0, ema=decay),
+                      out=str(tmp_path / "run"))
+    tr = Trainer(cfg).setup()
+    expected = {k: v.detach().double().clone() for k, v in tr.raw.named_parameters()}
+    assert all(torch.equal(p, tr.raw.get_parameter(k)) for k, p in tr.ema.module.named_parameters())
+
+    def hook(event, trainer, **info):
+        if event != "step":
+            return
+        t = info["step"] - 1
+        d = min(decay, (1 + t) / (10 + t))
+        for k, w in trainer.raw.named_parameters():
+            expected[k] = d * expected[k] + (1 - d) * w.detach().double()
+
+    tr.hooks.append(hook)
+    tr.fit()
+    moved = False
+    for k, p in tr.ema.module.named_parameters():
+        assert torch.allclose(p.double(), expected[k], atol=1e-6, rtol=1e-5), k
+        moved |= not torch.allclose(p, tr.raw.get_parameter(k), atol=1e-6)
+    assert moved  # the EMA is not simply the weights
+    st = load_checkpoint(step_checkpoints(tmp_path / "run")[-1][1])
+    assert st["ema"]["decay"] == decay and st["ema"]["updates"] == steps
+    for k, p in tr.ema.module.state_dict().items():
+        assert torch.equal(st["ema"]["model"][k], p), k
+
+
+class _Stop(Exception):
+    pass
+
+
+def _small_data():
+    """96 training and 32 validation images of digits' shape (16x16, grey, 10 classes), in memory."""
+    from vitkit.data.datasets import TensorImageDataset
+
+    g = torch.Generator().manual_seed(7)
+    make = lambda n, name: TensorImageDataset(torch.rand(n, 1, 16, 16, generator=g), [i % 10 for i in range(n)],
+                                              [str(i) for i in range(10)], (16, 16), 1, name)
+    return make(96, "small/train"), make(32, "small/val")
+
+
+def test_resume_in_process_mid_epoch_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """The in-process twin of the SIGKILL test, small enough for mutation runs: a run stopped (by an
+    exception) after step 10, mid-epoch, resumed from its step-8 checkpoint, ends like the uninterrupted
+    run: the same loss and lr at every step, the same parameters, EMA, schedule and progress."""
+    cfg = dict(RESUME_CFG, steps=14, batch_size=16, save_every_steps=4, keep_last=2,  # 6 steps per epoch
+               randaugment=None, random_erasing=0.0)  # their per-image seeding is the SIGKILL test's; here they cost time
+    monkeypatch.setattr(engine, "plot_curves", lambda *a, **kw: None)  # the PNGs are not what is tested
+    full = tmp_path / "full"
+    Trainer(TrainConfig(**cfg, out=str(full)), *_small_data()).fit()
+
+    def stop(event, trainer, **info):
+        if event == "step" and info["step"] == 10:
+            raise _Stop
+
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        Trainer(TrainConfig(**cfg, out=str(run)), *_small_data(), hooks=[stop]).fit()
+    assert [s for s, _ in step_checkpoints(run)] == [6, 8]  # 4, 6 (end of epoch 1), 8; the last two kept
+    assert max(_losses(run)) == 10
+    tr = Trainer(TrainConfig(**cfg, out=str(run), resume="auto"), *_small_data()).setup()
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (8, 1, 2)
+    assert tr.ema.updates == 8 and tr.schedule.step_count == 8
+    assert max(_losses(run)) == 8  # the metrics of steps 9 and 10 (after the checkpoint) are dropped
+    tr.fit()
+    assert _losses(run) == _losses(full) and _logged_lrs(run) == _logged_lrs(full)
+    assert sorted(_losses(full)) == list(range(1, 15))
+    a, b = (load_checkpoint(step_checkpoints(r)[-1][1]) for r in (full, run))
+    assert a["progress"] == b["progress"] and a["scheduler"] == b["scheduler"]
+    assert a["progress"]["global_step"] == 14
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 14
+    assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])

@@ -16,7 +16,7 @@ from vitkit.train import checkpoint as ckpt
 from vitkit.train.config import TrainConfig, read_config_file
 from vitkit.train.ema import ModelEma
 from vitkit.train.mixup import Mixer, smooth_one_hot, soft_target_cross_entropy
-from vitkit.train.optim import WarmupCosine, build_optimizer, param_groups
+from vitkit.train.optim import WarmupCosine, build_optimizer, layer_id, param_groups
 
 
 def test_no_weight_decay_on_norms_biases_tokens_pos_embed():
@@ -215,3 +215,177 @@ def test_run_lock_is_exclusive_and_a_stale_file_does_not_block(tmp_path):
     assert (tmp_path / ".lock").exists()  # the file stays; only the flock matters
     with RunLock(tmp_path) as again:
         assert again.held
+
+
+def test_layer_id_of_every_kind_of_parameter():
+    for name in ("patch_embed.proj.weight", "cls_token", "dist_token", "reg_token", "pos_embed"):
+        assert layer_id(name, 12) == 0, name
+    assert layer_id("blocks.0.attn.qkv.weight", 12) == 1 and layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("norm.weight", 12) == layer_id("head.weight", 12) == layer_id("head_dist.bias", 12) == 13
+    # a model with every token: layer decay scales each like the embeddings, weight decay skips them
+    m = create_model(tiny_cfg(distilled=True, reg_tokens=2))
+    groups = param_groups(m, 0.05, layer_decay=0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    for name in ("cls_token", "dist_token", "reg_token", "pos_embed"):
+        assert scale[name] == 0.5 ** 3 and decay[name] == 0.0, name
+    assert scale["head_dist.weight"] == 1.0 and decay["head_dist.weight"] == 0.05
+
+
+def test_build_optimizer_settings():
+    m = create_model(tiny_cfg())
+    adam = build_optimizer(m, "adamw", 3e-4, 0.05)
+    assert isinstance(adam, torch.optim.AdamW)
+    assert adam.defaults["lr"] == 3e-4 and adam.defaults["betas"] == (0.9, 0.999)
+    assert all(g["lr"] == 3e-4 for g in adam.param_groups)
+    assert build_optimizer(m, "adamw", 1e-3, 0.05, betas=[0.8, 0.95]).defaults["betas"] == (0.8, 0.95)
+    sgd = build_optimizer(m, "sgd", 0.1, 0.0)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (0.1, 0.9, True)
+    plain = build_optimizer(m, "sgd", 0.1, 0.0, momentum=0.0)
+    assert (plain.defaults["momentum"], plain.defaults["nesterov"]) == (0.0, False)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        build_optimizer(m, "lamb", 0.1, 0.0)
+
+
+def test_warmup_cosine_edges_and_state_dict():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    one = WarmupCosine(opt, peak=1.0, total=1, warmup=0, min_lr=0.25)  # a one-step run
+    assert one.lr_at(0) == 1.0 and one.lr_at(1) == 0.25 and one.lr_at(5) == 0.25
+    assert WarmupCosine(opt, 1.0, total=0, warmup=0).total == 1
+    none = WarmupCosine(opt, peak=1.0, total=10, warmup=0)  # no warm-up: the cosine starts at step 0
+    assert none.warmup == 0 and none.lr_at(0) == 1.0 and none.lr_at(1) < 1.0
+    assert math.isclose(none.lr_at(5), 0.5) and none.lr_at(10) == 0.0  # min_lr defaults to 0
+    assert WarmupCosine(opt, 1.0, total=4, warmup=9).warmup == 4  # capped at the run
+    s = WarmupCosine(opt, peak=2.0, total=20, warmup=3, min_lr=0.1)
+    assert opt.param_groups[0]["lr"] == s.lr_at(0) == 2.0 / 3  # applied on construction
+    assert s.step() == s.lr_at(1) == opt.param_groups[0]["lr"]
+    assert s.state_dict() == {"step_count": 1, "peak": 2.0, "total": 20, "warmup": 3, "min_lr": 0.1}
+
+
+def test_param_groups_of_any_module():
+    """A model without no_weight_decay() works (nothing extra skipped); names it lists may be modules
+    (all their parameters skip decay); without layer decay there are just two groups."""
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    groups = param_groups(plain, 0.1)
+    assert [(g["names"], g["weight_decay"], g["lr_scale"]) for g in groups] == [
+        (["0.weight"], 0.1, 1.0), (["0.bias", "1.weight", "1.bias"], 0.0, 1.0)]
+
+    class WithEmbedding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.proj = torch.nn.Embedding(5, 4), torch.nn.Linear(4, 4)
+
+        def no_weight_decay(self):
+            return {"emb"}
+
+    decay = {n: g["weight_decay"] for g in param_groups(WithEmbedding(), 0.1) for n in g["names"]}
+    assert decay == {"emb.weight": 0.0, "proj.weight": 0.1, "proj.bias": 0.0}
+    vit = param_groups(create_model(tiny_cfg(depth=3)), 0.05)
+    assert len(vit) == 2 and [g["weight_decay"] for g in vit] == [0.05, 0.0]
+
+
+def test_checkpoint_files_errors_and_listing(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    d = run / "checkpoints"
+    d.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"holds no training checkpoint \(looked for checkpoints/step_\*.pt\)"):
+        ckpt.load_checkpoint(run)
+    assert ckpt.step_checkpoints(tmp_path / "nowhere") == [] and ckpt.latest_checkpoint(run) is None
+    good = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "w": torch.ones(2)}
+    for step in (100, 9, 20):
+        ckpt.save_checkpoint({**good, "step": step}, d / f"step_{step:08d}.pt")
+    (d / "best.pt").write_bytes(b"x")
+    (d / "step_7.pt.tmp").write_bytes(b"x")
+    expected = [(9, d / "step_00000009.pt"), (20, d / "step_00000020.pt"), (100, d / "step_00000100.pt")]
+    assert ckpt.step_checkpoints(run) == ckpt.step_checkpoints(d) == expected  # run folder or its checkpoints
+    st = ckpt.load_checkpoint(run)
+    assert st["step"] == 100 and st["_path"] == str(d / "step_00000100.pt")
+    assert ckpt.load_checkpoint(d / "step_00000009.pt")["step"] == 9
+
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"junk.pt is not a readable vitkit training checkpoint: \w+Error"):
+        ckpt.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "other", "format_version": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a vitkit training checkpoint \\(no format='vitkit-train'"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt is not a vitkit training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "list.pt")
+    torch.save({"format": ckpt.FORMAT, "format_version": 2}, tmp_path / "v2.pt")
+    with pytest.raises(ValueError, match="v2.pt: unsupported checkpoint format_version 2"):
+        ckpt.load_checkpoint(tmp_path / "v2.pt")
+
+    # another write error than a full disk: its own words; nothing about a previous version when none
+    def denied(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(ckpt.os, "replace", denied)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write .*new.pt: Permission denied$") as e:
+        ckpt.save_checkpoint(good, d / "new.pt")
+    assert e.value.errno == errno.EACCES
+    with pytest.raises(ckpt.CheckpointError, match=r"step_00000009.pt: Permission denied; the previous version is kept"):
+        ckpt.save_checkpoint(good, d / "step_00000009.pt")
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "step_00000009.pt", "step_00000020.pt",
+                                                    "step_00000100.pt", "step_7.pt.tmp"]  # no temporary file left
+
+
+def test_write_bytes_atomic_goes_through_a_synced_temporary_file(tmp_path, monkeypatch):
+    seen = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: seen.append(("fsync", fd)) or real_fsync(fd))
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: seen.append(("replace", a, b)) or real_replace(a, b))
+    ckpt.write_bytes_atomic(tmp_path / "f.bin", b"data")
+    assert (tmp_path / "f.bin").read_bytes() == b"data"
+    assert [s[0] for s in seen] == ["fsync", "replace", "fsync"]  # the file, the rename, then the folder
+    assert seen[1][1] == tmp_path / f".f.bin.tmp-{os.getpid()}" and seen[1][2] == tmp_path / "f.bin"
+
+
+def test_prune_keeps_everything_when_there_are_fewer_and_tolerates_a_vanished_file(tmp_path, monkeypatch):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for s in (1, 2):
+        (d / f"step_{s:08d}.pt").write_bytes(b"x")
+    ckpt.prune(tmp_path, keep_last=3)
+    assert len(list(d.iterdir())) == 2
+    real = type(d).unlink
+
+    def unlink(p, *a, **kw):
+        real(p, *a, **kw)
+        raise FileNotFoundError(p)  # removed by someone else meanwhile
+
+    monkeypatch.setattr(type(d), "unlink", unlink)
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [p.name for p in d.iterdir()] == ["step_00000002.pt"]
+
+
+def test_rng_state_includes_cuda_generators_when_there_are_some(monkeypatch):
+    got = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1], dtype=torch.uint8)] * 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: got.setdefault("cuda", states))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    st = ckpt.rng_state()
+    assert len(st["cuda"]) == 2
+    ckpt.set_rng_state(st)
+    assert got["cuda"] is st["cuda"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: the CUDA states are skipped
+    got.clear()
+    ckpt.set_rng_state(st)
+    assert not got
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ckpt.rng_state()["cuda"] == []
+    ckpt.set_rng_state(st)
+    assert not got
+
+
+def test_load_checkpoint_reads_onto_the_cpu_with_weights_only(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU must load on a CPU-only machine, and never unpickle code whatever
+    torch's defaults: load_checkpoint asks torch.load for both (not observable with CPU tensors alone)."""
+    path = tmp_path / "step_00000001.pt"
+    ckpt.save_checkpoint({"format": ckpt.FORMAT, "format_version": 1, "w": torch.ones(2)}, path)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    assert torch.equal(ckpt.load_checkpoint(path)["w"], torch.ones(2))
+    assert calls == [{"map_location": "cpu", "weights_only": True}]

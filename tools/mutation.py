@@ -1,0 +1,329 @@
+"""Mutation testing of vitkit with mutmut 3 (`make mutation`), and its record.
+
+    python tools/mutation.py run [--jobs N] [GLOB ...]   mutate, test, then write the record
+    python tools/mutation.py record                      rewrite the record from mutants/ as it is
+
+`run` is ``mutmut run`` (configured in pyproject.toml, ``[tool.mutmut]``) with one change: mutmut
+maps every function to the tests that ran it (its "stats" pass); this tool keeps, of those, only
+the tests in the files that are meant to test the function's module (MODULE_TESTS below). A mutant
+in ViTConfig then runs test_config/test_model and not the training suite that also happens to
+build a config, which is what makes a run fit on a small machine. GLOBs are mutmut mutant names
+(``'vitkit.train.ema.*'``): only those are (re)run; without any, every mutant that has no result
+yet. Results stay in ``mutants/`` (delete it to start over; delete ``mutants/mutmut-stats.json``
+after changing MODULE_TESTS or the test selection).
+
+The record, ``benchmarks/mutation.md`` and ``benchmarks/mutation.json``: the command, date,
+machine, score per module and every surviving mutant with its verdict from
+``tools/mutation_verdicts.json`` ({"mutants": {mutant name: {"diff": the mutation, "verdict": "..."}},
+"hand_checks": [mutations applied by hand and the test that kills each]): a survivor without a
+verdict, or whose diff no longer matches, is listed as open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import difflib
+import fnmatch
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_MD = ROOT / "benchmarks" / "mutation.md"
+RECORD_JSON = ROOT / "benchmarks" / "mutation.json"
+VERDICTS = ROOT / "tools" / "mutation_verdicts.json"
+
+# module (dotted prefix) -> the test files that test it; the longest matching prefix wins
+MODULE_TESTS: dict[str, list[str]] = {
+    "vitkit.config": ["test_config.py", "test_model.py"],
+    "vitkit.models": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
+    "vitkit.layers": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
+    "vitkit.weights.convert_hf": ["test_weights_hf.py", "test_cli_convert.py", "test_weights_reliability.py",
+                                  "test_preprocess_parity.py"],
+    "vitkit.weights.convert_npz": ["test_weights_npz.py", "test_cli_convert.py", "test_weights_reliability.py"],
+    "vitkit.weights.convert_timm": ["test_weights_timm.py", "test_timm_parity.py", "test_weights_pretrained.py",
+                                    "test_cli_convert.py", "test_weights_reliability.py", "test_preprocess_parity.py"],
+    "vitkit.data.preprocess": ["test_preprocess_parity.py", "test_decode.py", "test_weights_hf.py",
+                               "test_weights_timm.py", "test_weights_vitkit.py"],
+    "vitkit.data.decode": ["test_decode.py", "test_data_datasets.py"],
+    "vitkit.train.engine": ["test_train_engine.py"],
+    "vitkit.train.optim": ["test_train_units.py", "test_train_engine.py"],
+    "vitkit.train.ema": ["test_train_units.py", "test_train_engine.py"],
+    "vitkit.train.checkpoint": ["test_train_units.py", "test_train_engine.py"],
+    "vitkit.export.onnx": ["test_export.py"],
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check",
+          -11: "segfault", -9: "segfault", None: "not checked"}
+
+
+def module_of(key: str) -> str:
+    """'vitkit.config.xǁViTConfigǁvalidate' / 'vitkit.export.onnx.x_check_onnx__mutmut_3' -> the module."""
+    m = re.match(r"^(.+?)\.x[ǁ_]", key)
+    return m.group(1) if m else key
+
+
+def test_files_for(function_key: str) -> list[str] | None:
+    module = module_of(function_key)
+    best = max((p for p in MODULE_TESTS if module == p or module.startswith(p + ".")), key=len, default=None)
+    return None if best is None else MODULE_TESTS[best]
+
+
+def _filter_stats() -> None:
+    """Keep, for each function, only the tests of its module's test files (see MODULE_TESTS)."""
+    from mutmut.state import state
+
+    st = state()
+    for key, tests in st.tests_by_mangled_function_name.items():
+        files = test_files_for(key)
+        if files is None:
+            continue
+        keep = {t for t in tests if t.split("::")[0].rsplit("/", 1)[-1] in files}
+        tests.clear()
+        tests.update(keep)
+
+
+def _mutmut_run(globs: list[str], jobs: int) -> None:
+    os.chdir(ROOT)
+    os.environ.pop("PYTHONPATH", None)  # the tests must import mutants/src, never src/
+    sys.argv = ["mutmut", "run"]
+    import mutmut.__main__ as mm
+
+    real = mm.collect_or_load_stats
+
+    def collect_or_load_stats(*a, **kw):
+        real(*a, **kw)
+        _filter_stats()
+
+    mm.collect_or_load_stats = collect_or_load_stats
+    mm._run(tuple(globs), jobs)
+
+
+# ---------------------------------------------------------------------------- the record
+
+def _mutants_of(py: Path) -> dict[str, list[str]]:
+    """{mangled mutant function name: its diff lines ('-old', '+new')} from a mutated file."""
+    src = py.read_text(encoding="utf-8")
+    lines = src.splitlines()
+    funcs: dict[str, list[str]] = {}
+
+    def visit(body):
+        for n in body:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in n.name:
+                text = lines[n.lineno - 1:n.end_lineno]
+                funcs[n.name] = [text[0].replace(n.name, "_")] + text[1:]  # the name differs in every copy
+            elif isinstance(n, ast.ClassDef):
+                visit(n.body)
+
+    visit(ast.parse(src).body)
+    out = {}
+    for name, body in funcs.items():
+        base, _, num = name.rpartition("__mutmut_")
+        if num == "orig" or base + "__mutmut_orig" not in funcs:
+            continue
+        out[name] = [l.rstrip() for l in difflib.unified_diff(funcs[base + "__mutmut_orig"], body, lineterm="", n=0)
+                     if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    return out
+
+
+def _diff_text(d: list[str]) -> str:
+    return "\n".join(l[0] + " " + l[1:].strip() for l in d)
+
+
+def _machine() -> dict[str, str]:
+    info = {"python": platform.python_version(), "cores": str(os.cpu_count())}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("Model name", "CPU family", "Model", "Vendor ID"):
+                info[k.strip()] = v.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import mutmut
+        info["mutmut"] = getattr(mutmut, "__version__", "?")
+    except ImportError:
+        pass
+    return info
+
+
+def _verdicts() -> dict:
+    return json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
+
+
+def collect() -> dict:
+    verdicts = _verdicts().get("mutants", {})
+    modules: dict[str, Counter] = {}
+    survivors = []
+    for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        if not codes:
+            continue
+        py = meta.with_suffix("")  # mutants/src/vitkit/x.py
+        module = str(py.relative_to(ROOT / "mutants" / "src").with_suffix("")).replace("/", ".")
+        diffs = _mutants_of(py)
+        c = modules.setdefault(module, Counter())
+        for name, code in codes.items():
+            status = STATUS.get(code, "suspicious")
+            c[status] += 1
+            func = name.rpartition(".")[2]
+            diff = _diff_text(diffs.get(func, []))
+            v = verdicts.get(name)
+            if status in ("survived", "no tests", "timeout", "suspicious", "segfault"):
+                verdict = v["verdict"] if v and v.get("diff") == diff else None
+                if verdict and verdict.startswith("equivalent"):
+                    c["equivalent"] += 1
+                survivors.append({"mutant": name, "status": status, "diff": diff, "verdict": verdict,
+                                  "stale_verdict": bool(v) and v.get("diff") != diff})
+    scores = {}
+    for m, c in sorted(modules.items()):
+        tested = c["killed"] + c["survived"] + c["no tests"] + c["timeout"] + c["suspicious"] + c["segfault"]
+        killed = c["killed"] + c["timeout"]
+        scores[m] = {**{k: c[k] for k in ("killed", "survived", "no tests", "timeout", "suspicious", "segfault",
+                                          "not checked", "equivalent")},
+                     "total": sum(v for k, v in c.items() if k != "equivalent"),
+                     "score": round(killed / tested, 4) if tested else None,
+                     "score_without_equivalent": round(killed / (tested - c["equivalent"]), 4)
+                     if tested - c["equivalent"] else None}
+    return {"modules": scores, "survivors": survivors}
+
+
+def write_record(run: dict | None) -> None:
+    old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
+    data = collect()
+    # survivors of earlier runs that are killed now: kept in the record with the test that did it
+    verdicts = _verdicts().get("mutants", {})
+    now_open = {x["mutant"] for x in data["survivors"]}
+    killed_since = {x["mutant"]: x for x in old.get("killed_after_surviving", []) if x["mutant"] not in now_open}
+    status_now = {}
+    for meta in (ROOT / "mutants" / "src").rglob("*.py.meta"):
+        status_now.update(json.loads(meta.read_text()).get("exit_code_by_key", {}))
+    for x in old.get("survivors", []):
+        if x["mutant"] not in now_open and STATUS.get(status_now.get(x["mutant"], -1)) == "killed":
+            v = verdicts.get(x["mutant"], {}).get("verdict") or (
+                f"killed-by-new-test (rerun {run['date'] if run else 'since'})")
+            killed_since[x["mutant"]] = {"mutant": x["mutant"], "diff": x["diff"], "verdict": v}
+    for name, x in killed_since.items():  # a verdict written after the fact wins
+        if verdicts.get(name, {}).get("verdict"):
+            x["verdict"] = verdicts[name]["verdict"]
+    data["killed_after_surviving"] = sorted(killed_since.values(), key=lambda x: x["mutant"])
+    runs = old.get("runs", [])
+    if run is not None:
+        runs.append(run)
+    data = {"tool": "mutmut (tools/mutation.py, config in pyproject.toml [tool.mutmut])", "runs": runs,
+            "machine": (run or {}).get("machine") or old.get("machine") or _machine(),
+            "hand_checks": _verdicts().get("hand_checks", []), **data}
+    RECORD_JSON.parent.mkdir(exist_ok=True)
+    RECORD_JSON.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    RECORD_MD.write_text(_markdown(data))
+    print(f"wrote {RECORD_MD.relative_to(ROOT)} and {RECORD_JSON.relative_to(ROOT)}")
+
+
+def _markdown(d: dict) -> str:
+    m = d["machine"]
+    out = ["# Mutation testing: the record", "",
+           "Written by `tools/mutation.py` (`make mutation`); mutmut's configuration is `[tool.mutmut]` in "
+           "pyproject.toml, the module -> test-file map is `MODULE_TESTS` in tools/mutation.py, the verdicts "
+           "are tools/mutation_verdicts.json. Scores: killed (timeouts count as killed) / mutants tested; "
+           "\"no tests\" (code that no mapped test runs) counts as not killed.", "",
+           "## Runs", "", "| date (UTC) | command | mutants run | wall time |", "| --- | --- | --- | --- |"]
+    for r in d["runs"]:
+        out.append(f"| {r['date']} | `{r['command']}` | {r.get('mutants') or 'all without a result'} | "
+                   f"{r['seconds'] / 60:.1f} min |")
+    out += ["", f"Machine: {m.get('Model name', '?')} (vendor {m.get('Vendor ID', '?')}, cpu family "
+                f"{m.get('CPU family', '?')}, model {m.get('Model', '?')}), {m.get('cores')} cores, Python "
+                f"{m.get('python')}, mutmut {m.get('mutmut', '?')}.", ""]
+    if d.get("hand_checks"):
+        out += ["## Hand-applied mutations (issue 15's four survivors)", "",
+                "| mutation | test that now fails |", "| --- | --- |"]
+        out += [f"| {h['mutation']} | {h['killed_by']} |" for h in d["hand_checks"]]
+        out.append("")
+    out += ["## Score per module", "",
+            "| module | mutants | killed | survived | no tests | timeout | not checked | equivalent | score | "
+            "score without equivalent |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
+    for mod, s in d["modules"].items():
+        out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
+                   f"{s['not checked']} | {s['equivalent']} | {pct(s['score'])} | "
+                   f"{pct(s['score_without_equivalent'])} |")
+    out += ["", "## Surviving mutants", ""]
+    by_mod = defaultdict(list)
+    for s in d["survivors"]:
+        by_mod[module_of(s["mutant"])].append(s)
+    if not d["survivors"]:
+        out.append("None.")
+    for mod, items in sorted(by_mod.items()):
+        out += [f"### {mod}", ""]
+        for s in items:
+            v = s["verdict"] or ("OPEN (verdict recorded for another diff)" if s["stale_verdict"] else "OPEN")
+            out.append(f"- `{s['mutant'].rpartition('.')[2]}` ({s['status']}): {v}")
+            out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
+        out.append("")
+    if d["killed_after_surviving"]:
+        out += ["## Survivors of an earlier run, killed since", ""]
+        for s in d["killed_after_surviving"]:
+            out.append(f"- `{s['mutant']}`: {s['verdict']}")
+            out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--no-record", action="store_true")
+    r.add_argument("--survivors", action="store_true",
+                   help="rerun only the mutants (of GLOBs, if given) that survived the last run")
+    r.add_argument("globs", nargs="*")
+    sub.add_parser("record")
+    sub.add_parser("_mutmut").add_argument("args", nargs="*")  # internal: the mutmut process itself
+    a = ap.parse_args(argv)
+    if a.cmd == "record":
+        write_record(None)
+        return 0
+    if a.cmd == "_mutmut":
+        jobs, *globs = a.args
+        _mutmut_run(globs, int(jobs))
+        return 0
+    # run: mutmut in a child process at the lowest priority, timed
+    names = a.globs
+    if a.survivors:
+        names = [s["mutant"] for s in collect()["survivors"] if s["status"] != "not checked"
+                 and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
+        if not names:
+            print("no surviving mutants to rerun")
+            return 0
+        print(f"rerunning {len(names)} surviving mutant(s)")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names]
+    if hasattr(os, "nice"):
+        cmd = ["nice", "-n", "19", *cmd]
+    start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
+    rc = subprocess.call(cmd, cwd=ROOT)
+    run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
+           "command": ("python tools/mutation.py run --survivors" + "".join(" " + shlex.quote(g) for g in a.globs))
+           if a.survivors else "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
+           + (f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""),
+           "mutants": f"{len(names)} survivors of {' '.join(a.globs) or 'all'}" if a.survivors
+           else " ".join(a.globs) or None,
+           "exit_code": rc, "machine": _machine()}
+    if not a.no_record:
+        write_record(run)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
