@@ -351,3 +351,18 @@ def test_padding_pads_right_and_bottom_with_zeros():
     assert grid == (3, 4)
     ref = m.patch_embed.proj(F.pad(x, (0, 3, 0, 6))).flatten(2).transpose(1, 2)
     assert torch.equal(tokens, ref)
+
+
+def test_layer_options_reach_the_layers():
+    from vitkit.layers.attention import Attention
+    from vitkit.layers.drop import DropPath
+    from vitkit.layers.mlp import Mlp
+    from vitkit.layers.patch_embed import PatchEmbed
+
+    assert Mlp(tiny_cfg()).act.approximate == "none" and Mlp(tiny_cfg(act="gelu_tanh")).act.approximate == "tanh"
+    h = torch.linspace(-3, 3, 61)
+    assert torch.equal(Mlp(tiny_cfg(act="gelu_tanh")).act(h), torch.nn.functional.gelu(h, approximate="tanh"))
+    assert Attention(tiny_cfg(qkv_bias=False)).qkv.bias is None and Attention(tiny_cfg()).qkv.bias is not None
+    assert PatchEmbed(tiny_cfg(patch_bias=False)).proj.bias is None and PatchEmbed(tiny_cfg()).proj.bias is not None
+    x = torch.randn(2, 3)
+    assert DropPath().p == 0.0 and DropPath().train()(x) is x
