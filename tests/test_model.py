@@ -351,9 +351,14 @@ def test_sincos_2d_matches_big_vision_and_keeps_dtype_and_device():
 
     from vitkit.layers.pos_embed import sincos_2d_pos_embed
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. meshgrid without indexing= warns
-        pe = sincos_2d_pos_embed((3, 5), 16)
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch's own warnings are once per process otherwise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. meshgrid without indexing= warns
+            pe = sincos_2d_pos_embed((3, 5), 16)
+    finally:
+        torch.set_warn_always(warn_always)
     assert pe.shape == (1, 15, 16) and pe.dtype == torch.float32
     assert torch.allclose(pe.double(), torch.from_numpy(_big_vision_sincos(3, 5, 16)), atol=1e-6)
     assert torch.allclose(sincos_2d_pos_embed((2, 2), 8, temperature=100.0).double(),
@@ -425,8 +430,23 @@ def test_padding_pads_right_and_bottom_with_zeros():
     import torch.nn.functional as F
 
     m = create_model(tiny_cfg(dynamic_img_size=True, dynamic_img_pad=True)).eval()
-    x = torch.randn(1, 3, 18, 29)  # pads 6 rows and 3 columns up to 24x32 (patch 8)
+    x = torch.randn(1, 3, 18, 25)  # pads 6 rows and 7 columns up to 24x32 (patch 8)
     tokens, grid = m.patch_embed(x)
     assert grid == (3, 4)
-    ref = m.patch_embed.proj(F.pad(x, (0, 3, 0, 6))).flatten(2).transpose(1, 2)
+    ref = m.patch_embed.proj(F.pad(x, (0, 7, 0, 6))).flatten(2).transpose(1, 2)
     assert torch.equal(tokens, ref)
+
+
+def test_layer_options_reach_the_layers():
+    from vitkit.layers.attention import Attention
+    from vitkit.layers.drop import DropPath
+    from vitkit.layers.mlp import Mlp
+    from vitkit.layers.patch_embed import PatchEmbed
+
+    assert Mlp(tiny_cfg()).act.approximate == "none" and Mlp(tiny_cfg(act="gelu_tanh")).act.approximate == "tanh"
+    h = torch.linspace(-3, 3, 61)
+    assert torch.equal(Mlp(tiny_cfg(act="gelu_tanh")).act(h), torch.nn.functional.gelu(h, approximate="tanh"))
+    assert Attention(tiny_cfg(qkv_bias=False)).qkv.bias is None and Attention(tiny_cfg()).qkv.bias is not None
+    assert PatchEmbed(tiny_cfg(patch_bias=False)).proj.bias is None and PatchEmbed(tiny_cfg()).proj.bias is not None
+    x = torch.randn(2, 3)
+    assert DropPath().p == 0.0 and DropPath().train()(x) is x

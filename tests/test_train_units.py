@@ -389,3 +389,15 @@ def test_load_checkpoint_reads_onto_the_cpu_with_weights_only(tmp_path, monkeypa
     monkeypatch.setattr(ckpt.torch, "load", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     assert torch.equal(ckpt.load_checkpoint(path)["w"], torch.ones(2))
     assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_rng_state_types_and_an_os_error_without_text(tmp_path, monkeypatch):
+    st = ckpt.rng_state()
+    assert st["numpy"]["keys"].dtype == torch.int64 and st["torch"].dtype == torch.uint8
+
+    def odd(src, dst):
+        raise OSError("odd failure")  # no errno, no strerror
+
+    monkeypatch.setattr(ckpt.os, "replace", odd)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write .*x.pt: odd failure$"):
+        ckpt.write_bytes_atomic(tmp_path / "x.pt", b"data")

@@ -250,6 +250,17 @@ def _markdown(d: dict) -> str:
                 "| mutation | test that now fails |", "| --- | --- |"]
         out += [f"| {h['mutation']} | {h['killed_by']} |" for h in d["hand_checks"]]
         out.append("")
+    out += ["## What is and is not mutated", "",
+            "- mutmut 3 mutates function and method bodies only: module-level constants (e.g. export/onnx.py's "
+            "`FP32_ATOL`, `FP16_ATOL`) and decorated functions (`@property`: ViTConfig's `image_hw`, `grid_size`, "
+            "`num_patches`, `mlp_dim`...; `@torch.no_grad()`: `ModelEma.update`, `VisionTransformer.get_attention_maps`) "
+            "get no mutants. The ONNX thresholds and the EMA were checked by hand (above).",
+            "- Lines that raise, log, print or warn (and the rest of that call) are not mutated "
+            "(`do_not_mutate_patterns`): message wording, not behaviour. The condition that leads to a raise is mutated.",
+            "- The tests: those of `pytest_add_cli_args_test_selection`, less four slow ones (two torch.compile tests, "
+            "the 25-epoch fine-tune, the SIGKILL resume test, whose in-process twin stays); of those, a mutant runs "
+            "the ones mutmut saw call its function that are in its module's files (`MODULE_TESTS`).",
+            "- \"not checked\": mutants of a module that no run has reached yet (see Runs).", ""]
     out += ["## Score per module", "",
             "| module | mutants | killed | survived | no tests | timeout | not checked | equivalent | score | "
             "score without equivalent |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
