@@ -319,78 +319,73 @@ def refusal(service: Service, e: RequestError) -> JSONResponse:
 def build_routes(service: Service) -> list[Route]:
     page = _page_files()
 
-    async def classify(request: Request):
-        t0 = time.perf_counter()
-        deadline = t0 + service.config.timeout_s
-        try:
-            service.admit()
-        except RequestError as e:
-            return refusal(service, e)
-        try:
-            h = service.handler
-            topk = _int_param(request, "topk", 5, 1, len(h.labels))
-            size = _size_param(request)
-            h.resolve_size(size)
-            data = await read_upload(request, service)
-            prep = await asyncio.wait_for(service.in_pool(h.prepare, data, size), deadline - time.perf_counter())
-            probs, job = await service.run_job(("classify", prep.key), prep, deadline)
-            t1 = time.perf_counter()
-            return JSONResponse({
-                "model": h.name, "predictions": h.topk(probs, topk),
-                "input": {"size": list(prep.key), "tokens": prep.tokens, "image_size": list(prep.image_hw)},
-                "timing": {"decode_ms": round(prep.decode_ms, 3), "queue_ms": round((job.started - job.enqueued) * 1e3, 3),
-                           "total_ms": round((t1 - t0) * 1e3, 3), "batch_size": job.batch_size},
-            })
-        except RequestError as e:
-            return refusal(service, e)
-        except asyncio.TimeoutError:
-            return error_response(504, f"no answer within --timeout-s {service.config.timeout_s:g} s")
-        finally:
-            service.release()
+    def admitted(work):
+        """An endpoint that takes a place in the queue: refused at once when it is full, answered 504 past
+        --timeout-s, its place given back whatever happens; ``work(request, t0, deadline)`` does the rest."""
+        async def endpoint(request: Request):
+            t0 = time.perf_counter()
+            try:
+                service.admit()
+            except RequestError as e:
+                return refusal(service, e)
+            try:
+                return await work(request, t0, t0 + service.config.timeout_s)
+            except RequestError as e:
+                return refusal(service, e)
+            except asyncio.TimeoutError:
+                return error_response(504, f"no answer within --timeout-s {service.config.timeout_s:g} s")
+            finally:
+                service.release()
+        return endpoint
 
-    async def explain_ep(request: Request):
-        t0 = time.perf_counter()
-        deadline = t0 + service.config.timeout_s
-        try:
-            service.admit()
-        except RequestError as e:
-            return refusal(service, e)
-        try:
-            h = service.handler
-            method = request.query_params.get("method", "last")
-            if method not in EXPLAIN_METHODS:
-                raise RequestError(400, f"method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
-            fmt = request.query_params.get("format", "png")
-            if fmt not in ("png", "json"):
-                raise RequestError(400, f"format must be png or json, got {fmt!r}")
-            depth, heads = len(h.model.blocks), h.model.cfg.heads
-            layer = _int_param(request, "layer", -1, -depth, depth - 1)
-            head = _int_param(request, "head", None, 0, heads - 1)
-            if head is not None and method == "rollout":
-                raise RequestError(400, "head picks one head of the last-layer map; rollout averages every head")
-            topk = _int_param(request, "topk", 5, 1, len(h.labels))
-            size = _size_param(request)
-            h.resolve_size(size)
-            data = await read_upload(request, service)
-            img = await asyncio.wait_for(service.in_pool(h.decode, data), deadline - time.perf_counter())
-            kw = dict(method=method, layer=layer, head=head, size=size, topk=topk)
-            expl, job = await service.run_job(("explain",), (img, kw), deadline)
-            meta = {"method": expl.method, "layer": expl.layer, "head": expl.head, "grid": list(expl.grid),
-                    "description": expl.describe(),
-                    "predictions": [{"label": lab, "score": s} for lab, s in expl.predictions]}
-            if fmt == "json":
-                meta["heatmap"] = [[round(float(v), 6) for v in row] for row in expl.heatmap]
-                meta["model"] = h.name
-                meta["timing"] = {"total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
-                return JSONResponse(meta)
-            png = await service.in_pool(overlay_png, expl)
-            return Response(png, media_type="image/png", headers={"X-Vitkit-Explanation": expl.describe()})
-        except RequestError as e:
-            return refusal(service, e)
-        except asyncio.TimeoutError:
-            return error_response(504, f"no answer within --timeout-s {service.config.timeout_s:g} s")
-        finally:
-            service.release()
+    @admitted
+    async def classify(request: Request, t0: float, deadline: float):
+        h = service.handler
+        topk = _int_param(request, "topk", 5, 1, len(h.labels))
+        size = _size_param(request)
+        h.resolve_size(size)
+        data = await read_upload(request, service)
+        prep = await asyncio.wait_for(service.in_pool(h.prepare, data, size), deadline - time.perf_counter())
+        probs, job = await service.run_job(("classify", prep.key), prep, deadline)
+        t1 = time.perf_counter()
+        return JSONResponse({
+            "model": h.name, "predictions": h.topk(probs, topk),
+            "input": {"size": list(prep.key), "tokens": prep.tokens, "image_size": list(prep.image_hw)},
+            "timing": {"decode_ms": round(prep.decode_ms, 3), "queue_ms": round((job.started - job.enqueued) * 1e3, 3),
+                       "total_ms": round((t1 - t0) * 1e3, 3), "batch_size": job.batch_size},
+        })
+
+    @admitted
+    async def explain_ep(request: Request, t0: float, deadline: float):
+        h = service.handler
+        method = request.query_params.get("method", "last")
+        if method not in EXPLAIN_METHODS:
+            raise RequestError(400, f"method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
+        fmt = request.query_params.get("format", "png")
+        if fmt not in ("png", "json"):
+            raise RequestError(400, f"format must be png or json, got {fmt!r}")
+        depth, heads = len(h.model.blocks), h.model.cfg.heads
+        layer = _int_param(request, "layer", -1, -depth, depth - 1)
+        head = _int_param(request, "head", None, 0, heads - 1)
+        if head is not None and method == "rollout":
+            raise RequestError(400, "head picks one head of the last-layer map; rollout averages every head")
+        topk = _int_param(request, "topk", 5, 1, len(h.labels))
+        size = _size_param(request)
+        h.resolve_size(size)
+        data = await read_upload(request, service)
+        img = await asyncio.wait_for(service.in_pool(h.decode, data), deadline - time.perf_counter())
+        kw = dict(method=method, layer=layer, head=head, size=size, topk=topk)
+        expl, job = await service.run_job(("explain",), (img, kw), deadline)
+        meta = {"method": expl.method, "layer": expl.layer, "head": expl.head, "grid": list(expl.grid),
+                "description": expl.describe(),
+                "predictions": [{"label": lab, "score": s} for lab, s in expl.predictions]}
+        if fmt == "json":
+            meta["heatmap"] = [[round(float(v), 6) for v in row] for row in expl.heatmap]
+            meta["model"] = h.name
+            meta["timing"] = {"total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+            return JSONResponse(meta)
+        png = await service.in_pool(overlay_png, expl)
+        return Response(png, media_type="image/png", headers={"X-Vitkit-Explanation": expl.describe()})
 
     async def model_info(request: Request):
         if service.handler is None:
@@ -467,45 +462,33 @@ def build_routes(service: Service) -> list[Route]:
         return JSONResponse({"name": request.path_params["name"], "ready": service.ready},
                             status_code=200 if service.ready else 503)
 
-    async def v2_infer(request: Request):
-        t0 = time.perf_counter()
-        deadline = t0 + service.config.timeout_s
+    @admitted
+    async def v2_infer(request: Request, t0: float, deadline: float):
+        h = v2_model(request.path_params["name"])
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise RequestError(415, f"content type {ctype!r} is not accepted: the v2 protocol takes application/json")
+        body = await read_body(request, service.config.max_body_bytes, service.config.read_timeout_s)
         try:
-            service.admit()
-        except RequestError as e:
-            return refusal(service, e)
-        try:
-            h = v2_model(request.path_params["name"])
-            ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                raise RequestError(415, f"content type {ctype!r} is not accepted: the v2 protocol takes application/json")
-            body = await read_body(request, service.config.max_body_bytes, service.config.read_timeout_s)
-            try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise RequestError(400, f"the body is not JSON: {e}") from None
-            images, topk = _v2_inputs(doc, len(h.labels))
-            preps = await asyncio.gather(*[asyncio.wait_for(service.in_pool(h.prepare, b, None),
-                                                            deadline - time.perf_counter()) for b in images])
-            results = await asyncio.gather(*[service.run_job(("classify", p.key), p, deadline) for p in preps])
-            labels, scores = [], []
-            for probs, _ in results:
-                preds = h.topk(probs, topk)
-                labels += [p["label"] for p in preds]
-                scores += [p["score"] for p in preds]
-            k = len(labels) // max(len(images), 1)
-            out = {"model_name": h.name, "model_version": "1",
-                   "outputs": [{"name": "label", "datatype": "BYTES", "shape": [len(images), k], "data": labels},
-                               {"name": "score", "datatype": "FP32", "shape": [len(images), k], "data": scores}]}
-            if isinstance(doc.get("id"), str):
-                out["id"] = doc["id"]
-            return JSONResponse(out)
-        except RequestError as e:
-            return refusal(service, e)
-        except asyncio.TimeoutError:
-            return error_response(504, f"no answer within --timeout-s {service.config.timeout_s:g} s")
-        finally:
-            service.release()
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"the body is not JSON: {e}") from None
+        images, topk = _v2_inputs(doc, len(h.labels))
+        preps = await asyncio.gather(*[asyncio.wait_for(service.in_pool(h.prepare, b, None),
+                                                        deadline - time.perf_counter()) for b in images])
+        results = await asyncio.gather(*[service.run_job(("classify", p.key), p, deadline) for p in preps])
+        labels, scores = [], []
+        for probs, _ in results:
+            preds = h.topk(probs, topk)
+            labels += [p["label"] for p in preds]
+            scores += [p["score"] for p in preds]
+        k = len(labels) // max(len(images), 1)
+        out = {"model_name": h.name, "model_version": "1",
+               "outputs": [{"name": "label", "datatype": "BYTES", "shape": [len(images), k], "data": labels},
+                           {"name": "score", "datatype": "FP32", "shape": [len(images), k], "data": scores}]}
+        if isinstance(doc.get("id"), str):
+            out["id"] = doc["id"]
+        return JSONResponse(out)
 
     return [
         Route("/", index), Route("/static/{name}", static),
