@@ -1,6 +1,5 @@
 """Embeddings: `vitkit features` and extract_features against the model's own forward pass."""
 
-import errno
 import json
 import os
 
@@ -11,10 +10,13 @@ import torch
 from PIL import Image
 
 import vitkit
+
 from vitkit.cli.main import main
 from vitkit.data.decode import open_image
 from vitkit.inference import ModelRunner, extract_features
 from vitkit.utils import atomic
+
+from helpers import disk_full_on
 
 PHOTOS = {"astronaut.png": skimage.data.astronaut, "chelsea.jpg": skimage.data.chelsea,
           "coffee.jpg": skimage.data.coffee}
@@ -133,14 +135,7 @@ def test_cli_features_full_disk_keeps_the_previous_pair(photos, tmp_path, capsys
     assert main(["features", str(src), str(photos / "coffee.jpg"), "--out", str(out)]) == 0
     before = (out.read_bytes(), (tmp_path / "feats.json").read_bytes())
     capsys.readouterr()
-    real = os.fsync
-
-    def fsync(fd):
-        if "feats.json" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    disk_full_on(monkeypatch, atomic, "feats.json")
     assert main(["features", str(src), str(photos), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"vitkit: error: could not write {tmp_path / 'feats.json'}: the disk is full; the previous version is kept" in err

@@ -22,6 +22,8 @@ from vitkit.cli.main import main
 from vitkit.train.checkpoint import load_checkpoint, step_checkpoints
 from vitkit.utils import atomic
 
+from helpers import disk_full_on
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 TINY = ["--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=2,heads=4", "--no-progress"]
@@ -164,14 +166,7 @@ def test_full_disk_during_a_run_is_a_clear_error_and_keeps_the_last_checkpoint(t
 
     from vitkit.train import checkpoint as ckpt
 
-    real = os.fsync
-
-    def fsync(fd):
-        if ".step_00000004.pt.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    disk_full_on(monkeypatch, ckpt, ".step_00000004.pt.tmp")
     run = tmp_path / "run"
     rc = main(["train", *TINY, "--data", "digits", "--steps", "6", "--save-every-steps", "2", "--out", str(run)])
     err = capsys.readouterr().err
@@ -441,14 +436,7 @@ def test_eval_out_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys, m
     assert f"vitkit: error: could not create the output folder {tmp_path / 'ro'}: the file system is read-only" in err
     assert "Traceback" not in err
 
-    real = os.fsync
-
-    def fsync(fd):
-        if "results.json" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    disk_full_on(monkeypatch, atomic, "results.json")
     assert main(["eval", str(run), "--data", "digits", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"could not write {out / 'results.json'}: the disk is full; the previous version is kept" in err
