@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 import vitkit
-
 from vitkit.cli.main import main
 from vitkit.data.decode import open_image
 from vitkit.inference import ModelRunner, extract_features
