@@ -402,8 +402,9 @@ def test_create_model_from_a_dict_or_a_json_file(tmp_path):
         resolve_config(3)
 
 
-def test_json_config_is_read_as_utf8_whatever_the_locale(tmp_path):
-    """A config with a non-ASCII label loads under an ASCII (C) locale too."""
+def test_json_config_is_read_as_utf8_under_any_locale(tmp_path):
+    """A config with a non-ASCII label loads under an ASCII (C) locale too (in a subprocess: the locale's
+    encoding is fixed at start-up; the in-process call ties the test to resolve_config for mutmut)."""
     import json
     import os
     import subprocess
@@ -413,6 +414,9 @@ def test_json_config_is_read_as_utf8_whatever_the_locale(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_cfg(labels=["café", "b", "c", "d", "e"]).to_dict(), ensure_ascii=False),
                     encoding="utf-8")
+    from vitkit.models.factory import resolve_config
+
+    assert resolve_config(path).labels[0] == "café"
     src = str(Path(vitkit.__file__).resolve().parents[1])  # this vitkit, wherever the tests import it from
     env = dict(os.environ, PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", LC_ALL="C", LANG="C", PYTHONPATH=src)
     code = ("import sys, locale; from vitkit.models.factory import resolve_config; "
