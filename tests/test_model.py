@@ -424,3 +424,17 @@ def test_json_config_is_read_as_utf8_under_any_locale(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["ANSI_X3.4-1968", "True"]
+
+
+def test_resample_pos_embed_other_interpolation_modes():
+    import torch.nn.functional as F
+
+    pe = torch.randn(1, 1 + 4 * 4, 8)
+    grid = pe[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    for mode in ("nearest", "area"):  # align_corners / antialias are for the interpolating modes only
+        out = resample_pos_embed(pe, (2, 6), interpolation=mode, antialias=False)
+        ref = F.interpolate(grid, size=(2, 6), mode=mode).permute(0, 2, 3, 1).reshape(1, 12, 8)
+        assert torch.equal(out[:, 1:], ref) and torch.equal(out[:, :1], pe[:, :1]), mode
+    bilinear = resample_pos_embed(pe, (6, 6), interpolation="bilinear")
+    ref = F.interpolate(grid, size=(6, 6), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(bilinear[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 36, 8), atol=1e-6)
