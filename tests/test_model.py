@@ -450,3 +450,70 @@ def test_layer_options_reach_the_layers():
     assert PatchEmbed(tiny_cfg(patch_bias=False)).proj.bias is None and PatchEmbed(tiny_cfg()).proj.bias is not None
     x = torch.randn(2, 3)
     assert DropPath().p == 0.0 and DropPath().train()(x) is x
+
+
+def test_create_model_from_a_dict_or_a_json_file(tmp_path):
+    import json
+
+    from vitkit.models.factory import resolve_config
+
+    cfg = tiny_cfg(labels=["café", "b", "c", "d", "e"])
+    d = cfg.to_dict()
+    assert resolve_config(d) == cfg and create_model(d).cfg == cfg
+    assert resolve_config(cfg) is cfg and resolve_config(cfg, width=64).width == 64
+    plain, wrapped = tmp_path / "plain.json", tmp_path / "wrapped.json"
+    plain.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    wrapped.write_text(json.dumps({"model": d, "note": "a vitkit config.json"}, ensure_ascii=False), encoding="utf-8")
+    assert resolve_config(plain) == resolve_config(str(wrapped)) == cfg  # a path or a str
+    assert resolve_config(plain, width=64).width == 64
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        resolve_config(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json' is not valid JSON"):
+        resolve_config(tmp_path / "bad.json")
+    (tmp_path / "latin1.json").write_bytes('{"labels": ["caf\u00e9"]}'.encode("latin-1"))
+    with pytest.raises(ValueError, match="is not valid JSON"):  # read as UTF-8, not by the locale
+        resolve_config(tmp_path / "latin1.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object, got list"):
+        resolve_config(tmp_path / "list.json")
+    with pytest.raises(TypeError, match="got int"):
+        resolve_config(3)
+
+
+def test_json_config_is_read_as_utf8_under_any_locale(tmp_path):
+    """A config with a non-ASCII label loads under an ASCII (C) locale too (in a subprocess: the locale's
+    encoding is fixed at start-up; the in-process call ties the test to resolve_config for mutmut)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_cfg(labels=["café", "b", "c", "d", "e"]).to_dict(), ensure_ascii=False),
+                    encoding="utf-8")
+    from vitkit.models.factory import resolve_config
+
+    assert resolve_config(path).labels[0] == "café"
+    src = str(Path(vitkit.__file__).resolve().parents[1])  # this vitkit, wherever the tests import it from
+    env = dict(os.environ, PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", LC_ALL="C", LANG="C", PYTHONPATH=src)
+    code = ("import sys, locale; from vitkit.models.factory import resolve_config; "
+            "print(locale.getpreferredencoding(False), resolve_config(sys.argv[1]).labels[0] == '\\u00e9'.join(['caf', '']))")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["ANSI_X3.4-1968", "True"]
+
+
+def test_resample_pos_embed_other_interpolation_modes():
+    import torch.nn.functional as F
+
+    pe = torch.randn(1, 1 + 4 * 4, 8)
+    grid = pe[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    for mode in ("nearest", "area"):  # align_corners / antialias are for the interpolating modes only
+        out = resample_pos_embed(pe, (2, 6), interpolation=mode, antialias=False)
+        ref = F.interpolate(grid, size=(2, 6), mode=mode).permute(0, 2, 3, 1).reshape(1, 12, 8)
+        assert torch.equal(out[:, 1:], ref) and torch.equal(out[:, :1], pe[:, :1]), mode
+    bilinear = resample_pos_embed(pe, (6, 6), interpolation="bilinear")
+    ref = F.interpolate(grid, size=(6, 6), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(bilinear[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 36, 8), atol=1e-6)

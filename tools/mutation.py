@@ -250,6 +250,9 @@ def _markdown(d: dict) -> str:
                 "| mutation | test that now fails |", "| --- | --- |"]
         out += [f"| {h['mutation']} | {h['killed_by']} |" for h in d["hand_checks"]]
         out.append("")
+    notes = _verdicts().get("notes", [])
+    if notes:
+        out += ["## Status", ""] + [f"- {n}" for n in notes] + [""]
     out += ["## What is and is not mutated", "",
             "- mutmut 3 mutates function and method bodies only: module-level constants (e.g. export/onnx.py's "
             "`FP32_ATOL`, `FP16_ATOL`) and decorated functions (`@property`: ViTConfig's `image_hw`, `grid_size`, "

@@ -38,7 +38,8 @@ def resample_pos_embed(
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim, dtype = pos_embed.shape[-1], pos_embed.dtype
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)  # (1, D, gh, gw)
-    grid = F.interpolate(grid, size=new_grid, mode=interpolation, align_corners=False, antialias=antialias)
+    # align_corners left at None: False for the interpolating modes, and "nearest"/"area" refuse any value
+    grid = F.interpolate(grid, size=new_grid, mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(dtype)
     return torch.cat([prefix, grid], dim=1)
 
