@@ -23,7 +23,7 @@ from ..utils.atomic import OutputWriteError
 from ..utils.names import printable
 
 # module names under vitkit.cli
-COMMANDS = ["models", "demo", "train", "eval", "convert", "predict", "explain", "export", "features", "bench", "serve"]
+COMMANDS = ["models", "demo", "train", "pretrain", "eval", "convert", "predict", "explain", "export", "features", "bench", "serve"]
 
 EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                    PermissionError, OutputWriteError)

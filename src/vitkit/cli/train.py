@@ -96,7 +96,44 @@ HELP: dict[str, str] = {
               "without a value, the latest checkpoint in --out. Ctrl-C during a run writes a checkpoint and "
               "prints the command that resumes it",
     "overwrite": "start over in a run folder that already holds checkpoints (they are deleted)",
+    # objectives
+    "method": "the pre-training method: mae (masked autoencoder) or dino (self-distillation)",
+    "distill": "DeiT distillation from --teacher: hard (the teacher's arg-max class) or soft (its softened "
+               "distribution); a student built with distilled=true learns it through its distillation token",
+    "teacher": "the frozen teacher for --distill: anything vitkit.load reads, trained on the same classes",
+    "distill_alpha": "weight of the distillation term, 1 - alpha on the labels (default 0.5, DeiT's)",
+    "distill_tau": "soft distillation temperature (default 1.0, DeiT's)",
+    "mask_ratio": "MAE: fraction of the patches masked per image (default 0.75)",
+    "norm_pix_loss": "MAE: reconstruct each patch normalised by its own mean and variance",
+    "decoder_width": "MAE: decoder width (default 128)",
+    "decoder_depth": "MAE: decoder blocks (default 2)",
+    "decoder_heads": "MAE: decoder attention heads (default 4)",
+    "crop_scale": "area range (min max) of MAE's random resized crop and of DINO's global crops",
+    "out_dim": "DINO: output dimension of the projection head (default 4096)",
+    "head_hidden": "DINO: hidden width of the projection MLP (default 2048)",
+    "head_bottleneck": "DINO: width before the weight-normalised last layer (default 256)",
+    "local_crops": "DINO: local crops per image beside the two global ones (default 6)",
+    "local_size": "DINO: side of the local crops in pixels (default 3/7 of the image side, a multiple of the patch)",
+    "local_scale": "DINO: area range (min max) of the local crops (default 0.05 0.4)",
+    "teacher_temp": "DINO: teacher temperature after the warm-up (default 0.04)",
+    "warmup_teacher_temp": "DINO: teacher temperature at the start (default 0.04)",
+    "warmup_teacher_temp_epochs": "DINO: epochs of the linear teacher temperature warm-up (default 0)",
+    "student_temp": "DINO: student temperature (default 0.1)",
+    "center_momentum": "DINO: momentum of the teacher output centre (default 0.9)",
+    "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.996)",
+    "freeze_last_layer": "DINO: epochs the head's last layer stays fixed (default 1)",
+    "knn_k": "neighbours of the k-NN monitor after each pre-training epoch (default 20)",
+    "knn_temperature": "temperature of the weighted k-NN vote (default 0.07)",
 }
+
+# settings only `vitkit pretrain` shows, and settings only `vitkit train` shows
+PRETRAIN_ONLY = {"method", "mask_ratio", "norm_pix_loss", "decoder_width", "decoder_depth", "decoder_heads",
+                 "crop_scale", "out_dim", "head_hidden", "head_bottleneck", "local_crops", "local_size", "local_scale",
+                 "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_epochs", "student_temp",
+                 "center_momentum", "momentum_teacher", "freeze_last_layer", "knn_k", "knn_temperature"}
+TRAIN_ONLY = {"distill", "teacher", "distill_alpha", "distill_tau", "label_smoothing", "mixup", "cutmix", "mix_prob",
+              "mix_switch_prob", "linear_probe", "ema", "rotate", "translate", "scale", "randaugment",
+              "random_erasing", "layer_decay", "heads", "pooling", "act"}
 
 
 OFF = "none"  # what an optional setting given as 'none'/'off' holds until the settings are merged
@@ -119,14 +156,21 @@ def _overrides(v: str) -> dict[str, Any]:
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a ViT (DeiT recipe, resume, torchrun)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_settings(p: argparse.ArgumentParser, hide: set[str], helps: dict[str, str] | None = None) -> None:
+    """One flag per TrainConfig field (but ``hide``); every default None, so the settings merge knows what was given."""
     p.add_argument("--config", help="YAML or JSON file of settings (flags given here win)")
     for f in dataclasses.fields(TrainConfig):
+        if f.name in hide:
+            continue
         name = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = dict(dest=f.name, default=None, help=HELP[f.name])
-        if f.name == "resume":
+        kw: dict[str, Any] = dict(dest=f.name, default=None, help=(helps or {}).get(f.name, HELP[f.name]))
+        if f.name == "method":
+            p.add_argument(name, choices=["mae", "dino"], **kw)
+        elif f.name in ("crop_scale", "local_scale"):
+            p.add_argument(name, type=float, nargs=2, metavar=("MIN", "MAX"), **kw)
+        elif f.name == "distill":
+            p.add_argument(name, choices=["hard", "soft"], **kw)
+        elif f.name == "resume":
             p.add_argument(name, nargs="?", const="auto", metavar="PATH", **kw)
         elif f.name == "model_overrides":
             p.add_argument("--model-set", type=_overrides, metavar="KEY=VALUE,...", **kw)
@@ -146,14 +190,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument(name, type=float, **kw)
         else:
             p.add_argument(name, **kw)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a ViT (DeiT recipe and distillation, resume, torchrun)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings(p, PRETRAIN_ONLY)
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults < resumed checkpoint's settings < --config file < flags."""
+def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults (TrainConfig's, then ``defaults``: a method's recipe) < resumed checkpoint's settings <
+    --config file < flags."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     base = TrainConfig().to_dict()
+    base.update(defaults or {})
     resume = given.get("resume")
     if resume:
         from ..train.checkpoint import latest_checkpoint, load_checkpoint
@@ -180,11 +232,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     """Train; a full disk or a non-finite loss is a one-line error (exit 2); Ctrl-C writes a
     checkpoint at the step boundary, prints the command that resumes it and exits 130."""
+    return run_config(resolve_config(args), "train")
+
+
+def run_config(cfg: TrainConfig, command: str) -> int:
+    """Run a resolved training config for ``vitkit train`` or ``vitkit pretrain`` (the same loop)."""
     import sys
 
     from ..train import engine
-
-    cfg = resolve_config(args)
     from .main import UserError
 
     try:
@@ -192,10 +247,10 @@ def run(args: argparse.Namespace) -> int:
     except engine.NonFiniteLossError as e:
         raise UserError(str(e)) from None
     except engine.TrainingInterrupted as e:
-        print(f"vitkit train: interrupted at step {e.step} of {e.total}; the checkpoint {e.checkpoint} holds the run "
-              f"up to there. Resume with{' (under the same torchrun launch)' if e.world_size > 1 else ''}:",
+        print(f"vitkit {command}: interrupted at step {e.step} of {e.total}; the checkpoint {e.checkpoint} holds the "
+              f"run up to there. Resume with{' (under the same torchrun launch)' if e.world_size > 1 else ''}:",
               file=sys.stderr)
-        print(e.resume_command(), file=sys.stderr)
+        print(e.resume_command().replace("vitkit train", f"vitkit {command}", 1), file=sys.stderr)
         return 130
     finally:
         from ..train.distributed import teardown

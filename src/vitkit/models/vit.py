@@ -254,13 +254,16 @@ class VisionTransformer(nn.Module):
             logits = (logits + dist) / 2
         return logits
 
-    def forward(self, x: torch.Tensor, attn_impl: str = "fused") -> torch.Tensor:
-        """(B, C, H, W) -> logits (B, classes), the same function as ``forward_head(forward_features(x))``.
+    def forward(self, x: torch.Tensor, attn_impl: str = "fused", distilled: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> logits (B, classes), the same function as ``forward_head(forward_features(x))``;
+        with ``distilled`` (DeiT training, through a DDP wrapper too) the pair of :meth:`forward_distilled`.
 
         The last block computes only the tokens the head reads ([CLS], + the distillation token);
         they still attend to every token. The other N tokens' MLP, output projection and attention
         rows in that block are skipped: about 1/16 of a ViT-S/B forward, in inference and training.
         """
+        if distilled:
+            return self.forward_distilled(x)
         return self.forward_head(self._encode(x, attn_impl, self.head_tokens))
 
     def forward_distilled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

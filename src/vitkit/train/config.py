@@ -29,7 +29,12 @@ MAX_LR = 10.0
 # settings that hold real numbers (a YAML "1e-3" without a dot is a string: it is converted)
 FLOAT_FIELDS = ("val_fraction", "lr", "min_lr", "warmup_epochs", "weight_decay", "momentum", "layer_decay",
                 "clip_grad", "label_smoothing", "drop_path", "rotate", "translate", "scale", "hflip",
-                "random_erasing", "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema")
+                "random_erasing", "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema", "distill_alpha",
+                "distill_tau", "mask_ratio", "teacher_temp", "warmup_teacher_temp", "student_temp",
+                "center_momentum", "momentum_teacher", "knn_temperature")
+PAIR_FIELDS = ("betas", "crop_scale", "local_scale")  # two numbers each
+METHODS = ("classify", "mae", "dino")
+PRETRAIN_METHODS = ("mae", "dino")
 
 
 @dataclass
@@ -87,6 +92,37 @@ class TrainConfig:
     mix_switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
     ema: float | None = 0.998  # EMA decay of the weights (evaluated too); None = off
 
+    # objective: classify (vitkit train, DeiT distillation with --distill) or a pre-training method (vitkit pretrain)
+    method: str = "classify"  # classify | mae | dino
+    distill: str | None = None  # hard | soft: DeiT distillation from --teacher (vitkit train)
+    teacher: str | None = None  # the frozen teacher: anything vitkit.load reads, trained on the same classes
+    distill_alpha: float = 0.5  # weight of the distillation term; 1 - alpha on the labels (DeiT: 0.5)
+    distill_tau: float = 1.0  # soft distillation temperature (DeiT: 1.0)
+    # MAE (He et al. 2021)
+    mask_ratio: float = 0.75  # fraction of patches masked per image
+    norm_pix_loss: bool = False  # reconstruct each patch normalised by its own mean and variance
+    decoder_width: int = 128  # MAE's paper decoder: 512 wide, 8 deep, 16 heads (for ViT-B/L/H at 224 px)
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range of the MAE view / DINO global crops
+    # DINO (Caron et al. 2021)
+    out_dim: int = 4096  # projection head output (the paper: 65536 for ImageNet)
+    head_hidden: int = 2048  # projection MLP width
+    head_bottleneck: int = 256  # width before the weight-normalised last layer
+    local_crops: int = 6  # local crops per image beside the 2 global ones
+    local_size: int | None = None  # local crop side (default: 3/7 of the image side, DINO's 96 of 224)
+    local_scale: tuple[float, float] = (0.05, 0.4)  # area range of local crops (global: crop_scale)
+    teacher_temp: float = 0.04  # teacher softmax temperature after warm-up
+    warmup_teacher_temp: float = 0.04  # ...at the start, linear over warmup_teacher_temp_epochs
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # teacher EMA momentum, cosine to 1 over the run
+    freeze_last_layer: int = 1  # epochs the head's last layer stays fixed
+    # frozen-feature monitor of pre-training (a labelled validation set) and `vitkit eval --knn`
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
     # mode
     linear_probe: bool = False  # train only the head; the backbone is frozen
     amp: str = "auto"  # autocast: auto = bf16 on CUDA that supports it, else off; none | bf16 | fp16
@@ -107,7 +143,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
+        for name in PAIR_FIELDS:
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
@@ -123,8 +160,9 @@ class TrainConfig:
                     d[name] = float(d[name])
                 except ValueError:
                     raise ValueError(f"{where}: {name} must be a number, got {d[name]!r}") from None
-        if "betas" in d and d["betas"] is not None:
-            d["betas"] = tuple(d["betas"])
+        for name in PAIR_FIELDS:
+            if name in d and d[name] is not None:
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def load_options(self) -> dict[str, Any]:
@@ -141,6 +179,11 @@ class TrainConfig:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be two numbers, got {betas!r}")
         values += [(f"betas[{i}]", b) for i, b in enumerate(betas)]
+        for name in ("crop_scale", "local_scale"):
+            pair = getattr(self, name)
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"{name} must be two numbers, got {pair!r}")
+            values += [(f"{name}[{i}]", b) for i, b in enumerate(pair)]
         for name, v in values:
             if v is None and name in ("layer_decay", "clip_grad", "ema"):
                 continue
@@ -212,6 +255,48 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if self.randaugment is not None:
             parse_randaugment(self.randaugment)
+        self._validate_objective()
+
+    def _validate_objective(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.distill is not None:
+            if self.distill not in ("hard", "soft"):
+                raise ValueError(f"distill must be hard or soft, got {self.distill!r}")
+            if self.method != "classify":
+                raise ValueError(f"--distill trains a classifier; it does not combine with --method {self.method}")
+            if not self.teacher:
+                raise ValueError("--distill needs --teacher CHECKPOINT (a model trained on the same classes)")
+        elif self.teacher:
+            raise ValueError("--teacher is given without --distill hard|soft")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        for name in ("distill_tau", "teacher_temp", "warmup_teacher_temp", "student_temp", "knn_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1) (the fraction of patches masked), got {self.mask_ratio}")
+        for name in ("center_momentum", "momentum_teacher"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("decoder_width", "decoder_depth", "decoder_heads", "out_dim", "head_hidden", "head_bottleneck",
+                     "knn_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.decoder_width % self.decoder_heads:
+            raise ValueError(f"decoder_width {self.decoder_width} must be divisible by decoder_heads "
+                             f"{self.decoder_heads}")
+        for name in ("local_crops", "warmup_teacher_temp_epochs", "freeze_last_layer"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.local_size is not None and (not isinstance(self.local_size, int) or self.local_size < 1):
+            raise ValueError(f"local_size must be a positive integer, got {self.local_size!r}")
+        for name in ("crop_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must be two areas 0 < min <= max <= 1, got {[lo, hi]}")
 
 
 def parse_randaugment(spec: str) -> tuple[int, int]:

@@ -26,19 +26,18 @@ import torch
 import yaml
 
 from ..data.datasets import (AugmentedView, DataSpec, ImageDataset, TensorImageDataset, collate_skipping,
-                             load_source, raise_if_strict, source_classes)
+                             raise_if_strict)
 from ..data.builtin import BUILTIN
 from ..utils.atomic import reason
 from ..utils.names import printable
 from ..weights.api import save as save_model
 from . import checkpoint as ckpt
 from . import distributed as D
-from .augment import EvalTransform, TrainTransform
+from .augment import EvalTransform
 from .config import TrainConfig
 from .ema import ModelEma
 from .lock import RunLock
-from .metrics import evaluate, plot_curves
-from .mixup import Mixer, soft_target_cross_entropy
+from .metrics import plot_curves
 from .model_setup import architecture_diff, build_model
 from .optim import WarmupCosine, build_optimizer
 
@@ -201,12 +200,16 @@ class Trainer:
         # --- data
         train_ds, val_ds = self._given
         native = _native_channels(cfg.data) if train_ds is None else train_ds_channels(train_ds)
+        from ..tasks import make_task  # here, not at import: the tasks build on this package
+
+        self.task = task = make_task(cfg)
         _seed_all(cfg.seed)  # same initial weights on every process
         if train_ds is not None:
             classes = list(train_ds.classes)
         else:
-            classes = source_classes(cfg.data)
-        model, notes = build_model(cfg.init or cfg.model, classes, native, cfg.image_size, cfg.patch_size,
+            classes = task.data_classes(cfg.data)
+        model, notes = build_model(cfg.init or cfg.model, task.model_classes(classes), native, cfg.image_size,
+                                   cfg.patch_size,
                                    0.0 if cfg.linear_probe else cfg.drop_path,
                                    None if cfg.init else cfg.model_overrides, cfg.load_options(),
                                    architecture=cfg.model if cfg.init else None,
@@ -215,7 +218,7 @@ class Trainer:
         if train_ds is None:
             spec = DataSpec(image_size=mcfg.image_hw, channels=mcfg.channels, val_fraction=cfg.val_fraction,
                             strict=cfg.strict_data, preprocess=model.preprocess_cfg)
-            train_ds, val_ds = load_source(cfg.data, spec, cfg.val_data)
+            train_ds, val_ds = task.load_data(cfg.data, spec, cfg.val_data)
         if list(train_ds.classes) != classes:
             raise ValueError(f"training data classes {train_ds.classes} differ from {classes}")
         if val_ds is not None and len(val_ds.classes) != len(classes):
@@ -249,12 +252,15 @@ class Trainer:
             notes.append("linear probe: backbone frozen, only the head trains")
         pre = model.preprocess_cfg  # the checkpoint's when fine-tuning, else vitkit's default
         self.raw = model.to(info.device)
-        ema_decay = cfg.ema
+        self.amp_dtype = self._amp_dtype()
+        notes += task.setup(self)
+        trained = task.module(self)  # the ViT, or the task's wrapper around it (MAE, DINO's student)
+        ema_decay = cfg.ema if task.keeps_ema else None
         if ema_decay and cfg.fsdp and info.enabled:
             notes.append("EMA is not kept under FSDP (the weights are sharded); train without it")
             ema_decay = None
         self.ema = ModelEma(self.raw, ema_decay) if ema_decay else None
-        self.model = D.wrap(self.raw, info, cfg.fsdp)
+        self.model = D.wrap(trained, info, cfg.fsdp)
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(D.unwrap(self.model), cfg.optimizer, cfg.lr, cfg.weight_decay,
@@ -262,19 +268,16 @@ class Trainer:
         # warm-up in steps, at most a quarter of a short run
         warmup = min(int(round(cfg.warmup_epochs * self.steps_per_epoch)), self.total_steps // 4)
         self.schedule = WarmupCosine(self.optimizer, cfg.lr, self.total_steps, warmup, cfg.min_lr)
-        self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.mixer = Mixer(len(classes), cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob,
-                           cfg.label_smoothing)
-        self.transform = TrainTransform(cfg, pre.mean, pre.std)
+        self.transform = task.train_transform(self)
         self.eval_transform = EvalTransform(pre.mean, pre.std)
         self.workers = cfg.workers if cfg.workers is not None else (
             0 if isinstance(train_ds, TensorImageDataset) else min(4, max(1, (os.cpu_count() or 2) - 1)))
 
         # --- progress
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
-        self.best = {"top1": -1.0, "epoch": None, "step": None}
-        self.last_val: dict[str, Any] = {}  # top1 / ema_top1 of the last validation: which weights infer
+        self.best = {"score": None, "epoch": None, "step": None}
+        self.last_val: dict[str, Any] = {}  # the numbers of the last validation (top1 / ema_top1: which weights infer)
         _seed_all(cfg.seed + 1000003 * info.rank)  # dropout / stochastic depth differ per process
         if resume is not None:
             self._load_resume(resume)
@@ -313,6 +316,8 @@ class Trainer:
                     self.tb = None
         D.barrier(info)
         self.log(f"vitkit train: {train_ds.describe()}; validation {val_ds.describe() if val_ds else 'none'}")
+        if task.name != "classify":
+            self.log(f"  objective: {task.name}")
         self.log(f"  model: {mcfg.image_hw[0]}x{mcfg.image_hw[1]}x{mcfg.channels} input, patch {mcfg.patch_size}, "
                  f"width {mcfg.width}, depth {mcfg.depth}, heads {mcfg.heads}, "
                  f"{sum(p.numel() for p in self.raw.parameters()) / 1e6:.2f}M parameters; "
@@ -336,7 +341,7 @@ class Trainer:
             raise ValueError("--amp fp16 needs a CUDA device; use bf16 or none on the CPU")
         return torch.bfloat16 if mode == "bf16" else torch.float16
 
-    def _autocast(self):
+    def autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
@@ -360,6 +365,8 @@ class Trainer:
                 "optimizer": opt_state, "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.state_dict() if self.ema else None,
+                "task": {"name": self.task.name, "state": self.task.state_dict(),
+                         "inference": self.task.inference_source()},
                 "progress": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                              "global_step": self.global_step, "best": dict(self.best),
                              "last_val": dict(self.last_val)},
@@ -392,9 +399,17 @@ class Trainer:
             self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st.get("ema"):
             self.ema.load_state_dict(st["ema"])
+        saved_task = (st.get("task") or {}).get("name", "classify")
+        if saved_task != self.task.name:
+            raise ResumeError(f"cannot resume {st['_path']}: it is a {saved_task} run, this one {self.task.name}")
+        self.task.load_state_dict((st.get("task") or {}).get("state") or {})
         p = st["progress"]
         self.epoch, self.batch_in_epoch, self.global_step = p["epoch"], p["batch_in_epoch"], p["global_step"]
-        self.best = dict(p["best"])
+        best = dict(p["best"])
+        if "top1" in best:  # written before the tasks: the best top-1 is the classification score
+            best["score"] = best.pop("top1")
+            best["score"] = None if best["score"] is None or best["score"] < 0 else best["score"]
+        self.best = best
         self.last_val = dict(p.get("last_val") or {})
         rngs = st.get("rng") or []
         if len(rngs) == self.info.world_size:
@@ -439,7 +454,7 @@ class Trainer:
                     self.tb.add_scalar(f"{row['kind']}/{k}", v, row["step"])
             self.tb.flush()
 
-    def _note_skipped(self, reasons: list[str]) -> None:
+    def note_skipped(self, reasons: list[str]) -> None:
         """Report each unreadable file once (whichever worker, epoch or validation pass met it);
         with --strict-data, stop at the first (items read in loader workers come back marked)."""
         raise_if_strict(reasons)
@@ -463,8 +478,10 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_ds), generator=g).tolist()
 
-    def _val_batches(self, ds: ImageDataset) -> Any:
-        """This process's share of the validation set, padded so every process runs as many batches."""
+    def val_batches(self, ds: ImageDataset | None = None) -> Any:
+        """This process's share of a data set (the validation set by default) as normalised, unaugmented
+        ``(x, y, skipped)`` batches, padded with label -1 so every process runs as many batches."""
+        ds = self.val_ds if ds is None else ds
         W, r = self.info.world_size, self.info.rank
         n = len(ds)
         per = math.ceil(n / W)
@@ -474,15 +491,8 @@ class Trainer:
         return self._loader(view, [idx[i:i + bs] for i in range(0, len(idx), bs)], 0)
 
     def validate(self) -> dict[str, Any]:
-        res = evaluate(self.model, self._val_batches(self.val_ds), len(self.classes), self.info.device,
-                       self.info, self._autocast())
-        out = {"top1": res["top1"], "top5": res["top5"], "val_loss": res["loss"]}
-        if self.ema is not None:
-            e = evaluate(self.ema.module, self._val_batches(self.val_ds), len(self.classes), self.info.device,
-                         self.info, self._autocast())
-            out.update(ema_top1=e["top1"], ema_top5=e["top5"])
-        self._note_skipped(res["skipped"])
-        return out
+        """The task's validation (top-1 for classification; k-NN and reconstruction for pre-training)."""
+        return self.task.evaluate(self)
 
     # ------------------------------------------------------------------ the loop
     def _train_step(self, micro: list[tuple[torch.Tensor | None, torch.Tensor | None, list[str]]]) -> float:
@@ -491,17 +501,13 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed * 2_000_003 + self.global_step)  # mixup/cutmix of this step
         total = torch.zeros((), dtype=torch.float64)
         for a, (x, y, skipped) in enumerate(micro):
-            self._note_skipped(skipped)
+            self.note_skipped(skipped)
             if x is None:
                 raise ValueError(f"every image of a batch at step {self.global_step + 1} was unreadable; "
                                  f"see {self.run_dir / 'skipped_files.txt'}")
-            x, target = self.mixer(x, y, g)
-            x, target = x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
             sync = a == A - 1 or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
             with (nullcontext() if sync else self.model.no_sync()):
-                with self._autocast():
-                    logits = self.model(x)
-                loss = soft_target_cross_entropy(logits, target) / A
+                loss = self.task.loss(self, self.model, x, y, g) / A
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -517,6 +523,7 @@ class Trainer:
                 f"{last if last else '(none yet)'} is untouched. Lower --lr, check the data, or use --clip-grad.")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        self.task.after_backward(self)
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
         if self.scaler is not None:
@@ -525,6 +532,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.task.after_step(self)
         return loss_value
 
     # ------------------------------------------------------------------ Ctrl-C
@@ -622,7 +630,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
                 self.schedule.step()
                 if self.ema is not None:
-                    self.ema.update(D.unwrap(self.model))
+                    self.ema.update(self.raw)  # the ViT (a task may train a wrapper around it)
                 self.global_step += 1
                 self.batch_in_epoch += 1
                 images_done += G
@@ -633,7 +641,7 @@ class Trainer:
                 epoch_loss.append(loss)
                 if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
                     self._record({"kind": "train", "step": self.global_step, "epoch": self.epoch + 1,
-                                  "loss": loss, "lr": lr, "images_per_s": round(ips, 1)})
+                                  "loss": loss, "lr": lr, "images_per_s": round(ips, 1), **self.task.step_logs()})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
@@ -659,16 +667,15 @@ class Trainer:
                 self.batch_in_epoch = 0
             improved = False
             line = None
-            if self.val_ds is not None and (shown % cfg.eval_every == 0 or last_epoch):
+            if self.task.can_validate(self) and (shown % cfg.eval_every == 0 or last_epoch):
                 last_val = self.validate()
-                self.last_val = {k: last_val.get(k) for k in ("top1", "ema_top1")}
-                score = max(last_val["top1"], last_val.get("ema_top1") or -1.0)
-                improved = score > self.best["top1"]
+                self.last_val = {k: v for k, v in last_val.items() if isinstance(v, (int, float)) or v is None}
+                score = self.task.score(last_val)
+                improved = score is not None and (self.best["score"] is None or score > self.best["score"])
                 if improved:
-                    self.best = {"top1": score, "epoch": shown, "step": self.global_step}
-                self._record({"kind": "val", "step": self.global_step, "epoch": shown, **last_val})
-                line = (f"epoch {shown}/{self.total_epochs}: val top-1 {100 * last_val['top1']:.2f} %"
-                        + (f", EMA {100 * last_val['ema_top1']:.2f} %" if "ema_top1" in last_val else "")
+                    self.best = {"score": score, "epoch": shown, "step": self.global_step}
+                self._record({"kind": "val", "step": self.global_step, "epoch": shown, **self.last_val})
+                line = (f"epoch {shown}/{self.total_epochs}: {self.task.describe(last_val)}"
                         + f", train loss {sum(epoch_loss) / max(len(epoch_loss), 1):.4f}"
                         + f" ({time.time() - t0:.0f} s)")
             elif plain:  # an epoch summary in logs also when this epoch is not validated
@@ -679,6 +686,7 @@ class Trainer:
                     bar.write(line)
                 else:
                     self.log(line)
+            self.task.after_epoch(self, shown, last_val)
             self.save_checkpoint(best=improved)
             if info.is_main:
                 plot_curves(self.metrics_path, self.run_dir / "curves.png")
@@ -727,28 +735,36 @@ class Trainer:
         return final
 
     def _finish(self, last_val: dict[str, Any], elapsed: float, start_step: int) -> dict[str, Any]:
-        """Save the final model as a vitkit folder (``RUN/model``: the EMA weights when they
-        validate better) and print the one-line summary."""
-        use_ema = ckpt.prefers_ema(last_val, self.ema is not None)
-        final = self.ema.module if use_ema else D.unwrap(self.model)
-        state = D.full_model_state(self.model) if not use_ema else None
-        summary = {"steps": self.global_step, "epochs": self.epoch, "seconds": round(elapsed, 1),
-                   "val_top1": last_val.get("top1"), "val_top5": last_val.get("top5"),
-                   "ema_top1": last_val.get("ema_top1"), "best_top1": self.best["top1"],
-                   "best_epoch": self.best["epoch"], "model_weights": "ema" if use_ema else "model",
-                   "model_dir": str(self.run_dir / "model"), "skipped_files": len(self.skipped)}
+        """Save the final model as a vitkit folder (``RUN/model``: the weights the task chooses, e.g. the
+        EMA's when they validate better) and print the one-line summary."""
+        state, which = self.task.final_state(self, last_val)  # collective under FSDP
+        best = self.best["score"]
+        summary = {"steps": self.global_step, "epochs": self.epoch, "seconds": round(elapsed, 1)}
+        if self.task.name in ("classify", "distill"):
+            summary.update(val_top1=last_val.get("top1"), val_top5=last_val.get("top5"),
+                           ema_top1=last_val.get("ema_top1"), best_top1=-1.0 if best is None else best)
+        else:
+            summary.update(objective=self.task.name, val={k: v for k, v in last_val.items()
+                                                          if isinstance(v, (int, float))}, best_score=best)
+        summary.update(best_epoch=self.best["epoch"], model_weights=which,
+                       model_dir=str(self.run_dir / "model"), skipped_files=len(self.skipped))
         if self.info.is_main:
             from ..models.vit import VisionTransformer
 
             out = VisionTransformer(self.raw.cfg)
-            out.load_state_dict({k: v.cpu() for k, v in (final.state_dict() if use_ema else state).items()})
+            out.load_state_dict({k: v.cpu() for k, v in state.items()})
             out.preprocess_cfg = self.raw.preprocess_cfg
             self._save_final_model(out)
             ckpt.write_bytes_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-            top1 = summary["ema_top1"] if use_ema else summary["val_top1"]
-            acc = f"val top-1 {100 * top1:.2f} %{' (EMA weights)' if use_ema else ''}" if top1 is not None else "no validation"
-            self._log(f"vitkit train: done: {self.global_step - start_step} steps in {elapsed:.1f} s, {acc}, "
-                      f"best {100 * max(self.best['top1'], 0):.2f} % at epoch {self.best['epoch']}; "
+            if self.task.name in ("classify", "distill"):
+                top1 = summary["ema_top1"] if which == "ema" else summary["val_top1"]
+                acc = (f"val top-1 {100 * top1:.2f} %{' (EMA weights)' if which == 'ema' else ''}"
+                       if top1 is not None else "no validation")
+                acc += f", best {100 * max(best or 0, 0):.2f} % at epoch {self.best['epoch']}"
+            else:
+                acc = (self.task.describe(last_val) if last_val else "no validation") + f" ({which} weights)"
+            self._log(f"vitkit {'train' if self.task.name in ('classify', 'distill') else 'pretrain'}: done: "
+                      f"{self.global_step - start_step} steps in {elapsed:.1f} s, {acc}; "
                       f"model saved to {self.run_dir / 'model'}"
                       + (f"; {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""))
         D.barrier(self.info)

@@ -1,0 +1,72 @@
+"""`vitkit pretrain`: self-supervised pre-training of a ViT encoder (MAE or DINO) on unlabelled images."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .train import HELP, TRAIN_ONLY, add_settings, resolve_config, run_config
+
+DESCRIPTION = """\
+Pre-train a ViT encoder without labels, on the same training loop as `vitkit train` (exact resume,
+checkpoints, metrics, curves, TensorBoard, AMP, --compile, torchrun):
+
+  mae   masked autoencoder (He et al. 2021): 75 % of the patches are hidden, the encoder sees the
+        rest, a light decoder reconstructs the hidden ones; RUN/reconstructions.png shows it.
+  dino  self-distillation (Caron et al. 2021): a student matches a momentum teacher across
+        multi-crop views; RUN/attention.png shows the teacher's [CLS] attention.
+
+--data takes what `vitkit train` takes and also a plain folder of images (no class sub-folders).
+Labels, where there are any, are used only by the k-NN monitor after each epoch (knn_top1 in
+metrics.jsonl and curves.png). The encoder is saved as a plain vitkit model in RUN/model:
+fine-tune it with `vitkit train --init RUN ...`, probe it with `vitkit eval RUN --knn 20`.
+
+The defaults are a recipe for small data sets (docs/self_supervised.md says why each value).
+
+Example:
+  vitkit pretrain --method mae --model vit_tiny_patch4_32 --model-set width=96,depth=6,heads=3 \\
+      --data digits_folder --epochs 100 --out runs/mae
+"""
+
+# recipes for small data (thousands of images, 32-64 px): the reasons are in docs/self_supervised.md
+RECIPES: dict[str, dict[str, Any]] = {
+    "mae": dict(method="mae", lr=1.5e-3, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=[0.9, 0.95],
+                clip_grad=None, drop_path=0.0, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0),
+    "dino": dict(method="dino", lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
+                 drop_path=0.1, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0,
+                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30,
+                 momentum_teacher=0.99),
+}
+
+HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 1e-3)",
+         "warmup_epochs": "linear warm-up in epochs (default 10)",
+         "weight_decay": "weight decay (default: MAE 0.05, DINO 0.04)",
+         "betas": "AdamW betas (default: MAE 0.9 0.95, DINO 0.9 0.999)",
+         "clip_grad": "clip the global gradient norm (default: MAE none, DINO 3.0)",
+         "drop_path": "stochastic depth of the encoder (default: MAE 0, DINO 0.1)",
+         "teacher_temp": "DINO: teacher temperature after the warm-up (default 0.07)",
+         "warmup_teacher_temp_epochs": "DINO: epochs of the linear teacher temperature warm-up (default 30)",
+         "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.99)"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pre-training (MAE, DINO) on unlabelled images",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings(p, TRAIN_ONLY, {**HELP, **HELPS})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    method = args.method
+    if method is None and args.resume:
+        from ..train.checkpoint import latest_checkpoint, load_checkpoint
+
+        src = args.resume if args.resume != "auto" else (latest_checkpoint(args.out) if args.out else None)
+        method = (load_checkpoint(src).get("train_config") or {}).get("method") if src else None
+    if method not in RECIPES:
+        raise ValueError("give --method mae or --method dino" + (f" (the checkpoint's run is a {method} run)"
+                                                                 if method else ""))
+    cfg = resolve_config(args, RECIPES[method])
+    if cfg.method != method:
+        raise ValueError(f"--method {method} does not match the settings' method {cfg.method!r}")
+    return run_config(cfg, "pretrain")
