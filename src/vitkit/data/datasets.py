@@ -29,7 +29,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -378,10 +378,14 @@ class AugmentedView(torch.utils.data.Dataset):
         return self.transform(x, sample_seed(self.seed, epoch, index)), y
 
 
-def collate_skipping(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
-    """Stack (image, label) pairs, dropping unreadable ones: -> (x (B, C, H, W), y (B,), skipped reasons)."""
+def collate_skipping(items: list) -> tuple[Any, torch.Tensor | None, list[str]]:
+    """Stack (image, label) pairs, dropping unreadable ones: -> (x (B, C, H, W), y (B,), skipped reasons).
+    Items whose image is a list of views (DINO's crops) give a list of stacks, one per view."""
     good = [(x, y) for x, y in items if x is not None]
     skipped = [y for x, y in items if x is None]
     if not good:
         return None, None, skipped
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), skipped
+    y = torch.tensor([y for _, y in good], dtype=torch.int64)
+    if isinstance(good[0][0], (list, tuple)):
+        return [torch.stack([x[v] for x, _ in good]) for v in range(len(good[0][0]))], y, skipped
+    return torch.stack([x for x, _ in good]), y, skipped

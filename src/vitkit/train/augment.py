@@ -45,6 +45,59 @@ def random_affine(x: torch.Tensor, g: torch.Generator, rotate: float, translate:
     return F.grid_sample(x[None], grid, align_corners=False, padding_mode="zeros")[0]
 
 
+def random_resized_crop_params(height: int, width: int, scale: tuple[float, float], g: torch.Generator,
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering ``scale`` of the area with an aspect ratio in ``ratio``
+    (log-uniform), drawn from ``g``: torchvision's RandomResizedCrop rule (10 tries, then the centre crop
+    of the nearest allowed ratio), with an explicit generator so a resumed run crops the same."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + float(torch.rand((), generator=g)) * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + float(torch.rand((), generator=g)) * (log_ratio[1] - log_ratio[0]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=g))
+            left = int(torch.randint(0, width - w + 1, (), generator=g))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float],
+                        g: torch.Generator) -> torch.Tensor:
+    """A (C, H, W) image cropped as :func:`random_resized_crop_params` draws and resized (bilinear,
+    antialiased) to ``size``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    top, left, h, w = random_resized_crop_params(x.shape[-2], x.shape[-1], scale, g)
+    return TF.resized_crop(x, top, left, h, w, list(size), antialias=True)
+
+
+class CropFlipTransform:
+    """MAE's view: ``(x (C, H, W) in [0, 1], seed) -> normalised`` random resized crop (area ``scale``) back to
+    ``size``, and a horizontal flip with probability ``hflip`` (0 for digits and text)."""
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], hflip: float,
+                 mean: Sequence[float] = (MEAN,), std: Sequence[float] = (STD,)):
+        self.size, self.scale, self.hflip = tuple(size), tuple(scale), hflip
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        x = random_resized_crop(x, self.size, self.scale, g)
+        if self.hflip and float(torch.rand((), generator=g)) < self.hflip:
+            x = x.flip(-1)
+        return normalize(x.clamp(0, 1), self.mean, self.std)
+
+
 class TrainTransform:
     """``(x (C, H, W) in [0, 1], seed) -> normalised augmented (C, H, W)`` as set by a TrainConfig."""
 

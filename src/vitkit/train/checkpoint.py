@@ -107,7 +107,18 @@ def prefers_ema(last_val: dict[str, Any] | None, has_ema: bool) -> bool:
 
 
 def inference_weights(state: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor]]:
-    """("ema" | "model", state dict) of a training checkpoint: the weights its run would save as its model."""
+    """("ema" | "model" | "encoder" | "teacher", state dict) of a training checkpoint: the weights its run would
+    save as its model. A pre-training task names where its ViT lives (``task.inference``: a dotted key of the
+    checkpoint and a key prefix): MAE's encoder inside the model, DINO's teacher backbone in the task state."""
+    src = (state.get("task") or {}).get("inference")
+    if src:
+        holder: Any = state
+        for part in src["key"].split("."):
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict):
+            raise ValueError(f"{state.get('_path', 'checkpoint')}: holds no {src['key']} state dict")
+        prefix = src["prefix"]
+        return src.get("which", "model"), {k[len(prefix):]: v for k, v in holder.items() if k.startswith(prefix)}
     ema = state.get("ema")
     if prefers_ema(state.get("progress", {}).get("last_val"), bool(ema)):
         return "ema", ema["model"]

@@ -115,6 +115,6 @@ def describe_preprocess(pre: PreprocessConfig) -> str:
 
 def architecture_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Fields (other than labels and regularisation) where two ViTConfig dicts differ."""
-    ignore = {"labels", "drop_path", "dropout", "attn_dropout"}
+    ignore = {"labels", "drop_path", "dropout", "attn_dropout", "dynamic_img_size"}  # none changes a weight
     return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in ignore and a.get(k) != b.get(k)]
