@@ -1,0 +1,1 @@
+"""Self-supervised pre-training (MAE, DINO) and evaluation on frozen features."""
