@@ -1,0 +1,1 @@
+"""Self-supervised pre-training pieces (MAE, DINO) built on vitkit's VisionTransformer."""
