@@ -1,1 +1,1 @@
-"""Self-supervised pre-training (MAE, DINO) and evaluation on frozen features."""
+"""Self-supervised pre-training pieces (MAE, DINO) and evaluation on frozen features (k-NN, linear probe)."""
