@@ -22,7 +22,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from ..train.augment import MEAN, STD, normalize
+from ..train.augment import MEAN, STD, normalize, random_resized_crop_params
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's and DINO's default)
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue (DINO)
@@ -49,30 +49,8 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], g: torch.Generator,
-             ratio: tuple[float, float] = RATIO) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (top, left, h, w) for an image of ``height`` x ``width``: area fraction
-    uniform in ``scale``, log aspect ratio uniform in log ``ratio``, 10 tries, then the central crop
-    (torchvision's rule), every draw from ``g``."""
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target = area * _uniform(g, *scale)
-        aspect = math.exp(_uniform(g, log_lo, log_hi))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (), generator=g))
-            left = int(torch.randint(0, width - w + 1, (), generator=g))
-            return top, left, h, w
-    in_ratio = width / height  # fallback: the central crop at the nearest allowed ratio
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        h, w = height, width
-    return (height - h) // 2, (width - w) // 2, h, w
+# RandomResizedCrop's box (top, left, h, w), every draw from a generator: the one rule of vitkit's views
+crop_box = random_resized_crop_params
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

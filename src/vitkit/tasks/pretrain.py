@@ -55,7 +55,7 @@ class PretrainTask(Task):
         (ft, yt), (fv, yv) = (extract_features(enc, ds, trainer.eval_transform, batch_size=max(64, trainer.cfg.batch_size),
                                                device=trainer.info.device, autocast=trainer.autocast())
                               for ds in (trainer.train_ds, trainer.val_ds))
-        res = knn_accuracy(ft, yt, fv, yv, len(trainer.classes), k=self.cfg.knn_k,
+        res = knn_accuracy(ft, yt, fv, yv, len(trainer.classes), k=min(self.cfg.knn_k, len(ft)),
                            temperature=self.cfg.knn_temperature)
         return {"knn_top1": res["top1"]}
 

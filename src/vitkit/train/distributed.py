@@ -127,8 +127,16 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # A parameter that has not taken a step yet (DINO's last layer, frozen in the first epoch) has no optimizer
+    # state in the checkpoint, as in the run that wrote it. torch initialises missing states with a zero-gradient
+    # step (Adam's step count 1), so those states are removed again: its first real step is then the same.
+    saved = set((state or {}).get("state", {}))
     set_optimizer_state_dict(unwrap(model), optimizer, state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False, strict=False))
+    if saved:
+        for name, p in unwrap(model).named_parameters():
+            if name not in saved and p in optimizer.state:
+                del optimizer.state[p]
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -136,6 +136,11 @@ class Trainer:
         self._saved_at = -1  # the step of the last checkpoint written
 
     # ------------------------------------------------------------------ set-up
+    @property
+    def command(self) -> str:
+        """The command a run belongs to, for its messages: train, or pretrain for MAE and DINO."""
+        return "pretrain" if self.cfg.method in ("mae", "dino") else "train"
+
     def log(self, msg: str) -> None:
         if self.info.is_main:
             self._log(msg)
@@ -315,7 +320,7 @@ class Trainer:
                 except ImportError:  # pragma: no cover - tensorboard is a dependency
                     self.tb = None
         D.barrier(info)
-        self.log(f"vitkit train: {train_ds.describe()}; validation {val_ds.describe() if val_ds else 'none'}")
+        self.log(f"vitkit {self.command}: {train_ds.describe()}; validation {val_ds.describe() if val_ds else 'none'}")
         if task.name != "classify":
             self.log(f"  objective: {task.name}")
         self.log(f"  model: {mcfg.image_hw[0]}x{mcfg.image_hw[1]}x{mcfg.channels} input, patch {mcfg.patch_size}, "
@@ -763,7 +768,7 @@ class Trainer:
                 acc += f", best {100 * max(best or 0, 0):.2f} % at epoch {self.best['epoch']}"
             else:
                 acc = (self.task.describe(last_val) if last_val else "no validation") + f" ({which} weights)"
-            self._log(f"vitkit {'train' if self.task.name in ('classify', 'distill') else 'pretrain'}: done: "
+            self._log(f"vitkit {self.command}: done: "
                       f"{self.global_step - start_step} steps in {elapsed:.1f} s, {acc}; "
                       f"model saved to {self.run_dir / 'model'}"
                       + (f"; {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""))

@@ -101,7 +101,8 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | o
 
 
 def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
-    """Training loss per step and validation top-1 per epoch, from metrics.jsonl, as one PNG."""
+    """Training loss per step and, per epoch, validation top-1 (a classifier's, its EMA's, or the k-NN monitor's
+    of a pre-training run; else the validation loss), from metrics.jsonl, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,16 +121,24 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     a1.set_ylabel("training loss")
     a1.set_title("loss")
     val = [r for r in val if r.get("kind") == "val"]
-    if val:
-        a2.plot([r["epoch"] for r in val], [100 * r["top1"] for r in val], marker="o", ms=3, label="model")
-        if any(r.get("ema_top1") is not None for r in val):
-            a2.plot([r["epoch"] for r in val if r.get("ema_top1") is not None],
-                    [100 * r["ema_top1"] for r in val if r.get("ema_top1") is not None], marker=".", ms=3,
-                    label="EMA")
+    # accuracies in %: a classifier's top-1 (and its EMA's), a pre-training run's k-NN monitor
+    series = [(k, label) for k, label in (("top1", "model"), ("ema_top1", "EMA"), ("knn_top1", "k-NN top-1"))
+              if any(r.get(k) is not None for r in val)]
+    for k, label in series:
+        rows = [r for r in val if r.get(k) is not None]
+        a2.plot([r["epoch"] for r in rows], [100 * r[k] for r in rows], marker="o" if k == "top1" else ".", ms=3,
+                label=label)
+    if series:
         a2.legend()
+        a2.set_ylabel("validation top-1 (%)")
+        a2.set_title("accuracy")
+    else:  # no labels: MAE's reconstruction loss on the validation images
+        rows = [r for r in val if r.get("val_loss") is not None]
+        if rows:
+            a2.plot([r["epoch"] for r in rows], [r["val_loss"] for r in rows], marker="o", ms=3)
+        a2.set_ylabel("validation loss")
+        a2.set_title("validation")
     a2.set_xlabel("epoch")
-    a2.set_ylabel("validation top-1 (%)")
-    a2.set_title("accuracy")
     fig.tight_layout()
     write_bytes_atomic(out_path, _png_bytes(fig))
     plt.close(fig)

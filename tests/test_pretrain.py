@@ -1,0 +1,142 @@
+"""`vitkit pretrain` (MAE and DINO) on the one training loop: exact resume, the frozen teacher, the monitor,
+the pictures, the encoder saved as a plain model, fine-tuning from it, and a plain folder of images as data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.train import TrainConfig, Trainer
+from vitkit.train.checkpoint import load_checkpoint, step_checkpoints
+
+from test_tasks import _losses, _small_data, resume_matches_uninterrupted
+
+BASE = dict(model="vit_tiny_patch4_16", model_overrides=dict(width=32, depth=2, heads=2), data="digits",
+            progress=False, workers=0, batch_size=16, threads=1, log_every=1, ema=None, label_smoothing=0.0,
+            rotate=0.0, translate=0.0, scale=0.0, knn_k=5)
+MAE = dict(BASE, method="mae", decoder_width=32, decoder_depth=1, decoder_heads=2, betas=(0.9, 0.95))
+DINO = dict(BASE, method="dino", out_dim=64, head_hidden=64, head_bottleneck=32, local_crops=2, crop_scale=(0.4, 1.0),
+            warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=1, momentum_teacher=0.9)
+
+
+@pytest.mark.parametrize("cfg", [MAE, DINO], ids=["mae", "dino"])
+def test_pretraining_resumes_exactly(tmp_path, cfg):
+    """Stopped mid-epoch after step 7, resumed from its step-6 checkpoint: the same loss at every step, the same
+    student and (DINO) the same teacher and centre as the uninterrupted run."""
+    a, b = resume_matches_uninterrupted(tmp_path, dict(cfg, steps=9), _small_data, stop_at=7, ckpt_every=3)
+    assert a["task"]["name"] == cfg["method"]
+    if cfg["method"] == "dino":
+        ta, tb = a["task"]["state"], b["task"]["state"]
+        assert torch.equal(ta["center"], tb["center"]) and not torch.equal(ta["center"], torch.zeros_like(ta["center"]))
+        assert all(torch.equal(ta["teacher"][k], tb["teacher"][k]) for k in ta["teacher"])
+
+
+def test_mae_run_saves_the_encoder_pictures_and_monitor(tmp_path):
+    run = tmp_path / "mae"
+    summary = Trainer(TrainConfig(**MAE, epochs=2, out=str(run)), *_small_data(), log=lambda m: None).fit()
+    assert summary["model_weights"] == "encoder" and summary["objective"] == "mae"
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert len(val) == 2 and all(0 <= r["knn_top1"] <= 1 and r["val_loss"] > 0 for r in val)
+    for png in ("reconstructions.png", "curves.png"):
+        assert Image.open(run / png).format == "PNG"
+    enc = vitkit.load(run)  # RUN/model: a plain, head-less vitkit ViT
+    assert enc.cfg.num_classes == 0 and enc.cfg.width == 32
+    ck = load_checkpoint(step_checkpoints(run)[-1][1])
+    mae_state = ck["model"]
+    assert any(k.startswith("decoder") for k in mae_state)  # the checkpoint holds the decoder too
+    from_ckpt = vitkit.load(step_checkpoints(run)[-1][1])  # a checkpoint loads as the encoder alone
+    assert all(torch.equal(from_ckpt.state_dict()[k], v) for k, v in enc.state_dict().items())
+    assert all(torch.equal(mae_state["encoder." + k], v) for k, v in enc.state_dict().items())
+
+
+def test_dino_teacher_gets_no_gradients_and_becomes_the_model(tmp_path):
+    run = tmp_path / "dino"
+    seen = {}
+
+    def hook(event, trainer, **info):
+        if event == "step":
+            t = trainer.task.teacher
+            seen.setdefault("grads", []).append(all(p.grad is None and not p.requires_grad for p in t.parameters()))
+            head = trainer.task.student.head
+            last = [p for n, p in head.named_parameters() if "last_layer" in n and "original1" in n]
+            seen.setdefault("last", []).append(last[0].detach().clone())
+
+    tr = Trainer(TrainConfig(**DINO, epochs=2, out=str(run)), *_small_data(), hooks=[hook], log=lambda m: None)
+    summary = tr.fit()
+    assert all(seen["grads"])
+    per_epoch = len(seen["last"]) // 2
+    first, second = seen["last"][:per_epoch], seen["last"][per_epoch:]
+    assert all(torch.equal(first[0], t) for t in first)  # frozen during the first epoch
+    assert not torch.equal(first[-1], second[-1])  # trained afterwards
+    assert summary["model_weights"] == "teacher"
+    teacher = tr.task.teacher.backbone.state_dict()
+    model = vitkit.load(run)
+    assert all(torch.equal(model.state_dict()[k], teacher[k].cpu()) for k in model.state_dict())
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert all("teacher_entropy" in r and "teacher_spread" in r for r in train_rows)
+    assert train_rows[0]["momentum"] == pytest.approx(0.9)
+    assert Image.open(run / "attention.png").format == "PNG"
+    assert [r for r in rows if r["kind"] == "val"][-1]["knn_top1"] >= 0
+
+
+def _plain_folder(root: Path, n=40):
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        arr = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(root / f"img_{i:03d}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def test_pretrain_cli_on_a_plain_folder_then_fine_tune_from_the_run(tmp_path, capsys):
+    from vitkit.cli.main import main
+
+    folder = _plain_folder(tmp_path / "unlabelled")
+    run = tmp_path / "mae"
+    rc = main(["pretrain", "--method", "mae", "--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=1,heads=2",
+               "--data", str(folder), "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress",
+               "--decoder-width", "32", "--decoder-depth", "1", "--decoder-heads", "2", "--out", str(run)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    text = out.out + out.err
+    assert "vitkit pretrain: done" in text and "skipped unreadable file" in text
+    cfg = (run / "config.yaml").read_text()
+    assert "method: mae" in cfg
+    # no labels: nothing validated, the encoder saved all the same
+    assert vitkit.load(run).cfg.num_classes == 0
+    ft = tmp_path / "ft"
+    rc = main(["train", "--init", str(run), "--data", "digits", "--steps", "3", "--batch-size", "32", "--threads", "1",
+               "--no-progress", "--out", str(ft)])
+    assert rc == 0
+    text = "".join(capsys.readouterr())
+    assert "fine-tuning from" in text and "head replaced: 0 -> 10 classes" in text
+    m = vitkit.load(ft)
+    assert m.cfg.num_classes == 10 and m.cfg.width == 32
+
+
+def test_pretrain_resume_from_the_cli_needs_no_method(tmp_path, capsys):
+    from vitkit.cli.main import main
+
+    run = tmp_path / "dino"
+    args = ["--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=1,heads=2", "--data", "digits",
+            "--batch-size", "64", "--threads", "1", "--no-progress", "--out-dim", "32", "--head-hidden", "32",
+            "--head-bottleneck", "16", "--local-crops", "1", "--out", str(run)]
+    assert main(["pretrain", "--method", "dino", "--steps", "2", *args]) == 0
+    assert main(["pretrain", "--resume", "--out", str(run), "--steps", "3"]) == 0
+    assert max(_losses(run)) == 3
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--method", "byol", "--steps", "1", *args])
+
+
+def test_pretrain_settings_are_checked():
+    for bad, match in ((dict(mask_ratio=1.0), "mask_ratio"), (dict(decoder_width=30, decoder_heads=4), "divisible"),
+                       (dict(local_scale=(0.5, 0.2)), "local_scale"), (dict(teacher_temp=0), "teacher_temp"),
+                       (dict(method="simclr"), "method")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="m", data="digits", out="o", steps=1, **bad).validate()
