@@ -1,0 +1,24 @@
+"""Self-supervised pre-training objectives that wrap a vitkit encoder: MAE (He et al. 2021).
+
+Nothing is imported until it is asked for (``from vitkit.ssl import MAE`` imports ``vitkit.ssl.mae``), so that
+``import vitkit`` stays as light as it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "MAE": "mae", "random_masking": "mae", "mae_sincos_pos_embed": "mae", "save_reconstruction_png": "mae",
+    "read_hf_mae": "..weights.hf_mae_format", "write_hf_mae": "..weights.hf_mae_format",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vitkit.ssl' has no attribute {name!r}")
+    target = _EXPORTS[name]
+    module = importlib.import_module(target if target.startswith("..") else f".{target}", __name__)
+    return getattr(module, name)
