@@ -202,6 +202,11 @@ class MAE(nn.Module):
         self.grad_checkpointing = enable
         self.encoder.set_grad_checkpointing(enable)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names weight decay skips: the encoder's (tokens, position embedding) and the mask token
+        (vitkit's convention; MAE's own code decays the [CLS] and mask tokens, which are 3-D)."""
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {"mask_token"}
+
     # --- pixels <-> patches ----------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, gh*gw, P*P*C), each patch's pixels row by row, channels last (MAE's order)."""
