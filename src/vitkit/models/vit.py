@@ -194,17 +194,31 @@ class VisionTransformer(nn.Module):
         return self._embed(x)[0]
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, grid = self.embed_patches(x)
+        return self.join_prefix(x), grid
+
+    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> patch tokens (B, gh*gw, D) with their rows of the position embedding added, and the
+        grid (gh, gw); no prefix token yet. ``join_prefix(embed_patches(x)[0])`` is ``embed(x)``: a wrapper that
+        keeps only some patches (MAE's masking) takes them in between."""
         x, grid = self.patch_embed(x)  # (B, N, D)
+        pos = self._pos_embed_for(grid)
+        if pos is not None:
+            x = x + pos[:, self.pos_prefix:]  # the patch rows (all of them without prefix rows: no_embed_class)
+        return x, grid
+
+    def join_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, n, D), positions added (every patch, or any subset of them) -> (B, prefix + n, D):
+        [CLS], the distillation token and registers joined in front (with their position rows where the
+        embedding has them), then the embedding dropout and ``norm_pre``."""
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
-        pos = self._pos_embed_for(grid)
-        if pos is not None and not self.pos_prefix:
-            x = x + pos  # patches only (no_embed_class, registers models)
         if prefix:
-            x = torch.cat(prefix + [x], dim=1)
-        if pos is not None and self.pos_prefix:
-            x = x + pos
-        return self.norm_pre(self.pos_drop(x)), grid
+            p = torch.cat(prefix, dim=1)  # (B, prefix, D)
+            if self.pos_prefix:  # prefix rows are never resampled: the built embedding's first rows
+                p = p + self.pos_embed[:, : self.pos_prefix]
+            x = torch.cat([p, x], dim=1)
+        return self.norm_pre(self.pos_drop(x))
 
     def attn_bias(self, blk: Block, grid: tuple[int, int]) -> torch.Tensor | None:
         """The additive attention bias of ``blk`` for a patch grid: BEiT's relative position bias (heads, T, T)

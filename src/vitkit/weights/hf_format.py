@@ -42,15 +42,7 @@ def read_hf_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
     config_from_hf(hf_cfg, str(folder / "config.json"))  # refuse bad configs before reading any weights
     state, file = read_folder_weights(folder)
     cfg, ours, ignored = hf_to_vitkit(state, hf_cfg, str(file))
-    extra = hf_cfg.get(VITKIT_KEY) if isinstance(hf_cfg.get(VITKIT_KEY), dict) else {}
-    pre_file = folder / "preprocessor_config.json"
-    if extra.get("preprocess"):
-        pre, source = PreprocessConfig.from_dict(extra["preprocess"]), "config.json (vitkit)"
-    elif pre_file.is_file():
-        pre, source = from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
-    else:
-        pre, source = ((opts.default_preprocess, "vitkit pretrained table") if opts.default_preprocess else
-                       (default_preprocess(cfg.image_hw, cfg.channels), "default (ViTImageProcessor)"))
+    pre, source = folder_preprocess(folder, hf_cfg, cfg, opts)
     if opts.act is not None and opts.act != cfg.act:
         raise ValueError(f"{folder / 'config.json'} says hidden_act gives act={cfg.act!r}; act={opts.act!r} is "
                          "for files that do not say")
@@ -59,16 +51,34 @@ def read_hf_folder(folder: Path, opts: LoadOptions) -> VisionTransformer:
     return build_model(cfg, ours, pre, info, opts)
 
 
+def folder_preprocess(folder: Path, hf_cfg: dict, cfg, opts: LoadOptions) -> tuple[PreprocessConfig, str]:
+    """(the preprocessing of a transformers folder, where it came from): vitkit's own entry in config.json,
+    else ``preprocessor_config.json``, else the pretrained table's (``opts``), else ViTImageProcessor's default."""
+    extra = hf_cfg.get(VITKIT_KEY) if isinstance(hf_cfg.get(VITKIT_KEY), dict) else {}
+    pre_file = folder / "preprocessor_config.json"
+    if extra.get("preprocess"):
+        return PreprocessConfig.from_dict(extra["preprocess"]), "config.json (vitkit)"
+    if pre_file.is_file():
+        return from_hf_processor(read_json(pre_file), str(pre_file)), str(pre_file)
+    return ((opts.default_preprocess, "vitkit pretrained table") if opts.default_preprocess else
+            (default_preprocess(cfg.image_hw, cfg.channels), "default (ViTImageProcessor)"))
+
+
 def save_hf(model: VisionTransformer, folder: str | os.PathLike) -> Path:
     """Write a folder that ``transformers.ViTForImageClassification.from_pretrained`` (or DeiT's
     ``...WithTeacher`` for distilled models, ``ViTModel`` without a head) loads."""
-    from safetensors.torch import save_file
-
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder; a Hugging Face checkpoint is a folder")
     state, hf_cfg = vitkit_to_hf(model.state_dict(), model.cfg)  # raises before anything is written
-    pre = model.preprocess_cfg
+    return write_hf_folder(out, state, hf_cfg, model.preprocess_cfg)
+
+
+def write_hf_folder(out: Path, state: dict, hf_cfg: dict, pre: PreprocessConfig | dict | None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (with vitkit's preprocessing inside) and, with a
+    preprocessing, ``preprocessor_config.json`` into the folder ``out``, each file atomically."""
+    from safetensors.torch import save_file
+
     if isinstance(pre, dict):
         pre = PreprocessConfig.from_dict(pre)
     if pre is not None:
