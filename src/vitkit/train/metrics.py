@@ -108,6 +108,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not Path(metrics_path).exists():  # nothing logged yet (fewer steps than --log-every, no validation)
+        return
     train, val = [], []
     for line in Path(metrics_path).read_text().splitlines():
         if not line.strip():
