@@ -105,7 +105,7 @@ HELP: dict[str, str] = {
     "distill_tau": "soft distillation temperature (default 1.0, DeiT's)",
     "mask_ratio": "MAE: fraction of the patches masked per image (default 0.75)",
     "norm_pix_loss": "MAE: reconstruct each patch normalised by its own mean and variance",
-    "decoder_width": "MAE: decoder width (default 128)",
+    "decoder_width": "MAE: decoder width (default 64)",
     "decoder_depth": "MAE: decoder blocks (default 2)",
     "decoder_heads": "MAE: decoder attention heads (default 4)",
     "crop_scale": "area range (min max) of MAE's random resized crop and of DINO's global crops",

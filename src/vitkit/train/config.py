@@ -101,7 +101,7 @@ class TrainConfig:
     # MAE (He et al. 2021)
     mask_ratio: float = 0.75  # fraction of patches masked per image
     norm_pix_loss: bool = False  # reconstruct each patch normalised by its own mean and variance
-    decoder_width: int = 128  # MAE's paper decoder: 512 wide, 8 deep, 16 heads (for ViT-B/L/H at 224 px)
+    decoder_width: int = 64  # MAE's paper: 512 wide, 8 deep, 16 heads (ViT-B and up at 224 px); small data: narrow and cheap
     decoder_depth: int = 2
     decoder_heads: int = 4
     crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range of the MAE view / DINO global crops

@@ -1,0 +1,113 @@
+"""Self-supervised pre-training on small data, as a user runs it: every step is a `vitkit` command.
+
+    python benchmarks/ssl_small_data.py JOB DATA SEED [--runs DIR] [--epochs N] [--ft-epochs N]
+
+JOB: scratch (60-epoch supervised baseline), mae (pretrain, then the same 60-epoch fine-tune with --init),
+dino (pretrain, then `vitkit eval --knn 20 --linear-probe` of the run and of a randomly initialised encoder).
+DATA: an image folder (train/<class>/, val/<class>/). Each command runs with one torch thread; wall and CPU
+seconds of every command are recorded in RUNS/JOB-SEED.json beside the numbers it printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL = ["--model", "vit_tiny_patch4_32", "--model-set", "width=96,depth=6,heads=3"]  # the issue's baseline ViT
+
+
+def cpu_id() -> str:
+    info = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if ":" in line:
+            k, v = (s.strip() for s in line.split(":", 1))
+            info.setdefault(k, v)
+    return f"{info.get('vendor_id')} family {info.get('cpu family')} model {info.get('model')} ({info.get('model name')})"
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}; see {log}")
+    return {"command": " ".join(cmd), "wall_s": round(time.time() - t0, 1),
+            "cpu_s": round((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), 1)}
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def eval_probe(model: str, data: str, out: Path, log: Path) -> tuple[dict, dict]:
+    step = run(["vitkit", "eval", model, "--data", data, "--knn", "20", "--linear-probe",
+                "--out", str(out)], log)
+    res = json.loads((out / "results.json").read_text())
+    return step, {"knn_top1": res["knn"]["top1"], "linear_probe_top1": res["linear_probe"]["top1"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("job", choices=["scratch", "mae", "dino"])
+    ap.add_argument("data")
+    ap.add_argument("seed", type=int)
+    ap.add_argument("--runs", default="runs/ssl")
+    ap.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: MAE 200, DINO 30)")
+    ap.add_argument("--ft-epochs", type=int, default=60)
+    ap.add_argument("--extra", default="", help="more pre-training flags, space-separated")
+    a = ap.parse_args()
+    name = f"{Path(a.data).name}-{a.job}-s{a.seed}"
+    root = Path(a.runs) / name
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "log.txt"
+    rec = {"job": a.job, "data": a.data, "seed": a.seed, "machine": {"cpu_id": cpu_id(), "cores": os.cpu_count(),
+           "python": platform.python_version()}, "date": time.strftime("%Y-%m-%d"), "steps": []}
+    seed = ["--seed", str(a.seed), "--threads", "1", "--no-progress"]
+    if a.job == "scratch":
+        rec["steps"].append(run(["vitkit", "train", *MODEL, "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
+                                 "--out", str(root / "train")], log))
+        s = summary(root / "train")
+        rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
+                         "best_top1": s["best_top1"]}
+    else:
+        epochs = a.epochs or (200 if a.job == "mae" else 30)
+        pre = root / "pretrain"
+        rec["steps"].append(run(["vitkit", "pretrain", "--method", a.job, *MODEL, "--data", a.data, "--epochs",
+                                 str(epochs), "--eval-every", "10", *seed, *a.extra.split(), "--out", str(pre)], log))
+        rec["pretrain"] = summary(pre)
+        if a.job == "mae":
+            rec["steps"].append(run(["vitkit", "train", "--init", str(pre), "--data", a.data, "--epochs",
+                                     str(a.ft_epochs), *seed, "--out", str(root / "finetune")], log))
+            s = summary(root / "finetune")
+            rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
+                             "best_top1": s["best_top1"]}
+        else:
+            step, probe = eval_probe(str(pre), a.data, root / "eval", log)
+            rec["steps"].append(step)
+            # the same architecture, randomly initialised with the same seed (a 0-step run writes it)
+            rnd = root / "random"
+            rec["steps"].append(run(["vitkit", "pretrain", "--method", "dino", *MODEL, "--data", a.data, "--steps",
+                                     "1", "--lr", "1e-12", "--min-lr", "0", *seed, *a.extra.split(), "--out", str(rnd)], log))
+            step, rprobe = eval_probe(str(rnd), a.data, root / "eval_random", log)
+            rec["steps"].append(step)
+            rec["result"] = {**probe, **{f"random_{k}": v for k, v in rprobe.items()}}
+    rec["total_cpu_s"] = round(sum(s["cpu_s"] for s in rec["steps"]), 1)
+    rec["total_wall_s"] = round(sum(s["wall_s"] for s in rec["steps"]), 1)
+    (root / "record.json").write_text(json.dumps(rec, indent=1))
+    print(json.dumps(rec["result"]), rec["total_cpu_s"])
+
+
+if __name__ == "__main__":
+    main()
