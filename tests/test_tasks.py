@@ -206,3 +206,29 @@ def test_train_cli_distils(tmp_path, capsys):
     err = capsys.readouterr()
     assert "distillation: soft" in err.out + err.err
     assert vitkit.load(tmp_path / "run").cfg.distilled
+
+
+def test_a_torchvision_cnn_teaches(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("resnet18", weights=None, num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    spec = f"torchvision:resnet18={tmp_path / 'r18.pth'}"
+    cfg = TrainConfig(**STUDENT, steps=1, distill="hard", teacher=spec, out=str(tmp_path / "r"))
+    tr = Trainer(cfg, *_small_data(), log=lambda m: None).setup()
+    t = tr.task.teacher
+    assert not t.training and not any(p.requires_grad for p in t.parameters())
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    # the CNN gets three channels at the student's size, normalised with ImageNet's mean and std
+    x01 = (x * 0.5 + 0.5).expand(-1, 3, -1, -1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(-1, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(-1, 1, 1)
+    net.eval()
+    assert torch.allclose(tr.task.teacher_logits(tr, x), net((x01 - mean) / std), atol=1e-5)
+    tr.fit()
+    for bad, match in ((f"torchvision:resnet18", "ARCH=WEIGHTS"), (f"torchvision:nonet={tmp_path / 'r18.pth'}", "no model"),
+                       (f"torchvision:resnet34={tmp_path / 'r18.pth'}", "not a resnet34"),
+                       (f"torchvision:resnet18={tmp_path / 'none.pth'}", "does not exist")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            Trainer(TrainConfig(**STUDENT, steps=1, distill="hard", teacher=bad, out=str(tmp_path / "x")),
+                    *_small_data(), log=lambda m: None).setup()

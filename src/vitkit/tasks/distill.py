@@ -11,7 +11,8 @@ A student built with the distillation token (``distilled=True``, e.g. ``deit_tin
 ``--model-set distilled=true``) learns the teacher through its second head and the labels through the first;
 at inference the two heads are averaged. A student without the token distils through its one head.
 
-The teacher is anything :func:`vitkit.load` reads, frozen, in eval mode, under the run's autocast. It sees the
+The teacher is anything :func:`vitkit.load` reads, or a torchvision CNN given as ``torchvision:ARCH=WEIGHTS``
+(DeiT's best teachers were convnets), frozen, in eval mode, under the run's autocast. It sees the
 student's (augmented, mixed) images, converted to its own preprocessing: the student's normalisation undone,
 resized to the teacher's input size, grey images repeated to three channels, the teacher's mean/std applied.
 """
@@ -74,6 +75,75 @@ class TeacherInput(nn.Module):
         return normalize(x, self.t_mean, self.t_std)
 
 
+TORCHVISION = "torchvision:"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class _TorchvisionTeacher(nn.Module):
+    """A torchvision CNN as a teacher: its logits, with what TeacherInput needs to feed it (ImageNet's mean/std,
+    three channels, bilinear resize to ``image_hw``: the student's input size unless ``@SIZE`` says another)."""
+
+    def __init__(self, net: nn.Module, arch: str, image_hw: tuple[int, int], num_classes: int, source: str):
+        super().__init__()
+        self.net = net
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(num_classes=num_classes, labels=None, image_hw=image_hw, channels=3, width=arch,
+                                   depth="cnn")
+        self.preprocess_cfg = SimpleNamespace(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
+        self.load_info = {"source": source, "format": "torchvision"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def load_torchvision_teacher(spec: str, num_classes: int, image_hw: tuple[int, int]) -> nn.Module:
+    """``torchvision:ARCH=WEIGHTS[@SIZE]`` -> the CNN ``torchvision.models.get_model(ARCH, num_classes=...)`` with
+    the state dict in WEIGHTS (a ``torch.save`` file read with ``weights_only=True``, or ``.safetensors``; a
+    dict holding it under ``state_dict`` or ``model`` is unwrapped)."""
+    import torchvision
+
+    body = spec[len(TORCHVISION):]
+    if "=" not in body:
+        raise ValueError(f"--teacher {spec!r}: a torchvision teacher is torchvision:ARCH=WEIGHTS (e.g. "
+                         "torchvision:resnet18=teacher.pth), trained on the data's classes")
+    arch, path = body.split("=", 1)
+    size = image_hw
+    if "@" in path:
+        path, side = path.rsplit("@", 1)
+        if not side.isdigit() or int(side) < 1:
+            raise ValueError(f"--teacher {spec!r}: @SIZE must be a positive number of pixels")
+        size = (int(side), int(side))
+    if arch not in torchvision.models.list_models():
+        raise ValueError(f"--teacher {spec!r}: torchvision has no model {arch!r} (e.g. resnet18, resnet50, "
+                         "convnext_tiny, efficientnet_b0, regnet_y_400mf)")
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--teacher {spec!r}: the weights file {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or pickled objects weights_only refuses
+            raise ValueError(f"--teacher {spec!r}: {path} is not a readable state dict ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"--teacher {spec!r}: the weights are not a {arch} with {num_classes} classes ({first}); "
+                         "a teacher must be trained on the data's classes") from None
+    return _TorchvisionTeacher(net, arch, size, num_classes, spec)
+
+
 class DistillTask(ClassifyTask):
     name = "distill"
 
@@ -84,9 +154,12 @@ class DistillTask(ClassifyTask):
         cfg = self.cfg
         if not cfg.teacher:
             raise ValueError("--distill needs --teacher CHECKPOINT (anything vitkit.load reads)")
-        teacher = load(cfg.teacher, dtype=torch.float32)
-        where = teacher.load_info.get("source", cfg.teacher)
         classes = list(trainer.classes)
+        if str(cfg.teacher).startswith(TORCHVISION):
+            teacher = load_torchvision_teacher(cfg.teacher, len(classes), tuple(trainer.raw.cfg.image_hw))
+        else:
+            teacher = load(cfg.teacher, dtype=torch.float32)
+        where = teacher.load_info.get("source", cfg.teacher)
         if teacher.cfg.num_classes != len(classes):
             raise ValueError(f"--teacher {where} predicts {teacher.cfg.num_classes} classes, the data has "
                              f"{len(classes)}: a teacher must be trained on the same classes")
@@ -107,7 +180,7 @@ class DistillTask(ClassifyTask):
         self.distilled = bool(trainer.raw.cfg.distilled)
         kind, alpha, tau = cfg.distill, cfg.distill_alpha, cfg.distill_tau
         notes.append(f"distillation: {kind}, alpha {alpha:g}{f', tau {tau:g}' if kind == 'soft' else ''}, teacher "
-                     f"{where} (frozen, {teacher.cfg.width}x{teacher.cfg.depth}, "
+                     f"{where} (frozen, {teacher.cfg.width} x {teacher.cfg.depth}, "
                      f"{teacher.cfg.image_hw[0]} px); the student learns it through its "
                      f"{'distillation token' if self.distilled else 'class head (no distillation token)'}")
         return notes
