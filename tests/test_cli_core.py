@@ -66,3 +66,27 @@ def test_output_into_a_closed_pipe_exits_quietly(argv):
         os.close(w)
     assert p.returncode == 141, p.stderr
     assert p.stderr == ""
+
+
+def test_library_notes_follow_stderr_when_it_is_replaced(capsys):
+    """The CLI's "vitkit: ..." log lines go to the stderr of the moment: a handler bound to the stream of the
+    first main() would write into a closed capture later (pytest's "--- Logging error ---")."""
+    import io
+    import logging
+    import sys
+
+    from vitkit.cli.main import main
+
+    main(["models", "vit_tiny_patch4_16"])
+    capsys.readouterr()
+    old = sys.stderr
+    closed = io.StringIO()
+    sys.stderr = closed
+    try:
+        closed.close()  # what an earlier capture's stream is once it is gone
+        now = io.StringIO()
+        sys.stderr = now
+        logging.getLogger("vitkit").info("a note from the library")
+    finally:
+        sys.stderr = old
+    assert now.getvalue() == "vitkit: a note from the library\n"

@@ -42,12 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream it was
+    created with: a later redirection (a test's capture, a caller swapping stderr) gets the lines, and a closed
+    earlier stream never makes logging print "--- Logging error ---"."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
 def _say_library_notes() -> None:
     """What the library says on the ``vitkit`` logger (a half-precision checkpoint cast to fp32...) goes to
     stderr as ``vitkit: ...`` lines, once per message."""
     log = logging.getLogger("vitkit")
     if not any(getattr(h, "_vitkit_cli", False) for h in log.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("vitkit: %(message)s"))
         h._vitkit_cli = True
         log.addHandler(h)

@@ -32,9 +32,10 @@ Example:
 RECIPES: dict[str, dict[str, Any]] = {
     "mae": dict(method="mae", lr=1.5e-3, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=[0.9, 0.95],
                 clip_grad=None, drop_path=0.0, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0),
-    "dino": dict(method="dino", crop_scale=[0.4, 1.0], lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
+    "dino": dict(method="dino", crop_scale=[0.4, 1.0], local_scale=[0.1, 0.4], out_dim=1024, head_hidden=512,
+                 head_bottleneck=128, lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
                  drop_path=0.1, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0,
-                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30,
+                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
                  momentum_teacher=0.99),
 }
 
@@ -45,7 +46,13 @@ HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 1e-3
          "clip_grad": "clip the global gradient norm (default: MAE none, DINO 3.0)",
          "drop_path": "stochastic depth of the encoder (default: MAE 0, DINO 0.1)",
          "teacher_temp": "DINO: teacher temperature after the warm-up (default 0.07)",
-         "warmup_teacher_temp_epochs": "DINO: epochs of the linear teacher temperature warm-up (default 30)",
+         "warmup_teacher_temp_epochs": "DINO: epochs of the linear teacher temperature warm-up (default 10)",
+         "out_dim": "DINO: output dimension of the projection head (default 1024; the paper's 65536 is for ImageNet)",
+         "head_hidden": "DINO: hidden width of the projection MLP (default 512)",
+         "head_bottleneck": "DINO: width before the weight-normalised last layer (default 128)",
+         "local_scale": "DINO: area range (min max) of the local crops (default 0.1 0.4)",
+         "crop_scale": "area range (min max) of the random resized crop: MAE's view (default 0.2 1), DINO's global "
+                       "crops (default 0.4 1)",
          "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.99)"}
 
 
