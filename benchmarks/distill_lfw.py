@@ -181,6 +181,32 @@ def student(variant: str, seed: int, epochs: int, extra: list[str], teacher: str
     return rec
 
 
+def val_detail(model_dir: Path) -> dict:
+    """The saved model on the 40 val images (resized and normalised as vitkit does): which it gets wrong, and for a
+    student with the distillation token, the accuracy of each head alone beside their average (what is scored)."""
+    import torch
+
+    from vitkit import load
+    from vitkit.data.builtin import BUILTIN
+    from vitkit.train.augment import normalize
+
+    _, va = BUILTIN["lfw-faces"]()
+    model = load(model_dir).eval()
+    pre = model.preprocess_cfg
+    x = torch.nn.functional.interpolate(va.images, size=tuple(model.cfg.image_hw), mode="bilinear",
+                                        align_corners=False).clamp(0, 1)
+    x = normalize(x, pre.mean, pre.std)
+    y = va.labels
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        out = {"top1": round(float((pred == y).float().mean()), 4), "wrong": torch.nonzero(pred != y).flatten().tolist()}
+        if model.cfg.distilled:
+            cls, dist = model(x, distilled=True)
+            out["cls_head_top1"] = round(float((cls.argmax(1) == y).float().mean()), 4)
+            out["dist_head_top1"] = round(float((dist.argmax(1) == y).float().mean()), 4)
+    return out
+
+
 def mean_std(xs: list[float]) -> dict:
     return {"mean": round(statistics.mean(xs), 4), "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0}
 
@@ -217,6 +243,7 @@ def main() -> None:
             r = student(v, seed, a.epochs, extra, spec, root)
             print(f"{name} {v} seed {seed}: saved {r['saved_top1']:.4f} ({r['model_weights']}), best "
                   f"{r['best_top1']:.4f}, {r['wall_s']} s wall, {r['cpu_s']} s CPU", flush=True)
+            r = {**r, "val_detail": val_detail(root / f"{v}-s{seed}" / "model")}
             recs.append(r)
     table = {v: {"saved_top1": mean_std([r["saved_top1"] for r in recs if r["variant"] == v]),
                  "best_top1": mean_std([r["best_top1"] for r in recs if r["variant"] == v])} for v in a.variants}

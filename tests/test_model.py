@@ -469,13 +469,13 @@ def test_create_model_from_a_dict_or_a_json_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         resolve_config(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json' is not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.json'? is not valid JSON"):
         resolve_config(tmp_path / "bad.json")
     (tmp_path / "latin1.json").write_bytes('{"labels": ["caf\u00e9"]}'.encode("latin-1"))
     with pytest.raises(ValueError, match="is not valid JSON"):  # read as UTF-8, not by the locale
         resolve_config(tmp_path / "latin1.json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="must be a JSON object, got list"):
+    with pytest.raises(ValueError, match="expected a JSON object, found list"):
         resolve_config(tmp_path / "list.json")
     with pytest.raises(TypeError, match="got int"):
         resolve_config(3)
@@ -500,7 +500,7 @@ def test_json_config_is_read_as_utf8_under_any_locale(tmp_path):
     env = dict(os.environ, PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", LC_ALL="C", LANG="C", PYTHONPATH=src)
     code = ("import sys, locale; from vitkit.models.factory import resolve_config; "
             "print(locale.getpreferredencoding(False), resolve_config(sys.argv[1]).labels[0] == '\\u00e9'.join(['caf', '']))")
-    p = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["ANSI_X3.4-1968", "True"]
 
