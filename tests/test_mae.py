@@ -359,7 +359,8 @@ def test_reconstruction_png_is_written_atomically_and_is_a_png(tmp_path, channel
     mae = _mae(channels=channels).train()
     x = _x(9, b=3, c=channels)
     state = torch.get_rng_state()
-    out = save_reconstruction_png(mae, x, tmp_path / "recon.png", mean=[0.5] * channels, std=[0.25] * channels)
+    out = save_reconstruction_png(mae, x, tmp_path / "recon.png", mean=[0.5] * channels, std=[0.25] * channels,
+                                  zoom=1, labels=False)
     assert torch.equal(torch.get_rng_state(), state) and mae.training  # RNG and mode left as they were
     assert out == str(tmp_path / "recon.png") and os.listdir(tmp_path) == ["recon.png"]  # no temporary file left
     with Image.open(out) as im:
@@ -370,3 +371,7 @@ def test_reconstruction_png_is_written_atomically_and_is_a_png(tmp_path, channel
         top_left = torch.from_numpy(np.asarray(im).copy()).reshape(im.size[1], im.size[0], -1)[2:34, 2:34]
     want = (x[0] * 0.25 + 0.5).clamp(0, 1).mul(255).round().permute(1, 2, 0)  # row 1: the first original
     assert (top_left.float() - want).abs().max() <= 1
+    # by default: zoomed so a tile is at least 96 px, the rows named on the left
+    big = save_reconstruction_png(mae, x, tmp_path / "big.png", mean=[0.5] * channels, std=[0.25] * channels)
+    with Image.open(big) as im:
+        assert im.size[1] == 3 * (3 * 32 + 4 * 2) and im.size[0] > 3 * (3 * 32 + 4 * 2)

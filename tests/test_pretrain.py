@@ -140,3 +140,40 @@ def test_pretrain_settings_are_checked():
                        (dict(method="simclr"), "method")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(model="m", data="digits", out="o", steps=1, **bad).validate()
+
+
+def test_resuming_with_another_objective_is_one_clear_refusal(tmp_path, capsys):
+    from vitkit.cli.main import main
+
+    run = tmp_path / "mae"
+    args = ["--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=1,heads=2", "--data", "digits",
+            "--batch-size", "64", "--threads", "1", "--no-progress", "--decoder-width", "32", "--decoder-heads", "2"]
+    assert main(["pretrain", "--method", "mae", "--steps", "2", *args, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "--method", "dino", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "it is a MAE pre-training" in err and "DINO pre-training" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["train", "--resume", str(run), "--steps", "3"]) == 2
+    assert "vitkit pretrain --resume" in capsys.readouterr().err
+
+
+def test_python_pretraining_config_has_the_cli_recipe(tmp_path):
+    from vitkit.cli.pretrain import RECIPES
+
+    for method in ("mae", "dino"):
+        cfg = TrainConfig.pretraining(method, model="m", data="digits", out="o", steps=1, lr=2e-3)
+        assert cfg.method == method and cfg.lr == 2e-3 and cfg.ema is None
+        assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v)
+                   for k, v in RECIPES[method].items() if k != "lr")
+        shown = cfg.relevant()
+        assert ("mask_ratio" in shown) == (method == "mae") and ("out_dim" in shown) == (method == "dino")
+        assert "distill" not in shown
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig.pretraining("byol")
+
+
+def test_local_crops_larger_than_the_image_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="local-size 40 is larger than the images"):
+        Trainer(TrainConfig(**dict(DINO, local_size=40), steps=1, out=str(tmp_path / "r")), *_small_data(),
+                log=lambda m: None).setup()

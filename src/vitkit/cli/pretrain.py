@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from ..train.config import PRETRAIN_RECIPES as RECIPES
 from .train import HELP, TRAIN_ONLY, add_settings, resolve_config, run_config
 
 DESCRIPTION = """\
@@ -28,22 +28,11 @@ Example:
       --data digits_folder --epochs 100 --out runs/mae
 """
 
-# recipes for small data (thousands of images, 32-64 px): the reasons are in docs/self_supervised.md
-RECIPES: dict[str, dict[str, Any]] = {
-    "mae": dict(method="mae", lr=1.5e-3, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=[0.9, 0.95],
-                clip_grad=None, drop_path=0.0, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0),
-    "dino": dict(method="dino", crop_scale=[0.4, 1.0], local_scale=[0.1, 0.4], out_dim=1024, head_hidden=512,
-                 head_bottleneck=128, lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
-                 drop_path=0.1, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0,
-                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
-                 momentum_teacher=0.99),
-}
-
 HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 1e-3)",
          "warmup_epochs": "linear warm-up in epochs (default 10)",
          "weight_decay": "weight decay (default: MAE 0.05, DINO 0.04)",
          "betas": "AdamW betas (default: MAE 0.9 0.95, DINO 0.9 0.999)",
-         "clip_grad": "clip the global gradient norm (default: MAE none, DINO 3.0)",
+         "clip_grad": "clip gradients (default: MAE none; DINO 3.0, each parameter's gradient on its own, as DINO)",
          "drop_path": "stochastic depth of the encoder (default: MAE 0, DINO 0.1)",
          "teacher_temp": "DINO: teacher temperature after the warm-up (default 0.07)",
          "warmup_teacher_temp_epochs": "DINO: epochs of the linear teacher temperature warm-up (default 10)",

@@ -232,7 +232,11 @@ def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = N
 def run(args: argparse.Namespace) -> int:
     """Train; a full disk or a non-finite loss is a one-line error (exit 2); Ctrl-C writes a
     checkpoint at the step boundary, prints the command that resumes it and exits 130."""
-    return run_config(resolve_config(args), "train")
+    cfg = resolve_config(args)
+    if cfg.method != "classify":  # a pre-training run's settings came back with --resume
+        raise ValueError(f"{args.resume} is a {cfg.method.upper()} pre-training run: continue it with "
+                         f"vitkit pretrain --resume {args.resume}")
+    return run_config(cfg, "train")
 
 
 def run_config(cfg: TrainConfig, command: str) -> int:

@@ -338,12 +338,16 @@ def _check_ratio(r) -> None:
 
 
 def save_reconstruction_png(mae: MAE, imgs: torch.Tensor, path: str | os.PathLike, mean: Sequence[float],
-                            std: Sequence[float], noise: torch.Tensor | None = None, pad: int = 2) -> str:
+                            std: Sequence[float], noise: torch.Tensor | None = None, pad: int = 2,
+                            zoom: int | None = None, labels: bool = True) -> str:
     """Write a PNG grid of ``imgs`` (B, C, H, W, normalised by ``mean``/``std``): row 1 the originals, row 2
     the masked inputs (masked patches grey: the mean colour), row 3 the reconstructions with the visible
     patches pasted back. Atomic (a temporary file beside ``path``, then renamed). The model runs in eval mode
     without gradients and is put back as it was. Without ``noise`` the mask comes from a fixed seed (0): the
-    same patches every time it is refreshed, and the global RNG is left alone (exact resume)."""
+    same patches every time it is refreshed, and the global RNG is left alone (exact resume).
+
+    ``zoom``: each pixel drawn as a zoom x zoom block (default: tiles at least 96 px, small images readable);
+    ``labels``: the rows named on the left."""
     from PIL import Image
 
     c = mae.channels
@@ -373,4 +377,18 @@ def save_reconstruction_png(mae: MAE, imgs: torch.Tensor, path: str | os.PathLik
             canvas[:, y:y + H, x:x + W] = pix[b]
     arr = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(arr[..., 0] if c == 1 else arr)  # (H, W) uint8: "L"; (H, W, 3): "RGB"
+    zoom = max(1, -(-96 // max(H, W))) if zoom is None else int(zoom)
+    if zoom > 1:
+        image = image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
+    if labels:
+        from PIL import ImageDraw
+
+        names = ("original", "masked", "reconstruction")
+        left = 8 + 7 * max(len(n) for n in names)
+        framed = Image.new(image.mode, (image.width + left, image.height), 255)
+        framed.paste(image, (left, 0))
+        draw = ImageDraw.Draw(framed)
+        for r, name in enumerate(names):
+            draw.text((4, (pad + r * (H + pad) + H // 2) * zoom - 5), name, fill=0)
+        image = framed
     return str(atomic_write(path, lambda tmp: image.save(tmp, format="PNG")))

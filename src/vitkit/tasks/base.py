@@ -67,6 +67,10 @@ class Task:
     def after_backward(self, trainer: "Trainer") -> None:
         """After the step's gradients are complete, before clipping and the optimizer step."""
 
+    def clip_gradients(self, trainer: "Trainer", max_norm: float) -> None:
+        """--clip-grad: the global gradient norm of the trained parameters, at most ``max_norm``."""
+        torch.nn.utils.clip_grad_norm_([p for p in trainer.model.parameters() if p.requires_grad], max_norm)
+
     def after_step(self, trainer: "Trainer") -> None:
         """After the optimizer step (``trainer.global_step`` not yet advanced)."""
 

@@ -34,6 +34,9 @@ class DINOTask(PretrainTask):
         cfg, dev, raw = self.cfg, trainer.info.device, trainer.raw
         side = raw.cfg.image_hw
         self.local_size = cfg.local_size or local_crop_size(min(side), raw.cfg.patch_size)
+        if self.local_size > min(side):
+            raise ValueError(f"--local-size {self.local_size} is larger than the images ({side[0]}x{side[1]}): local "
+                             f"crops are small views (DINO: 96 px of 224); give at most {min(side)}")
         allow_crop_sizes(raw, [tuple(side), self.local_size])
         head = DINOHead(raw.cfg.num_features, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck)
         self.student = MultiCropWrapper(raw, head.to(dev))
@@ -85,6 +88,12 @@ class DINOTask(PretrainTask):
         from ..ssl.dino import cancel_last_layer_gradients
 
         cancel_last_layer_gradients(self.student, self._epoch(trainer), self.cfg.freeze_last_layer)
+
+    def clip_gradients(self, trainer: "Trainer", max_norm: float) -> None:
+        """DINO clips each parameter's gradient norm on its own (its utils.clip_gradients), not the global one."""
+        from ..ssl.dino import clip_gradients_per_parameter
+
+        clip_gradients_per_parameter(self.student, max_norm)
 
     def after_step(self, trainer: "Trainer") -> None:
         from ..ssl.dino import collapse_stats, collapse_warning, ema_update

@@ -88,8 +88,8 @@ class _TorchvisionTeacher(nn.Module):
         self.net = net
         from types import SimpleNamespace
 
-        self.cfg = SimpleNamespace(num_classes=num_classes, labels=None, image_hw=image_hw, channels=3, width=arch,
-                                   depth="cnn")
+        self.cfg = SimpleNamespace(num_classes=num_classes, labels=None, image_hw=image_hw, channels=3)
+        self.describe = f"torchvision {arch}"
         self.preprocess_cfg = SimpleNamespace(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
         self.load_info = {"source": source, "format": "torchvision"}
 
@@ -138,9 +138,10 @@ def load_torchvision_teacher(spec: str, num_classes: int, image_hw: tuple[int, i
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ValueError(f"--teacher {spec!r}: the weights are not a {arch} with {num_classes} classes ({first}); "
-                         "a teacher must be trained on the data's classes") from None
+        lines = [l.strip() for l in str(e).splitlines()[1:] if l.strip()]
+        why = " ".join(lines)[:300] + ("..." if len(" ".join(lines)) > 300 else "")
+        raise ValueError(f"--teacher {spec!r}: the weights are not a {arch} with {num_classes} output classes (the "
+                         f"data's): {why}") from None
     return _TorchvisionTeacher(net, arch, size, num_classes, spec)
 
 
@@ -158,8 +159,16 @@ class DistillTask(ClassifyTask):
         if str(cfg.teacher).startswith(TORCHVISION):
             teacher = load_torchvision_teacher(cfg.teacher, len(classes), tuple(trainer.raw.cfg.image_hw))
         else:
-            teacher = load(cfg.teacher, dtype=torch.float32)
+            try:
+                teacher = load(cfg.teacher, dtype=torch.float32)
+            except (ValueError, FileNotFoundError) as e:
+                hint = ("; a torchvision CNN's state dict is given as --teacher torchvision:ARCH=FILE"
+                        if str(cfg.teacher).endswith((".pth", ".pt", ".bin", ".safetensors")) else "")
+                raise type(e)(f"--teacher {cfg.teacher}: {e}{hint}") from None
         where = teacher.load_info.get("source", cfg.teacher)
+        if teacher.cfg.num_classes == 0:
+            raise ValueError(f"--teacher {where} has no classification head (a pre-trained encoder?): a teacher must "
+                             "predict the data's classes; fine-tune it first (vitkit train --init)")
         if teacher.cfg.num_classes != len(classes):
             raise ValueError(f"--teacher {where} predicts {teacher.cfg.num_classes} classes, the data has "
                              f"{len(classes)}: a teacher must be trained on the same classes")
@@ -180,8 +189,8 @@ class DistillTask(ClassifyTask):
         self.distilled = bool(trainer.raw.cfg.distilled)
         kind, alpha, tau = cfg.distill, cfg.distill_alpha, cfg.distill_tau
         notes.append(f"distillation: {kind}, alpha {alpha:g}{f', tau {tau:g}' if kind == 'soft' else ''}, teacher "
-                     f"{where} (frozen, {teacher.cfg.width} x {teacher.cfg.depth}, "
-                     f"{teacher.cfg.image_hw[0]} px); the student learns it through its "
+                     f"{where} (frozen, {getattr(teacher, 'describe', None) or f'ViT width {teacher.cfg.width}, depth {teacher.cfg.depth}'}"
+                     f", {teacher.cfg.image_hw[0]} px input); the student learns it through its "
                      f"{'distillation token' if self.distilled else 'class head (no distillation token)'}")
         return notes
 

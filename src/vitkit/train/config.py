@@ -33,8 +33,27 @@ FLOAT_FIELDS = ("val_fraction", "lr", "min_lr", "warmup_epochs", "weight_decay",
                 "distill_tau", "mask_ratio", "teacher_temp", "warmup_teacher_temp", "student_temp",
                 "center_momentum", "momentum_teacher", "knn_temperature")
 PAIR_FIELDS = ("betas", "crop_scale", "local_scale")  # two numbers each
+DISTILL_FIELDS = ("distill", "teacher", "distill_alpha", "distill_tau")
+MAE_FIELDS = ("mask_ratio", "norm_pix_loss", "decoder_width", "decoder_depth", "decoder_heads")
+DINO_FIELDS = ("out_dim", "head_hidden", "head_bottleneck", "local_crops", "local_size", "local_scale", "teacher_temp",
+               "warmup_teacher_temp", "warmup_teacher_temp_epochs", "student_temp", "center_momentum",
+               "momentum_teacher", "freeze_last_layer")
+MONITOR_FIELDS = ("knn_k", "knn_temperature")
 METHODS = ("classify", "mae", "dino")
 PRETRAIN_METHODS = ("mae", "dino")
+
+
+# `vitkit pretrain`'s defaults per method, over TrainConfig's: recipes for small data (thousands of images,
+# 16-64 px); the reason for each value is in docs/self_supervised.md
+PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "mae": dict(method="mae", lr=1.5e-3, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=[0.9, 0.95],
+                clip_grad=None, drop_path=0.0, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0),
+    "dino": dict(method="dino", crop_scale=[0.4, 1.0], local_scale=[0.1, 0.4], out_dim=1024, head_hidden=512,
+                 head_bottleneck=128, lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
+                 drop_path=0.1, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0,
+                 warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
+                 momentum_teacher=0.99),
+}
 
 
 @dataclass
@@ -164,6 +183,26 @@ class TrainConfig:
             if name in d and d[name] is not None:
                 d[name] = tuple(d[name])
         return cls(**d)
+
+    @classmethod
+    def pretraining(cls, method: str, **settings: Any) -> "TrainConfig":
+        """A pre-training run with ``vitkit pretrain``'s defaults for ``method`` (mae | dino), ``settings`` over
+        them: ``TrainConfig.pretraining("mae", model=..., data=..., out=..., epochs=200)``. (A plain
+        ``TrainConfig(method="mae")`` keeps the supervised defaults: lr, EMA, augmentation...)"""
+        if method not in PRETRAIN_RECIPES:
+            raise ValueError(f"method must be one of {sorted(PRETRAIN_RECIPES)}, got {method!r}")
+        return cls.from_dict({**PRETRAIN_RECIPES[method], **settings}, where=f"{method} pre-training settings")
+
+    def relevant(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the settings of the other objectives (what RUN/config.yaml shows)."""
+        d = self.to_dict()
+        drop = set(MAE_FIELDS) | set(DINO_FIELDS) | set(DISTILL_FIELDS)
+        keep = {"mae": set(MAE_FIELDS) | {"crop_scale"} | set(MONITOR_FIELDS),
+                "dino": set(DINO_FIELDS) | {"crop_scale"} | set(MONITOR_FIELDS)}.get(self.method, set())
+        if self.method == "classify":
+            keep = set(DISTILL_FIELDS) if self.distill else set()
+            drop |= set(MONITOR_FIELDS) | {"crop_scale"}
+        return {k: v for k, v in d.items() if k not in drop or k in keep}
 
     def load_options(self) -> dict[str, Any]:
         """The vitkit.load overrides for a checkpoint given as --model."""

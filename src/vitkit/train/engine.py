@@ -48,6 +48,12 @@ Hook = Callable[..., None]
 PROGRESS_EVERY = 50
 
 
+# what each objective is called in messages
+_OBJECTIVE = {"classify": "classification (vitkit train)", "distill": "distillation (vitkit train --distill)",
+              "mae": "MAE pre-training (vitkit pretrain --method mae)",
+              "dino": "DINO pre-training (vitkit pretrain --method dino)"}
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped before the optimizer step."""
 
@@ -208,6 +214,11 @@ class Trainer:
         from ..tasks import make_task  # here, not at import: the tasks build on this package
 
         self.task = task = make_task(cfg)
+        if resume is not None:  # before anything is built: another objective's state would not fit
+            saved = (resume.get("task") or {}).get("name", "classify")
+            if saved != task.name:
+                raise ResumeError(f"cannot resume {resume['_path']}: it is a {_OBJECTIVE.get(saved, saved)} run, "
+                                  f"these settings ask for {_OBJECTIVE.get(task.name, task.name)}")
         _seed_all(cfg.seed)  # same initial weights on every process
         if train_ds is not None:
             classes = list(train_ds.classes)
@@ -352,7 +363,7 @@ class Trainer:
         return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
 
     def _resolved_config(self) -> dict[str, Any]:
-        d = self.cfg.to_dict()
+        d = self.cfg.relevant()
         d["resolved"] = {"model_config": self.raw.cfg.to_dict(), "classes": self.classes,
                          "world_size": self.info.world_size, "steps_per_epoch": self.steps_per_epoch,
                          "total_steps": self.total_steps}
@@ -404,9 +415,6 @@ class Trainer:
             self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st.get("ema"):
             self.ema.load_state_dict(st["ema"])
-        saved_task = (st.get("task") or {}).get("name", "classify")
-        if saved_task != self.task.name:
-            raise ResumeError(f"cannot resume {st['_path']}: it is a {saved_task} run, this one {self.task.name}")
         self.task.load_state_dict((st.get("task") or {}).get("state") or {})
         p = st["progress"]
         self.epoch, self.batch_in_epoch, self.global_step = p["epoch"], p["batch_in_epoch"], p["global_step"]
@@ -530,7 +538,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         self.task.after_backward(self)
         if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
+            self.task.clip_gradients(self, cfg.clip_grad)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -552,8 +560,8 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_requested = True
             if self.info.is_main:  # os.write: print() is not safe inside a signal handler
-                os.write(2, b"\nvitkit train: Ctrl-C: stopping after this step to write a checkpoint "
-                            b"(Ctrl-C again stops at once, without one)\n")
+                os.write(2, f"\nvitkit {self.command}: Ctrl-C: stopping after this step to write a checkpoint "
+                            "(Ctrl-C again stops at once, without one)\n".encode())
 
         self._prev_sigint = (signal.signal(signal.SIGINT, on_sigint),)  # (None when set outside Python)
 

@@ -116,13 +116,22 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
             continue
         r = json.loads(line)
         (train if r.get("kind") == "train" else val).append(r)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    val = [r for r in val if r.get("kind") == "val"]
+    if val:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    else:  # nothing validated (an unlabelled pre-training run): the loss alone
+        fig, a1 = plt.subplots(1, 1, figsize=(5.5, 3.8))
     if train:
-        a1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+        a1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, marker="o" if len(train) < 20 else None,
+                ms=3)
     a1.set_xlabel("step")
     a1.set_ylabel("training loss")
     a1.set_title("loss")
-    val = [r for r in val if r.get("kind") == "val"]
+    if not val:
+        fig.tight_layout()
+        write_bytes_atomic(out_path, _png_bytes(fig))
+        plt.close(fig)
+        return
     # accuracies in %: a classifier's top-1 (and its EMA's), a pre-training run's k-NN monitor
     series = [(k, label) for k, label in (("top1", "model"), ("ema_top1", "EMA"), ("knn_top1", "k-NN top-1"))
               if any(r.get(k) is not None for r in val)]

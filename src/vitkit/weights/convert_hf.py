@@ -243,6 +243,16 @@ def _hf_problems(cfg: ViTConfig) -> list[str]:
     return [why for bad, why in checks if bad]
 
 
+
+def put_split_qkv(put, hf_block: str, state: dict[str, Any], block: str, d: int, bias_parts: str) -> None:
+    """Our fused ``{block}attn.qkv`` (3D, D) -> transformers' ``{hf_block}attention.attention.{query,key,value}``
+    weights (and biases when all three have one): the rows are q, then k, then v."""
+    w = state[f"{block}attn.qkv.weight"]
+    for j, n in enumerate(("query", "key", "value")):
+        put(f"{hf_block}attention.attention.{n}.weight", w[j * d:(j + 1) * d])
+        if bias_parts == "qkv":
+            put(f"{hf_block}attention.attention.{n}.bias", state[f"{block}attn.qkv.bias"][j * d:(j + 1) * d])
+
 def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict as ``save_pretrained`` writes it, config.json dict) for ViTForImageClassification /
     ViTModel, DeiTForImageClassificationWithTeacher / DeiTModel for distilled models, or
@@ -274,11 +284,7 @@ def vitkit_to_hf(state: dict[str, torch.Tensor], cfg: ViTConfig) -> tuple[dict[s
                              ("attn.proj", "attention.output.dense")):
             put(f"{a}{theirs}.weight", state[f"{b}{ours}.weight"])
             put(f"{a}{theirs}.bias", state[f"{b}{ours}.bias"])
-        w = state[f"{b}attn.qkv.weight"]  # (3D, D): rows q, then k, then v
-        for j, n in enumerate(("query", "key", "value")):
-            put(f"{a}attention.attention.{n}.weight", w[j * d:(j + 1) * d])
-            if cfg.qkv_bias_parts == "qkv":
-                put(f"{a}attention.attention.{n}.bias", state[f"{b}attn.qkv.bias"][j * d:(j + 1) * d])
+        put_split_qkv(put, a, state, b, d, cfg.qkv_bias_parts)
         if cfg.qkv_bias_parts == "qv":
             put(f"{a}attention.attention.query.bias", state[f"{b}attn.q_bias"])
             put(f"{a}attention.attention.value.bias", state[f"{b}attn.v_bias"])

@@ -33,7 +33,7 @@ from ..config import MAX_DEPTH, MAX_WIDTH, ViTConfig
 from ..models.vit import VisionTransformer
 from ..ssl.mae import MAE, mae_sincos_pos_embed
 from .checks import need
-from .convert_hf import _hf_problems, _int_field, config_from_hf, hf_to_vitkit, vitkit_to_hf
+from .convert_hf import _hf_problems, _int_field, config_from_hf, hf_to_vitkit, put_split_qkv, vitkit_to_hf
 
 ENCODER_PREFIX = "vit."
 # the decoder blocks' two layouts: the hub's (transformers 4, MAE's conversion), and transformers 5's save_pretrained
@@ -169,11 +169,7 @@ def vitkit_mae_to_hf(mae: MAE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         for theirs, ours in BLOCK_RENAMES:
             for t in ("weight", "bias"):
                 put(f"{a}{theirs}.{t}", state[f"{b}{ours}.{t}"])
-        qkv_w = state[f"{b}attn.qkv.weight"]  # (3Dd, Dd): rows q, then k, then v
-        for j, n in enumerate(("query", "key", "value")):
-            put(f"{a}attention.attention.{n}.weight", qkv_w[j * dd:(j + 1) * dd])
-            if dcfg.qkv_bias_parts == "qkv":
-                put(f"{a}attention.attention.{n}.bias", state[f"{b}attn.qkv.bias"][j * dd:(j + 1) * dd])
+        put_split_qkv(put, a, state, b, dd, dcfg.qkv_bias_parts)
     hf: dict[str, Any] = dict(
         architectures=["ViTMAEForPreTraining"], model_type="vit_mae", hidden_size=cfg.width,
         num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim,
