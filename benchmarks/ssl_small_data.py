@@ -1,6 +1,7 @@
 """Self-supervised pre-training on small data, as a user runs it: every step is a `vitkit` command.
 
-    python benchmarks/ssl_small_data.py JOB DATA SEED [--runs DIR] [--epochs N] [--ft-epochs N]
+    python benchmarks/ssl_small_data.py JOB DATA SEED [--runs DIR] [--epochs N] [--ft-epochs N] [--extra "FLAGS"]
+    python benchmarks/ssl_small_data.py --summarise DIR      # the table of every DIR/*/record.json
 
 JOB: scratch (60-epoch supervised baseline), mae (pretrain, then the same 60-epoch fine-tune with --init),
 dino (pretrain, then `vitkit eval --knn 20 --linear-probe` of the run and of a randomly initialised encoder).
@@ -58,7 +59,21 @@ def eval_probe(model: str, data: str, out: Path, log: Path) -> tuple[dict, dict]
     return step, {"knn_top1": res["knn"]["top1"], "linear_probe_top1": res["linear_probe"]["top1"]}
 
 
+def summarise(runs: Path) -> None:
+    """Print a markdown table of every RUNS/*/record.json."""
+    print("| data | job | seed | result | pre-training CPU s | total CPU s | total wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for f in sorted(runs.glob("*/record.json")):
+        r = json.loads(f.read_text())
+        res = ", ".join(f"{k} {100 * v:.2f} %" for k, v in r["result"].items())
+        pre = r["steps"][0]["cpu_s"] if r["job"] != "scratch" else "-"
+        print(f"| {Path(r['data']).name} | {r['job']} | {r['seed']} | {res} | {pre} | {r['total_cpu_s']} | "
+              f"{r['total_wall_s']} |")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--summarise"]:
+        return summarise(Path(sys.argv[2]))
     ap = argparse.ArgumentParser()
     ap.add_argument("job", choices=["scratch", "mae", "dino"])
     ap.add_argument("data")

@@ -375,3 +375,4 @@ def test_reconstruction_png_is_written_atomically_and_is_a_png(tmp_path, channel
     big = save_reconstruction_png(mae, x, tmp_path / "big.png", mean=[0.5] * channels, std=[0.25] * channels)
     with Image.open(big) as im:
         assert im.size[1] == 3 * (3 * 32 + 4 * 2) and im.size[0] > 3 * (3 * 32 + 4 * 2)
+        assert im.getpixel((2, 2)) == (255 if channels == 1 else (255, 255, 255))  # the label column is white

@@ -385,10 +385,11 @@ def save_reconstruction_png(mae: MAE, imgs: torch.Tensor, path: str | os.PathLik
 
         names = ("original", "masked", "reconstruction")
         left = 8 + 7 * max(len(n) for n in names)
-        framed = Image.new(image.mode, (image.width + left, image.height), 255)
+        white, black = (255, 0) if image.mode == "L" else ((255, 255, 255), (0, 0, 0))
+        framed = Image.new(image.mode, (image.width + left, image.height), white)
         framed.paste(image, (left, 0))
         draw = ImageDraw.Draw(framed)
         for r, name in enumerate(names):
-            draw.text((4, (pad + r * (H + pad) + H // 2) * zoom - 5), name, fill=0)
+            draw.text((4, (pad + r * (H + pad) + H // 2) * zoom - 5), name, fill=black)
         image = framed
     return str(atomic_write(path, lambda tmp: image.save(tmp, format="PNG")))
