@@ -32,16 +32,19 @@ class ClassifyTask(Task):
         pre = trainer.raw.preprocess_cfg
         return TrainTransform(self.cfg, pre.mean, pre.std)
 
-    def logits(self, trainer: "Trainer", model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with trainer.autocast():
-            return model(x)
+    def mixed(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor,
+              g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch mixed (mixup/cutmix, this step's generator) with its soft targets, on the device."""
+        dev = trainer.info.device
+        x, target = self.mixer(x, y, g)
+        return x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
 
     def loss(self, trainer: "Trainer", model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              g: torch.Generator) -> torch.Tensor:
-        dev = trainer.info.device
-        x, target = self.mixer(x, y, g)
-        x, target = x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
-        return soft_target_cross_entropy(self.logits(trainer, model, x), target)
+        x, target = self.mixed(trainer, x, y, g)
+        with trainer.autocast():
+            logits = model(x)
+        return soft_target_cross_entropy(logits, target)
 
     def evaluate(self, trainer: "Trainer") -> dict[str, Any]:
         n = len(trainer.classes)

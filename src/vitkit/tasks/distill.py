@@ -205,9 +205,7 @@ class DistillTask(ClassifyTask):
              g: torch.Generator) -> torch.Tensor:
         from ..train.mixup import soft_target_cross_entropy
 
-        dev = trainer.info.device
-        x, target = self.mixer(x, y, g)
-        x, target = x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
+        x, target = self.mixed(trainer, x, y, g)
         with trainer.autocast():
             if self.distilled:  # through forward (and so through DDP's wrapper): (class, distillation) logits
                 cls, kd = model(x, distilled=True)
