@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import time
 from pathlib import Path
+
+from commands import cpu_id, run
 
 STUDENT = ["--model", "vit_tiny_patch4_32", "--model-set", "width=64,depth=4,heads=4,mlp_ratio=2"]
 DISTILLED = ["--model", "vit_tiny_patch4_32", "--model-set", "width=64,depth=4,heads=4,mlp_ratio=2,distilled=true"]
@@ -39,17 +39,6 @@ VARIANTS = {  # name -> (model flags, distillation flags; {teacher} is the teach
     "soft_tau3": (DISTILLED, ["--distill", "soft", "--teacher", "{teacher}", "--distill-tau", "3"]),
     "alone_distilled": (DISTILLED, []),  # the token without a teacher: the architecture alone
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def cpu_id() -> str:
-    info: dict[str, str] = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if ":" in line:
-            k, v = (s.strip() for s in line.split(":", 1))
-            info.setdefault(k, v)
-    return (f"{info.get('vendor_id')} family {info.get('cpu family')} model {info.get('model')} "
-            f"({info.get('model name')})")
 
 
 # ---------------------------------------------------------------------------------------------- the teacher
@@ -76,6 +65,8 @@ def train_teacher(out: Path, epochs: int, seed: int) -> dict:
     tr, va = BUILTIN["lfw-faces"]()
     x_tr, y_tr = teacher_input(tr.images), tr.labels
     x_va, y_va = teacher_input(va.images), va.labels
+    from vitkit.tasks.distill import IMAGENET_MEAN, IMAGENET_STD  # what the torchvision teacher is fed with
+
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     # light augmentation, drawn per image: shifts up to 10 % of the side, zoom 0.9-1.1, rotation up to 10 deg
@@ -146,20 +137,6 @@ def check_teacher_in_vitkit(weights: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- the students
-
-def run(cmd: list[str], log: Path) -> dict:
-    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}; see {log}")
-    return {"wall_s": round(time.time() - t0, 1),
-            "cpu_s": round((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), 1)}
-
 
 def student(variant: str, seed: int, epochs: int, extra: list[str], teacher: str, root: Path) -> dict:
     out = root / f"{variant}-s{seed}"

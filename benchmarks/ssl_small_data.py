@@ -15,37 +15,19 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-MODEL = ["--model", "vit_tiny_patch4_32", "--model-set", "width=96,depth=6,heads=3"]  # the baseline ViT
-
-
-def cpu_id() -> str:
-    info = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if ":" in line:
-            k, v = (s.strip() for s in line.split(":", 1))
-            info.setdefault(k, v)
-    return f"{info.get('vendor_id')} family {info.get('cpu family')} model {info.get('model')} ({info.get('model name')})"
+from commands import cpu_id
+from commands import run as _run
 
 
 def run(cmd: list[str], log: Path) -> dict:
-    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}; see {log}")
-    return {"command": " ".join(cmd), "wall_s": round(time.time() - t0, 1),
-            "cpu_s": round((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), 1)}
+    return _run(cmd, log, append=True)  # one log per job, every command in it
+
+
+MODEL = ["--model", "vit_tiny_patch4_32", "--model-set", "width=96,depth=6,heads=3"]  # the baseline ViT
 
 
 def summary(run_dir: Path) -> dict:
