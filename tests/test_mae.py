@@ -156,8 +156,8 @@ def test_gradients_reach_encoder_and_decoder(kw):
     mae = _mae(**kw).train()
     loss, _, _ = mae(_x(), noise=_noise())
     loss.backward()
-    for name in ("encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.1.mlp.fc2.weight",
-                 "decoder_embed.weight", "mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_pred.weight"):
+    for name in ("encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight",
+                 "encoder.blocks.1.mlp.fc2.weight", "decoder_embed.weight", "mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_pred.weight"):
         g = dict(mae.named_parameters())[name].grad
         assert g is not None and g.abs().sum() > 0, name
     if kw:  # mean-pooled encoder: no final norm of its own (fc_norm), the MAE's latent norm takes its place

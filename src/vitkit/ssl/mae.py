@@ -23,7 +23,6 @@ import os
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -147,7 +146,8 @@ class MAE(nn.Module):
         self.patch_size, self.channels = ecfg.patch_size, ecfg.channels
         self.num_prefix_tokens = ecfg.num_prefix_tokens
         d, dd = ecfg.width, decoder_width
-        self.latent_norm = nn.LayerNorm(d, eps=ecfg.norm_eps) if isinstance(encoder.norm, nn.Identity) else nn.Identity()
+        own_norm = isinstance(encoder.norm, nn.Identity)  # mean pooling with fc_norm: no norm after the blocks
+        self.latent_norm = nn.LayerNorm(d, eps=ecfg.norm_eps) if own_norm else nn.Identity()
         self.decoder_embed = nn.Linear(d, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         # fixed (not trained), saved with the MAE's state: a checkpoint's own values are kept when read
