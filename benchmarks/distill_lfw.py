@@ -1,7 +1,12 @@
-"""DeiT distillation on lfw-faces (issue 11, part 4): a small ViT student alone vs. taught by a ResNet-18.
+"""DeiT distillation (issue 11, part 4): a small ViT student alone vs. taught by a stronger teacher.
 
     python benchmarks/distill_lfw.py [--runs DIR] [--epochs E] [--seeds 0 1 2] [--variants alone hard soft]
                                      [--name NAME] [--extra "FLAGS"] [--json benchmarks/distill_lfw.json]
+                                     [--data SRC --teacher SPEC]
+
+By default on lfw-faces with a ResNet-18 teacher trained here (below). With --data and --teacher, the same
+student runs on any `vitkit train` source taught by any `--teacher` spec (a vitkit model folder, say); the
+teacher is then taken as it is and step 1 is skipped.
 
 1. The teacher: torchvision's resnet18 (num_classes=2, random init) trained here with a plain PyTorch loop on
    lfw-faces' training split (vitkit's own split: ``BUILTIN["lfw-faces"]()``, 160 train / 40 val images), at
@@ -138,13 +143,14 @@ def check_teacher_in_vitkit(weights: Path) -> float:
 
 # ---------------------------------------------------------------------------------------------- the students
 
-def student(variant: str, seed: int, epochs: int, extra: list[str], teacher: str, root: Path) -> dict:
+def student(variant: str, seed: int, epochs: int, extra: list[str], teacher: str, root: Path,
+            data: str = "lfw-faces") -> dict:
     out = root / f"{variant}-s{seed}"
     done = out / "bench.json"
     if done.exists():
         return json.loads(done.read_text())
     model, distill = VARIANTS[variant]
-    cmd = ["vitkit", "train", *model, "--data", "lfw-faces", "--epochs", str(epochs), "--seed", str(seed),
+    cmd = ["vitkit", "train", *model, "--data", data, "--epochs", str(epochs), "--seed", str(seed),
            *[a.format(teacher=teacher) for a in distill], *extra, "--threads", "1", "--no-progress",
            "--overwrite", "--out", str(out)]
     out.mkdir(parents=True, exist_ok=True)
@@ -199,17 +205,27 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=100)
     ap.add_argument("--teacher-seed", type=int, default=0)
     ap.add_argument("--json", default=str(Path(__file__).with_name("distill_lfw.json")))
+    ap.add_argument("--data", default="lfw-faces", help="the students' --data (default lfw-faces)")
+    ap.add_argument("--teacher", default=None,
+                    help="a --teacher spec to use as it is (default: the ResNet-18 trained on lfw-faces here)")
+    ap.add_argument("--benchmark", default="DeiT distillation on lfw-faces (issue 11, part 4)")
     a = ap.parse_args()
     import torch
 
     runs = Path(a.runs)
-    tdir = runs / "teacher"
-    if (tdir / "teacher.json").exists():
-        teacher = json.loads((tdir / "teacher.json").read_text())
+    if a.teacher:
+        teacher = {"spec": a.teacher}
+        spec = a.teacher
     else:
-        teacher = train_teacher(tdir, a.teacher_epochs, a.teacher_seed)
-    teacher["val_top1_through_vitkit"] = check_teacher_in_vitkit(Path(teacher["weights"]))
-    spec = f"torchvision:resnet18={teacher['weights']}"
+        if a.data != "lfw-faces":
+            ap.error("--data other than lfw-faces needs --teacher")
+        tdir = runs / "teacher"
+        if (tdir / "teacher.json").exists():
+            teacher = json.loads((tdir / "teacher.json").read_text())
+        else:
+            teacher = train_teacher(tdir, a.teacher_epochs, a.teacher_seed)
+        teacher["val_top1_through_vitkit"] = check_teacher_in_vitkit(Path(teacher["weights"]))
+        spec = f"torchvision:resnet18={teacher['weights']}"
     name = a.name or f"e{a.epochs}"
     root = runs / name
     root.mkdir(parents=True, exist_ok=True)
@@ -217,16 +233,17 @@ def main() -> None:
     recs = []
     for seed in a.seeds:  # one run at a time
         for v in a.variants:
-            r = student(v, seed, a.epochs, extra, spec, root)
+            r = student(v, seed, a.epochs, extra, spec, root, a.data)
             print(f"{name} {v} seed {seed}: saved {r['saved_top1']:.4f} ({r['model_weights']}), best "
                   f"{r['best_top1']:.4f}, {r['wall_s']} s wall, {r['cpu_s']} s CPU", flush=True)
-            r = {**r, "val_detail": val_detail(root / f"{v}-s{seed}" / "model")}
+            if a.data == "lfw-faces":
+                r = {**r, "val_detail": val_detail(root / f"{v}-s{seed}" / "model")}
             recs.append(r)
     table = {v: {"saved_top1": mean_std([r["saved_top1"] for r in recs if r["variant"] == v]),
                  "best_top1": mean_std([r["best_top1"] for r in recs if r["variant"] == v])} for v in a.variants}
     path = Path(a.json)
     doc = json.loads(path.read_text()) if path.exists() else {}
-    doc.update({"benchmark": "DeiT distillation on lfw-faces (issue 11, part 4)",
+    doc.update({"benchmark": a.benchmark, "data": a.data,
                 "machine": {"cpu_id": cpu_id(), "cores": os.cpu_count(), "python": platform.python_version(),
                             "torch": torch.__version__},
                 "teacher": teacher})

@@ -201,12 +201,20 @@ def test_stochastic_depth_is_random_in_training_and_off_in_eval():
     torch.testing.assert_close(m(x), m(x))
 
 
-def test_init_truncated_normal_and_zero_head():
+def test_init_follows_timm_default():
+    """timm's default init: Linear std 0.02 (head included), the patch conv at PyTorch's fan-in default."""
     m = create_model("vit_small_patch16_224")
-    assert m.head.weight.abs().max() == 0 and m.head.bias.abs().max() == 0
-    w = m.blocks[0].mlp.fc1.weight
-    # a normal(0, 0.02) cut at ±2 std has std 0.02 * 0.880
-    assert abs(w.std().item() - 0.0176) < 0.001 and w.abs().max() <= 0.04 + 1e-6
+    for w in (m.blocks[0].mlp.fc1.weight, m.head.weight):
+        assert abs(w.std().item() - 0.02) < 0.001
+    assert m.head.bias.abs().max() == 0
+    small = create_model(tiny_cfg(patch_size=4))  # fan-in 48: a fixed std 0.02 would be 4x too small
+    conv = small.patch_embed.proj.weight
+    bound = 1 / conv[0].numel() ** 0.5  # kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))
+    assert conv.abs().max() <= bound + 1e-7 and conv.abs().max() > 0.8 * bound
+    assert abs(conv.std().item() - bound / 3 ** 0.5) < 0.15 * bound
+    assert torch.all(small.cls_token.abs() < 1e-4)
+    m.reset_classifier(3)  # fine-tuning heads start at zero
+    assert m.head.weight.abs().max() == 0
 
 
 def test_reset_classifier():
