@@ -109,7 +109,7 @@ def test_distillation_loss_of_a_step_is_its_definition_and_the_teacher_stays_fro
     teacher_dir, _ = _teacher(tmp_path)
     for kind, alpha in (("hard", 0.5), ("soft", 0.3)):
         cfg = TrainConfig(**STUDENT, steps=2, distill=kind, teacher=str(teacher_dir), distill_alpha=alpha,
-                          distill_tau=2.0, label_smoothing=0.0, out=str(tmp_path / kind))
+                          distill_tau=2.0, label_smoothing=0.0, drop_path=0.0, out=str(tmp_path / kind))
         tr = Trainer(cfg, *_small_data(), log=lambda m: None).setup()
         task = tr.task
         assert task.name == "distill" and task.distilled
@@ -174,7 +174,7 @@ def test_distillation_resumes_exactly(tmp_path):
 def test_a_student_without_the_distillation_token_distils_through_its_head(tmp_path):
     teacher_dir, _ = _teacher(tmp_path)
     cfg = TrainConfig(**dict(STUDENT, model_overrides=dict(width=32, depth=2, heads=2)), steps=1, distill="hard",
-                      teacher=str(teacher_dir), distill_alpha=1.0, out=str(tmp_path / "r"))
+                      teacher=str(teacher_dir), distill_alpha=1.0, drop_path=0.0, out=str(tmp_path / "r"))
     tr = Trainer(cfg, *_small_data(), log=lambda m: None).setup()
     x, y = torch.rand(4, 1, 16, 16), torch.arange(4)
     got = tr.task.loss(tr, tr.model, x, y, torch.Generator().manual_seed(0))

@@ -97,9 +97,9 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
             state.pop(k, None)
         notes.append(f"head replaced: {old_cfg.num_classes} -> {n} classes ({', '.join(classes[:5])}"
                      f"{', ...' if n > 5 else ''})")
-    m = VisionTransformer(cfg)  # the new head keeps its fresh (seeded) initialisation
-    if new_head:
-        state.update({k: v for k, v in m.state_dict().items() if k in HEAD_KEYS})
+    m = VisionTransformer(cfg)
+    if new_head:  # a replaced head starts at zero, as the paper fine-tunes (and as reset_classifier does)
+        state.update({k: torch.zeros_like(v) for k, v in m.state_dict().items() if k in HEAD_KEYS})
     check_state(state, cfg, str(where))
     m.load_state_dict(state, strict=True)
     pre = src.preprocess_cfg if isinstance(src.preprocess_cfg, PreprocessConfig) else preprocess_for(cfg)
