@@ -30,12 +30,42 @@ JSON_SCHEMA_VERSION = 1
 CSV_COLUMNS = ["image", "rank", "label", "index", "probability", "error"]
 
 
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by predict, explain and features: device, precision, pixel limit."""
+def add_int8_args(p: argparse.ArgumentParser) -> None:
+    """The calibration and agreement-check flags of int8 (predict, export)."""
+    g = p.add_argument_group("int8", "static int8 quantisation (ONNX Runtime), calibrated and checked against fp32")
+    g.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="image files/folders to calibrate on; a folder "
+                   "with train/ and val/ calibrates on train/ and checks on val/, otherwise every second image "
+                   "checks")
+    g.add_argument("--check", nargs="+", metavar="IMAGES", help="images to check top-1 agreement with fp32 on "
+                   "(default: from --calibrate, as above)")
+    g.add_argument("--calibration-images", type=int, default=64, help="at most this many calibrate (default 64)")
+    g.add_argument("--check-images", type=int, default=1000, help="at most this many are checked (default 1000)")
+    g.add_argument("--min-agreement", type=float, default=0.995,
+                   help="refuse int8 below this top-1 agreement with fp32 (default 0.995)")
+
+
+def int8_options(args: argparse.Namespace, model) -> dict:
+    """ModelRunner keyword arguments for --dtype int8: the images, read and split (see add_int8_args)."""
+    from ..export.int8 import images_for_int8
+
+    if not args.calibrate:
+        raise UserError("--dtype int8 needs --calibrate IMAGES: images like the ones it will see, to calibrate "
+                        "on and to check its agreement with fp32 on")
+    cal, chk, where = images_for_int8(model, args.calibrate, args.check, calibration_images=args.calibration_images,
+                                      check_images=args.check_images, max_pixels=args.max_pixels)
+    print(f"vitkit: int8: calibrating on {len(cal)} image(s), {where}", file=sys.stderr)
+    return {"int8_images": (cal, chk), "min_agreement": args.min_agreement}
+
+
+def add_runtime_args(p: argparse.ArgumentParser, int8: bool = False) -> None:
+    """Flags shared by predict, explain and features: device, precision, pixel limit (and int8 for predict)."""
     p.add_argument("--device", default="auto", help=f"where to run: {', '.join(DEVICES)} or cuda:N (default auto: "
                                                     "cuda, then mps, then cpu)")
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
-                   help="precision (autocast): fp32 (default), bf16 (cpu, mps, recent cuda), fp16 (cuda, mps)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES) + (["int8"] if int8 else []),
+                   help="precision (autocast): fp32 (default), bf16 (cpu, mps, recent cuda), fp16 (cuda, mps)"
+                        + ("; int8: statically quantised in ONNX Runtime (CPU), needs --calibrate" if int8 else ""))
+    if int8:
+        add_int8_args(p)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images declaring more pixels than this, before decoding (default {DEFAULT_MAX_PIXELS})")
 
@@ -52,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="also write results as JSON to OUT ('-' = stdout only)")
     p.add_argument("--csv", metavar="OUT", help="also write results as CSV to OUT ('-' = stdout only)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
-    add_runtime_args(p)
+    add_runtime_args(p, int8=True)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -94,8 +124,16 @@ def run(args: argparse.Namespace) -> int:
         if out and out != "-":
             check_output_path(out)
     paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
-    clf = pipeline(args.src, load_kwargs=load_kwargs(args), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                   max_pixels=args.max_pixels)
+    if args.dtype == "int8":
+        from ..weights.api import load
+
+        model = load(args.src, **load_kwargs(args))
+        clf = pipeline(model, device="cpu", dtype="int8", batch_size=args.batch_size, max_pixels=args.max_pixels,
+                       **int8_options(args, model))
+        print(f"vitkit: {clf.int8.report.describe()}", file=sys.stderr)
+    else:
+        clf = pipeline(args.src, load_kwargs=load_kwargs(args), device=args.device, dtype=args.dtype,
+                       batch_size=args.batch_size, max_pixels=args.max_pixels)
     to_stdout = "-" in (args.json, args.csv)
     results = []
     for r in clf.run(paths, topk=args.topk, progress=had_folder):

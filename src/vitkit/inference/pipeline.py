@@ -48,11 +48,15 @@ class ModelRunner:
     ``cpu_kernels``: on the CPU in fp32, put the block Linears on the faster kernel in place
     ("auto", "onednn" or "aten"; :func:`vitkit.inference.cpu.optimize_for_cpu`: the same function,
     float32 rounding apart); None (default) leaves the model as it is.
+    ``dtype="int8"`` (CPU only) runs a statically quantised copy in ONNX Runtime
+    (:mod:`vitkit.export.int8`); it needs ``int8_images`` = (calibration, check) preprocessed images, and is
+    refused when its top-1 agrees with fp32 on fewer than ``min_agreement`` of the check images.
     """
 
     def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = None, dtype: str = "fp32",
                  batch_size: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 preprocess_cfg: PreprocessConfig | None = None, cpu_kernels: str | None = None):
+                 preprocess_cfg: PreprocessConfig | None = None, cpu_kernels: str | None = None,
+                 int8_images: tuple[torch.Tensor, torch.Tensor] | None = None, min_agreement: float | None = None):
         if not isinstance(model, VisionTransformer):
             raise TypeError(f"expected a vitkit VisionTransformer, got {type(model).__name__}")
         if batch_size < 1:
@@ -66,6 +70,17 @@ class ModelRunner:
         else:
             self.device = resolve_device(device)
             model.to(self.device)
+        self.int8 = None
+        if dtype == "int8":
+            from ..export.int8 import MIN_AGREEMENT, Int8Model
+
+            if self.device.type != "cpu":
+                raise ValueError(f"int8 runs on the CPU (ONNX Runtime), not on {self.device}")
+            if int8_images is None:
+                raise ValueError("int8 needs images to calibrate on and to check agreement with fp32 on "
+                                 "(int8_images=(calibration, check); --calibrate on the command line)")
+            self.int8 = Int8Model(model, *int8_images, min_agreement=min_agreement or MIN_AGREEMENT)
+            dtype = "fp32"  # what the model itself (kept for attention maps) would run in
         self.dtype = resolve_dtype(dtype, self.device)
         self.cpu_kernel = "aten"
         if cpu_kernels is not None:
@@ -90,6 +105,13 @@ class ModelRunner:
         """The precision context to run the model under."""
         return autocast(self.device, self.dtype)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a preprocessed batch: the int8 session when there is one, else the model under autocast."""
+        if self.int8 is not None:
+            return self.int8(x)
+        with self.autocast():
+            return self.model(x)
+
 
 class ImageClassificationPipeline(ModelRunner):
     """Decode -> preprocess -> model -> softmax -> top-k, in batches (see :class:`ModelRunner`
@@ -110,8 +132,7 @@ class ImageClassificationPipeline(ModelRunner):
         self.model.eval()
         try:
             for x in self.batches(images):
-                with self.autocast():
-                    logits = self.model(x)  # (b, classes)
+                logits = self.forward(x)  # (b, classes)
                 out.append(logits.float().softmax(dim=-1).cpu())
         finally:
             self.model.train(was_training)
