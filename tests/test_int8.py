@@ -1,0 +1,122 @@
+"""int8 through ONNX Runtime's static quantisation: agreement with fp32 on a trained model, the refusal below
+the required agreement (nothing written), where calibration and check images come from, `vitkit predict
+--dtype int8`."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.data.builtin import load_digits
+from vitkit.export import export_onnx
+from vitkit.export import int8 as int8_mod
+from vitkit.export.int8 import Int8AgreementError, Int8Session, images_for_int8, quantize_int8, weight_products
+
+
+def _png(a: np.ndarray, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((a * 255).round().astype(np.uint8), mode="L").save(path)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A small ViT trained for a few seconds on the digits, saved; a folder of its images as PNG: train/<class>/
+    (200) and val/<class>/ (150)."""
+    torch.manual_seed(0)
+    train, val = load_digits()
+    cfg = vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4, num_classes=10,
+                           labels=[str(c) for c in train.classes])
+    model = vitkit.create_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        perm = torch.randperm(len(train.labels))
+        for i in range(0, len(perm), 32):
+            idx = perm[i:i + 32]
+            loss = torch.nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
+    root = tmp_path_factory.mktemp("int8")
+    vitkit.save(model, root / "model")
+    for part, split, n in (("train", train, 200), ("val", val, 150)):
+        for i in range(n):
+            _png(split.images[i, 0].numpy(), root / "data" / part / str(int(split.labels[i])) / f"{i:03d}.png")
+    return root / "model", root / "data"
+
+
+def test_int8_agrees_with_fp32_on_a_trained_model_and_carries_the_config(digits, tmp_path):
+    model_dir, data = digits
+    model = vitkit.load(model_dir)
+    cal, chk, where = images_for_int8(model, [str(data)], calibration_images=32)
+    assert (len(cal), len(chk)) == (32, 150) and "val" in where
+    report = quantize_int8(model, tmp_path / "m.onnx", cal, chk)
+    assert report.checked == 150 and report.agreement >= 0.995, report.describe()
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert {"vitkit.config", "vitkit.labels", "vitkit.preprocess", "vitkit.int8"} <= set(meta)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    session = Int8Session(tmp_path / "m.onnx")
+    with torch.no_grad():
+        ref = model(chk[:20])
+    got = session(chk[:20])
+    assert got.shape == ref.shape and not torch.equal(got, ref)  # quantised: close, not equal
+    assert (got - ref).abs().max() < 0.1 * ref.abs().max()
+    assert not list(tmp_path.glob(".vitkit-int8-*"))  # the work folder is gone
+
+
+def test_only_products_with_a_weight_are_quantised(digits, tmp_path):
+    """The patch projection, q/k/v, the attention output, fc1, fc2 and the head: 4 per block + 2; not q·kᵀ or
+    attention·v (activation by activation)."""
+    model = vitkit.load(digits[0])
+    export_onnx(model, tmp_path / "f.onnx", dynamic_batch=True)
+    proto = onnx.load(str(tmp_path / "f.onnx"))
+    products = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    chosen = weight_products(proto)
+    assert len(chosen) == 4 * model.cfg.depth + 2 < len(products)
+
+
+def test_below_the_required_agreement_nothing_is_written(digits, tmp_path, monkeypatch):
+    model = vitkit.load(digits[0])
+    cal, chk, _ = images_for_int8(model, [str(digits[1])], calibration_images=8, check_images=20)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier file")
+    monkeypatch.setattr(int8_mod, "top1_agreement", lambda *a, **kw: (98, 100))
+    with pytest.raises(Int8AgreementError, match=r"98 of 100 .*98\.00 % top-1 \(required 99\.5 %\): refused"):
+        quantize_int8(model, out, cal, chk)
+    assert out.read_bytes() == b"an earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert quantize_int8(model, out, cal, chk, min_agreement=0.98).agreement == 0.98  # the threshold is the knob
+
+
+def test_where_calibration_and_check_images_come_from(digits, tmp_path):
+    model = vitkit.load(digits[0])
+    flat = tmp_path / "flat"
+    for i in range(20):  # sorted by name: ten dark images, then ten bright ones
+        _png(np.full((8, 8), 0.1 if i < 10 else 0.9), flat / f"{i:02d}.png")
+    cal, chk, where = images_for_int8(model, [str(flat)], calibration_images=2)
+    assert (len(cal), len(chk)) == (2, 10) and "every second" in where
+    assert cal.amin() < 0.2 and cal.amax() > 0.8  # spread over the list, not its first two
+    cal, chk, _ = images_for_int8(model, [str(flat)], [str(digits[1] / "val" / "3")], calibration_images=50)
+    assert len(cal) == 20 and len(chk) == len(list((digits[1] / "val" / "3").iterdir()))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        images_for_int8(model, [str(flat / "00.png")])
+
+
+def test_cli_predict_int8(digits, capsys):
+    model_dir, data = digits
+    assert main(["predict", str(model_dir), str(data / "val" / "7"), "--dtype", "int8"]) == 2
+    assert "--dtype int8 needs --calibrate" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1"]) == 0
+    fp32 = capsys.readouterr().out
+    assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1", "--dtype", "int8",
+                 "--calibrate", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert "int8 (ONNX Runtime, static, calibrated on 64 image(s)) agrees with fp32 on" in captured.err
+    top1 = [line.split()[1] for line in captured.out.splitlines() if line.startswith("  1.")]
+    assert top1 == [line.split()[1] for line in fp32.splitlines() if line.startswith("  1.")] and top1
