@@ -75,7 +75,7 @@ def test_resolution_sweep_builds_each_size():
 
 def test_onnxruntime_backend_row_and_ratios(tmp_path):
     doc = run_bench(_opts(model=tiny_cfg(width=64), backends=("torch", "onnxruntime"), compare=("timm",),
-                          ort_int8=True))
+                          ort_int8="static"))
     rows = {r["impl"]: r for r in doc["rows"]}
     assert set(rows) == {"vitkit", "timm", "vitkit[onnxruntime]", "vitkit[onnxruntime-int8]"}
     ort = rows["vitkit[onnxruntime]"]
@@ -103,7 +103,7 @@ def test_onnxruntime_backend_row_and_ratios(tmp_path):
     (dict(backends=("onnxruntime",), mode="train"), "onnxruntime times inference only"),
     (dict(backends=("onnxruntime",), dtype="bf16"), "onnxruntime times the fp32 export"),
     (dict(device="tpu"), "--device 'tpu'"),
-    (dict(ort_int8=True), "--ort-int8 needs --backend onnxruntime"),
+    (dict(ort_int8="static"), "--ort-int8 needs --backend onnxruntime"),
     (dict(image_sizes=(30,)), "not divisible by patch_size 8"),
 ])
 def test_bad_options_are_refused_before_any_work(kw, msg):

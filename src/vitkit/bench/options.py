@@ -47,7 +47,7 @@ class BenchOptions:
     num_classes: int | None = None  # None: the model's own
     threads: int | None = None  # CPU threads for torch and ONNX Runtime; None: leave as is
     ort_level: str = "all"  # ONNX Runtime graph optimisation level: basic | extended | all
-    ort_int8: bool = False  # also time the ONNX model with int8 dynamic quantisation (not fp32: a different number)
+    ort_int8: str | None = None  # "static" | "dynamic": also time the ONNX model in int8 (a different number)
     max_batch: bool = False  # search the largest batch that fits (GPU)
     max_batch_limit: int = 4096
     check_outputs: bool = True  # compare every implementation's output with vitkit's (same weights)
@@ -158,6 +158,8 @@ class BenchOptions:
                 raise ValueError("--backend onnxruntime times inference only; use --mode infer")
             if self.dtype != "fp32":
                 raise ValueError("--backend onnxruntime times the fp32 export; use --dtype fp32")
+        if self.ort_int8 is not None:
+            one_of("ort_int8", self.ort_int8, ("static", "dynamic"))
         if self.ort_int8 and "onnxruntime" not in self.backends:
             raise ValueError("--ort-int8 needs --backend onnxruntime")
         if self.max_batch and not cuda:

@@ -91,7 +91,7 @@ def to_command(opts: BenchOptions) -> str:
     if "onnxruntime" in opts.backends:
         a += ["--ort-level", opts.ort_level]
     if opts.ort_int8:
-        a.append("--ort-int8")
+        a += ["--ort-int8", opts.ort_int8]
     return shlex.join(a)
 
 
@@ -200,10 +200,16 @@ def _bench_point(opts: BenchOptions, device: torch.device, cfg: ViTConfig, batch
         impl.step = runner
         impls.append(impl)
         if opts.ort_int8:
-            from .onnx_backend import quantize_int8
+            qpath = workdir / f"vitkit_{h}x{w}_b{batch}_int8.onnx"
+            log(f"  quantising the ONNX model to int8 ({opts.ort_int8})")
+            if opts.ort_int8 == "dynamic":
+                from .onnx_backend import quantize_int8
 
-            log("  quantising the ONNX model to int8 (dynamic)")
-            qpath = quantize_int8(path, workdir / f"vitkit_{h}x{w}_b{batch}_int8.onnx")
+                quantize_int8(path, qpath)
+            else:  # the timing batch calibrates: speed only (predict and export check agreement on real images)
+                from ..export.int8 import quantize_onnx_static
+
+                quantize_onnx_static(path, qpath, x.float().cpu())
             qrunner = OrtRunner(ort_session(qpath, opts.threads, opts.ort_level), x)
             impl = _Impl("vitkit[onnxruntime-int8]", "vitkit", "onnxruntime", "int8", n_params)
             if opts.check_outputs:

@@ -55,9 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how vitkit runs: torch, onnxruntime (CPU, exported ONNX model), or both (default torch)")
     p.add_argument("--ort-level", choices=("basic", "extended", "all"), default="all",
                    help="ONNX Runtime graph optimisation level (default all)")
-    p.add_argument("--ort-int8", action="store_true",
-                   help="with --backend onnxruntime, also time the model with int8 dynamic quantisation "
-                        "(a lower-precision row, reported as dtype int8)")
+    p.add_argument("--ort-int8", nargs="?", const="static", choices=("static", "dynamic"),
+                   help="with --backend onnxruntime, also time the model in int8 (a lower-precision row, dtype "
+                        "int8): static (the default: what `vitkit predict --dtype int8` runs, calibrated here on "
+                        "the timing batch) or dynamic (activations quantised per call)")
     p.add_argument("--sdpa", choices=SDPA_CHOICES, default="auto",
                    help="attention kernel for vitkit; auto = cuDNN, flash, efficient in that order on the GPU "
                         "in bf16/fp16, PyTorch's choice otherwise (peers always get PyTorch's choice)")

@@ -130,9 +130,6 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
     Refused with :class:`Int8AgreementError` (nothing written, an earlier file left as it was) when the top-1
     agreement with fp32 on ``check`` is below ``min_agreement``."""
     onnx, _ = _require_onnx()
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if not model.cfg.num_classes:
         raise ValueError("int8 needs a classification head: its agreement with fp32 is checked on top-1")
     if len(calibration) < 1 or len(check) < 1:
@@ -146,15 +143,9 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
     tmpdir = Path(tempfile.mkdtemp(prefix=".vitkit-int8-", dir=path.parent))
     try:
-        fp32, pre, q = tmpdir / "fp32.onnx", tmpdir / "pre.onnx", tmpdir / path.name
+        fp32, q = tmpdir / "fp32.onnx", tmpdir / path.name
         export_onnx(model, fp32, dynamic_batch=True, opset=opset)
-        with _quiet():
-            quant_pre_process(str(fp32), str(pre))
-            quantize_static(str(pre), str(q), _Calibration("images", calibration.float().cpu()),
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-                            nodes_to_quantize=weight_products(onnx.load(str(pre))), per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": True})
+        quantize_onnx_static(fp32, q, calibration)
         agreed, n = top1_agreement(model, Int8Session(q), check.float().cpu())
         report = Int8Report(path=path, agreement=agreed / n, agreed=agreed, checked=n,
                             calibration_images=len(calibration), min_agreement=min_agreement)
@@ -178,6 +169,29 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return report
+
+
+def quantize_onnx_static(fp32: str | os.PathLike, out: str | os.PathLike, calibration: torch.Tensor) -> Path:
+    """The quantisation step alone, on an fp32 ONNX file whose input is ``images``: ``quant_pre_process``, then
+    ``quantize_static`` (S8S8 QDQ, per-channel weights, min/max over ``calibration``, weight products only).
+    No agreement check: :func:`quantize_int8` adds it (``vitkit bench`` uses this step to time int8)."""
+    onnx, _ = _require_onnx()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(out)
+    pre = out.with_name(out.stem + ".pre.onnx")
+    try:
+        with _quiet():
+            quant_pre_process(str(fp32), str(pre))
+            quantize_static(str(pre), str(out), _Calibration("images", calibration.float().cpu()),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+                            nodes_to_quantize=weight_products(onnx.load(str(pre))), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": True})
+    finally:
+        pre.unlink(missing_ok=True)
+    return out
 
 
 def weight_products(proto) -> list[str]:
