@@ -120,3 +120,17 @@ def test_cli_predict_int8(digits, capsys):
     assert "int8 (ONNX Runtime, static, calibrated on 64 image(s)) agrees with fp32 on" in captured.err
     top1 = [line.split()[1] for line in captured.out.splitlines() if line.startswith("  1.")]
     assert top1 == [line.split()[1] for line in fp32.splitlines() if line.startswith("  1.")] and top1
+
+
+def test_cli_export_int8(digits, tmp_path, capsys):
+    model_dir, data = digits
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(model_dir), "--onnx", str(out), "--int8", "--calibrate", str(data)]) == 0
+    assert "agrees with fp32 on" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert '"checked": 150' in meta["vitkit.int8"]
+    assert main(["export", str(model_dir), "--onnx", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "needs --calibrate" in capsys.readouterr().err
+    assert main(["export", str(model_dir), "--onnx", str(tmp_path / "x.onnx"), "--calibrate", str(data)]) == 2
+    assert "--calibrate and --check are for --int8" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

@@ -6,6 +6,7 @@ import argparse
 
 from .model_args import add_model_args, load_kwargs
 from .main import UserError
+from .predict import add_int8_args, int8_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "(inputs/outputs stay float32)")
     p.add_argument("--atol", type=float, default=None,
                    help=f"largest max-abs difference accepted (default {FP32_ATOL:g}, {FP16_ATOL:g} with --fp16)")
+    p.add_argument("--int8", action="store_true",
+                   help="write a statically quantised int8 file instead (ONNX Runtime, CPU), calibrated on "
+                        "--calibrate and refused below --min-agreement top-1 agreement with fp32")
+    add_int8_args(p)
     add_model_args(p, size_aliases=("--size",))
     p.set_defaults(func=run)
 
@@ -38,6 +43,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
     # a checkpoint loaded from disk cannot be made dynamic_img_size by the user: load it at the size asked for
     model = load(args.src, **load_kwargs(args))
+    if args.int8:
+        from ..export.int8 import quantize_int8
+
+        if args.fp16:
+            raise UserError("--int8 and --fp16 are two precisions; pick one")
+        args.max_pixels = None
+        opts = int8_options(args, model)
+        report = quantize_int8(model, args.onnx, *opts["int8_images"], min_agreement=args.min_agreement,
+                               opset=args.opset)
+        print(f"wrote {report.path}: {report.describe()}")
+        return 0
+    if args.calibrate or args.check:
+        raise UserError("--calibrate and --check are for --int8")
     report = export_onnx(model, args.onnx, dynamic_batch=args.dynamic_batch,
                          batch_size=args.batch_size, opset=args.opset, fp16=args.fp16, atol=args.atol)
     per_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in report.diffs.items())
