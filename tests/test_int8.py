@@ -134,3 +134,18 @@ def test_cli_export_int8(digits, tmp_path, capsys):
     assert main(["export", str(model_dir), "--onnx", str(tmp_path / "x.onnx"), "--calibrate", str(data)]) == 2
     assert "--calibrate and --check are for --int8" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_service_handler_classifies_in_int8_at_its_own_size(digits):
+    from vitkit.serve.handler import BatchingHandler
+
+    model_dir, data = digits
+    h = BatchingHandler.from_source(str(model_dir), dtype="int8", max_batch=8,
+                                    int8=dict(calibrate=[str(data)], min_agreement=0.99))
+    fp32 = vitkit.load(model_dir).eval()
+    _, chk, _ = images_for_int8(fp32, [str(data)], check_images=40)
+    probs = h.forward(chk)
+    assert torch.allclose(probs, h.runner.int8(chk).softmax(-1))  # the int8 graph answered
+    with torch.no_grad():
+        assert (probs.argmax(-1) == fp32(chk).argmax(-1)).float().mean() >= 0.95
+    assert h.describe()["dtype"] == "int8"

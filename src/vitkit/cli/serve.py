@@ -7,6 +7,7 @@ import argparse
 from ..data.decode import DEFAULT_MAX_PIXELS
 from .main import UserError
 from .model_args import add_model_args, load_kwargs
+from .predict import add_int8_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout-s", type=float, default=30.0,
                    help="after SIGTERM, the longest wait for requests in flight (default 30)")
     p.add_argument("--device", default="auto", help="where to run: auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision (autocast; default fp32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="precision (autocast; default fp32); int8: classification in ONNX Runtime, statically "
+                        "quantised and checked against fp32 at start-up (needs --calibrate; explain stays fp32)")
+    add_int8_args(p)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
     p.add_argument("--ray", action="store_true",
                    help="run as a Ray Serve deployment instead (pip install 'vitkit[ray]'); --replicas sets how many")
@@ -96,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
         kw["dynamic_img_size"] = True
     handler_kw = dict(device=args.device, dtype=args.dtype, max_pixels=args.max_pixels, max_batch=args.max_batch,
                       max_batch_tokens=args.max_batch_tokens, sizes=sizes)
+    if args.dtype == "int8":
+        if not args.calibrate:
+            raise UserError("--dtype int8 needs --calibrate IMAGES: images like the ones it will see, to calibrate "
+                            "on and to check its agreement with fp32 on")
+        handler_kw.update(device="cpu", int8=dict(calibrate=args.calibrate, check=args.check,
+                                                  calibration_images=args.calibration_images,
+                                                  check_images=args.check_images, max_pixels=args.max_pixels,
+                                                  min_agreement=args.min_agreement))
     if args.ray:
         from ..serve.ray import run_ray
 

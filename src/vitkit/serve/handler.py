@@ -88,14 +88,16 @@ class BatchingHandler:
     def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = "cpu", dtype: str = "fp32",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, max_batch: int = 32,
                  max_batch_tokens: int | None = None, sizes: Sequence[tuple[int, int]] = (),
-                 name: str | None = None, source: str | None = None):
+                 name: str | None = None, source: str | None = None,
+                 int8_images: tuple[torch.Tensor, torch.Tensor] | None = None, min_agreement: float | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not model.cfg.num_classes:
             raise ValueError("this model has no classification head (num_classes=0): nothing to serve")
         model.eval()  # once: nothing below switches modes, so concurrent forwards cannot race on it
         model.requires_grad_(False)
-        self.runner = ModelRunner(model, device=device, dtype=dtype, batch_size=max_batch, max_pixels=max_pixels)
+        self.runner = ModelRunner(model, device=device, dtype=dtype, batch_size=max_batch, max_pixels=max_pixels,
+                                  int8_images=int8_images, min_agreement=min_agreement)
         self.model = model
         self.labels = class_names(model)
         self.name = name or "vitkit"
@@ -116,11 +118,21 @@ class BatchingHandler:
             raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below one image's {biggest} tokens")
 
     @classmethod
-    def from_source(cls, src: str, load_kwargs: dict | None = None, **kwargs) -> "BatchingHandler":
-        """Load ``src`` with :func:`vitkit.load` (anything it reads) and wrap it."""
+    def from_source(cls, src: str, load_kwargs: dict | None = None, int8: dict | None = None,
+                    **kwargs) -> "BatchingHandler":
+        """Load ``src`` with :func:`vitkit.load` (anything it reads) and wrap it. ``int8``: the keyword arguments
+        of :func:`vitkit.export.int8.images_for_int8` (calibrate, check, ...) and ``min_agreement``, for
+        ``dtype="int8"``."""
         from ..weights.api import load
 
         model = load(src, **(load_kwargs or {}))
+        if int8 is not None:
+            from ..export.int8 import images_for_int8
+
+            int8 = dict(int8)
+            kwargs["min_agreement"] = int8.pop("min_agreement", None)
+            cal, chk, _ = images_for_int8(model, **int8)
+            kwargs["int8_images"] = (cal, chk)
         kwargs.setdefault("name", _model_name(src))
         kwargs.setdefault("source", str(src))
         return cls(model, **kwargs)
@@ -192,8 +204,11 @@ class BatchingHandler:
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) of one shape -> class probabilities (B, classes), float32 on the CPU."""
         x = pixels.to(self.runner.device, non_blocking=True)
-        with self.runner.autocast():
-            logits = self.model(x)
+        if self.runner.int8 is not None and tuple(x.shape[-2:]) == self.native_hw:
+            logits = self.runner.int8(x)  # the int8 graph is the model's own size; other sizes run in fp32
+        else:
+            with self.runner.autocast():
+                logits = self.model(x)
         return logits.float().softmax(dim=-1).cpu()
 
     def topk(self, probs: torch.Tensor, k: int) -> list[dict]:
@@ -240,7 +255,7 @@ class BatchingHandler:
         pre_d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(pre).items()}
         return {"name": self.name, "source": self.source, "architecture": arch, "num_classes": len(self.labels),
                 "labels": list(self.labels), "preprocessing": pre_d,
-                "device": str(self.runner.device), "dtype": str(self.runner.dtype).replace("torch.", ""),
+                "device": str(self.runner.device), "dtype": "int8" if self.runner.int8 is not None else str(self.runner.dtype).replace("torch.", ""),
                 "sizes": [list(self.native_hw)] + [list(s) for s in self.sizes if s != self.native_hw],
                 "tokens": {f"{h}x{w}": self.tokens_for((h, w)) for h, w in [self.native_hw, *self.sizes]},
                 "max_batch": self.max_batch, "max_batch_tokens": self.max_batch_tokens,
