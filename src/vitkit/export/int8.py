@@ -96,7 +96,7 @@ class _Calibration:
     def get_next(self):
         return next(self.feeds, None)
 
-    def rewind(self):  # noqa: D401 (not needed by min/max calibration, part of the protocol)
+    def rewind(self):  # part of the protocol; min/max calibration reads the images once
         pass
 
 
