@@ -233,9 +233,8 @@ def images_for_int8(model: VisionTransformer, calibrate: list[str], check: list[
     the others calibrate. At most ``calibration_images`` are used, spread evenly over the sorted list (a class
     folder's first images are all one class), and at most ``check_images``. Unreadable images are skipped."""
     from ..data.decode import DEFAULT_MAX_PIXELS, open_image
-    from ..data.preprocess import preprocess
+    from ..data.preprocess import default_preprocess, preprocess
     from ..inference.images import list_images
-    from ..inference.pipeline import default_preprocess_cfg
 
     if calibration_images < 1 or check_images < 1:
         raise ValueError("--calibration-images and --check-images must be at least 1")
@@ -258,7 +257,7 @@ def images_for_int8(model: VisionTransformer, calibrate: list[str], check: list[
         step = max(1, len(paths) // n)
         return paths[::step][:n]
 
-    pre = model.preprocess_cfg or default_preprocess_cfg(model.cfg)
+    pre = model.preprocess_cfg or default_preprocess(model.cfg.image_hw, model.cfg.channels)  # as the pipeline does
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
 
     def load(paths):
