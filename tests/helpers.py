@@ -22,3 +22,24 @@ def disk_full_on(monkeypatch, module, name_part: str) -> None:
         return real(fd)
 
     monkeypatch.setattr(module.os, "fsync", fsync)
+
+
+def fit(model, images, labels, epochs: int, lr: float, batch: int = 32, weight_decay: float = 0.01,
+        one_cycle: bool = False):
+    """A plain AdamW loop (optionally one-cycle, 15 % warm-up) over shuffled mini-batches: tiny trained models."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(labels) // batch),
+                                                 pct_start=0.15) if one_cycle else None)
+    for _ in range(epochs):
+        perm = torch.randperm(len(labels))
+        for i in range(0, len(perm), batch):
+            idx = perm[i:i + batch]
+            loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+    return model.eval()

@@ -13,6 +13,7 @@ from vitkit.cli.main import main
 from vitkit.data.builtin import load_digits
 from vitkit.export import export_onnx
 from vitkit.export import int8 as int8_mod
+from helpers import fit
 from vitkit.export.int8 import Int8AgreementError, Int8Session, images_for_int8, quantize_int8, weight_products
 
 
@@ -29,17 +30,7 @@ def digits(tmp_path_factory):
     train, val = load_digits()
     cfg = vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4, num_classes=10,
                            labels=[str(c) for c in train.classes])
-    model = vitkit.create_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(8):
-        perm = torch.randperm(len(train.labels))
-        for i in range(0, len(perm), 32):
-            idx = perm[i:i + 32]
-            loss = torch.nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = fit(vitkit.create_model(cfg), train.images, train.labels, epochs=8, lr=3e-3)
     model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
     root = tmp_path_factory.mktemp("int8")
     vitkit.save(model, root / "model")

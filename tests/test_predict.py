@@ -20,6 +20,8 @@ from vitkit.data.decode import open_image
 from vitkit.inference.device import resolve_device, resolve_dtype
 from vitkit.utils import atomic
 
+from helpers import fit
+
 LABELS = ["tabby", "astronaut", "coffee", "rocket", "teapot"]
 PHOTOS = {"chelsea.jpg": skimage.data.chelsea, "astronaut.png": skimage.data.astronaut,
           "coffee.jpg": skimage.data.coffee}
@@ -126,21 +128,8 @@ def digits(tmp_path_factory):
     train, val = load_digits()
     cfg = vitkit.ViTConfig(image_size=8, patch_size=4, channels=1, width=64, depth=1, heads=4, num_classes=10,
                            labels=[f"digit {c}" for c in train.classes])
-    model = vitkit.create_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
-    epochs, bs = 6, 32
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=epochs * -(-len(train.labels) // bs),
-                                                pct_start=0.15)
-    for _ in range(epochs):
-        perm = torch.randperm(len(train.labels))
-        for i in range(0, len(perm), bs):
-            idx = perm[i:i + bs]
-            loss = torch.nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
+    model = fit(vitkit.create_model(cfg), train.images, train.labels, epochs=6, lr=5e-3, weight_decay=0.0,
+                one_cycle=True)
     # the training images are 0..1 grey: files hold 0..255, so rescale 1/255 with mean 0, std 1
     model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
     root = tmp_path_factory.mktemp("digits")
