@@ -99,10 +99,31 @@ def test_where_calibration_and_check_images_come_from(digits, tmp_path):
         images_for_int8(model, [str(flat / "00.png")])
 
 
+def test_calibration_is_spread_over_the_classes_and_unreadable_files_are_named(digits, tmp_path):
+    model = vitkit.load(digits[0])
+    folder = tmp_path / "f"
+    for cls, value in (("a", 0.1), ("b", 0.5), ("c", 0.9)):  # 30 images a class, sorted a..., b..., c...
+        for i in range(30):
+            _png(np.full((8, 8), value), folder / "train" / cls / f"{i:02d}.png")
+        _png(np.full((8, 8), value), folder / "val" / cls / "0.png")
+    (folder / "train" / "a" / "00-broken.png").write_bytes(b"not a png")  # sorted first: picked
+    cal, chk, line = images_for_int8(model, [str(folder)], calibration_images=6)
+    assert sorted({round(float(v), 1) for v in cal.flatten()}) == [0.1, 0.5, 0.9]  # every class, not the first
+    assert "00-broken.png" in line and "skipped 1 unreadable" in line and (len(cal), len(chk)) == (5, 3)
+    # --check given: the folder still calibrates on train/ only
+    cal, chk, line = images_for_int8(model, [str(folder)], [str(folder / "val" / "a")], calibration_images=100)
+    assert len(cal) == 90 and len(chk) == 1 and "one disagreement is 1e+02 points" in line
+
+
 def test_cli_predict_int8(digits, capsys):
     model_dir, data = digits
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--dtype", "int8"]) == 2
-    assert "--dtype int8 needs --calibrate" in capsys.readouterr().err
+    assert "int8 needs --calibrate" in capsys.readouterr().err
+    for extra, needle in ((["--calibrate", str(data)], "are for --dtype int8"),
+                          (["--dtype", "int8", "--calibrate", str(data), "--min-agreement", "0"], "(0, 1], got 0"),
+                          (["--dtype", "int8", "--calibrate", str(data), "--device", "cuda"], "runs on the CPU")):
+        assert main(["predict", str(model_dir), str(data / "val" / "7"), *extra]) == 2
+        assert needle in capsys.readouterr().err
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1"]) == 0
     fp32 = capsys.readouterr().out
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1", "--dtype", "int8",

@@ -6,7 +6,7 @@ import argparse
 
 from .model_args import add_model_args, load_kwargs
 from .main import UserError
-from .predict import add_int8_args, int8_options
+from .predict import add_int8_args, check_int8_args, int8_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fp16:
             raise UserError("--int8 and --fp16 are two precisions; pick one")
         args.max_pixels = None
+        check_int8_args(args)
         opts = int8_options(args, model)
         report = quantize_int8(model, args.onnx, *opts["int8_images"], min_agreement=args.min_agreement,
                                opset=args.opset)

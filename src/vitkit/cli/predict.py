@@ -44,16 +44,26 @@ def add_int8_args(p: argparse.ArgumentParser) -> None:
                    help="refuse int8 below this top-1 agreement with fp32 (default 0.995)")
 
 
+def check_int8_args(args: argparse.Namespace) -> None:
+    """The int8 flags' own errors, before anything is loaded."""
+    if not args.calibrate:
+        raise UserError("int8 needs --calibrate IMAGES: images like the ones it will see, to calibrate on and to "
+                        "check its agreement with fp32 on")
+    if not 0 < args.min_agreement <= 1:
+        raise UserError(f"--min-agreement must be in (0, 1], got {args.min_agreement}")
+    if getattr(args, "device", "cpu") not in ("auto", "cpu"):
+        raise UserError(f"int8 runs on the CPU (ONNX Runtime); --device {args.device} does not apply: drop it "
+                        "or use --device cpu")
+
+
 def int8_options(args: argparse.Namespace, model) -> dict:
     """ModelRunner keyword arguments for --dtype int8: the images, read and split (see add_int8_args)."""
     from ..export.int8 import images_for_int8
 
-    if not args.calibrate:
-        raise UserError("--dtype int8 needs --calibrate IMAGES: images like the ones it will see, to calibrate "
-                        "on and to check its agreement with fp32 on")
+    check_int8_args(args)
     cal, chk, where = images_for_int8(model, args.calibrate, args.check, calibration_images=args.calibration_images,
                                       check_images=args.check_images, max_pixels=args.max_pixels)
-    print(f"vitkit: int8: calibrating on {len(cal)} image(s), {where}", file=sys.stderr)
+    print(f"vitkit: int8: {where}", file=sys.stderr)
     return {"int8_images": (cal, chk), "min_agreement": args.min_agreement}
 
 
@@ -123,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.json, args.csv):
         if out and out != "-":
             check_output_path(out)
+    if args.dtype == "int8":
+        check_int8_args(args)
+    elif args.calibrate or args.check:
+        raise UserError("--calibrate and --check are for --dtype int8")
     paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
     if args.dtype == "int8":
         from ..weights.api import load

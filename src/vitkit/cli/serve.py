@@ -7,7 +7,7 @@ import argparse
 from ..data.decode import DEFAULT_MAX_PIXELS
 from .main import UserError
 from .model_args import add_model_args, load_kwargs
-from .predict import add_int8_args
+from .predict import add_int8_args, check_int8_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,12 +98,12 @@ def run(args: argparse.Namespace) -> int:
     kw = load_kwargs(args)
     if sizes:
         kw["dynamic_img_size"] = True
+    if args.dtype != "int8" and (args.calibrate or args.check):
+        raise UserError("--calibrate and --check are for --dtype int8")
     handler_kw = dict(device=args.device, dtype=args.dtype, max_pixels=args.max_pixels, max_batch=args.max_batch,
                       max_batch_tokens=args.max_batch_tokens, sizes=sizes)
     if args.dtype == "int8":
-        if not args.calibrate:
-            raise UserError("--dtype int8 needs --calibrate IMAGES: images like the ones it will see, to calibrate "
-                            "on and to check its agreement with fp32 on")
+        check_int8_args(args)
         handler_kw.update(device="cpu", int8=dict(calibrate=args.calibrate, check=args.check,
                                                   calibration_images=args.calibration_images,
                                                   check_images=args.check_images, max_pixels=args.max_pixels,

@@ -135,7 +135,7 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
     if len(calibration) < 1 or len(check) < 1:
         raise ValueError(f"int8 needs calibration and check images (got {len(calibration)} and {len(check)})")
     if not 0 < min_agreement <= 1:
-        raise ValueError(f"min_agreement must be in (0, 1], got {min_agreement}")
+        raise ValueError(f"the minimum agreement (--min-agreement) must be in (0, 1], got {min_agreement}")
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"{str(path)!r}: the output name should end in .onnx")
@@ -150,8 +150,9 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
         report = Int8Report(path=path, agreement=agreed / n, agreed=agreed, checked=n,
                             calibration_images=len(calibration), min_agreement=min_agreement)
         if report.agreement < min_agreement:
-            raise Int8AgreementError(f"{report.describe()}: refused, nothing written; run in fp32 (or bf16), or "
-                                     "calibrate on more images like the ones it will see")
+            raise Int8AgreementError(f"{report.describe()}: refused (nothing written); keep fp32, calibrate on "
+                                     "more images like the ones it will see, or accept a lower agreement "
+                                     "(--min-agreement)")
         proto = onnx.load(str(q))
         have = {p.key for p in proto.metadata_props}
         for k, v in {**_carried_metadata(onnx.load(str(fp32), load_external_data=False)),
@@ -228,48 +229,59 @@ def images_for_int8(model: VisionTransformer, calibrate: list[str], check: list[
                     max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(calibration images, check images, a line saying where each came from), preprocessed as ``model`` wants.
 
-    ``calibrate``: image files and/or folders. The check images are ``check`` when given; else, for one folder
-    with ``train/`` and ``val/`` inside, train calibrates and val checks; else every second image checks and
-    the others calibrate. At most ``calibration_images`` are used, spread evenly over the sorted list (a class
-    folder's first images are all one class), and at most ``check_images``. Unreadable images are skipped."""
+    ``calibrate``: image files and/or folders; one folder with ``train/`` and ``val/`` inside calibrates on
+    ``train/``. The check images are ``check`` when given; else that folder's ``val/``; else every second image
+    of ``calibrate`` (the others calibrate). At most ``calibration_images`` are used, evenly spaced over the
+    sorted list (a class folder's first images are all one class), and at most ``check_images``, likewise.
+    Unreadable images are skipped and named in the line."""
     from ..data.decode import DEFAULT_MAX_PIXELS, open_image
     from ..data.preprocess import default_preprocess, preprocess
     from ..inference.images import list_images
 
     if calibration_images < 1 or check_images < 1:
         raise ValueError("--calibration-images and --check-images must be at least 1")
-    where = "the check images given"
+    root = Path(calibrate[0]) if len(calibrate) == 1 else None
+    split = root is not None and (root / "train").is_dir() and (root / "val").is_dir()
+    cal_paths, _ = list_images([root / "train"] if split else calibrate)
     if check:
-        cal_paths, _ = list_images(calibrate)
         chk_paths, _ = list_images(check)
-    elif len(calibrate) == 1 and (Path(calibrate[0]) / "train").is_dir() and (Path(calibrate[0]) / "val").is_dir():
-        cal_paths, _ = list_images([Path(calibrate[0]) / "train"])
-        chk_paths, _ = list_images([Path(calibrate[0]) / "val"])
-        where = f"{Path(calibrate[0]) / 'val'} (calibrated on train/)"
+        where = "the --check images"
+    elif split:
+        chk_paths, _ = list_images([root / "val"])
+        where = f"{root / 'val'}"
     else:
-        every, _ = list_images(calibrate)
-        if len(every) < 2:
+        if len(cal_paths) < 2:
             raise ValueError("int8 needs at least 2 images: some to calibrate on, others to check agreement on")
-        cal_paths, chk_paths = every[0::2], every[1::2]
+        cal_paths, chk_paths = cal_paths[0::2], cal_paths[1::2]
         where = "every second image of --calibrate (the others calibrate)"
 
     def spread(paths, n):
-        step = max(1, len(paths) // n)
-        return paths[::step][:n]
+        if len(paths) <= n:
+            return paths
+        return [paths[(i * len(paths)) // n] for i in range(n)]  # evenly spaced, first and every class
 
     pre = model.preprocess_cfg or default_preprocess(model.cfg.image_hw, model.cfg.channels)  # as the pipeline does
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    skipped: list[str] = []
 
-    def load(paths):
+    def load(paths, what):
         imgs = []
         for p in paths:
             try:
                 imgs.append(open_image(p, max_pixels=limit))
             except (ValueError, OSError):
-                continue
+                skipped.append(str(p))
         if not imgs:
-            raise ValueError(f"none of the {len(paths)} image(s) could be read")
+            raise ValueError(f"none of the {len(paths)} {what} image(s) could be read (e.g. {str(paths[0])!r})")
         return preprocess(imgs, pre)
 
-    cal, chk = load(spread(cal_paths, calibration_images)), load(spread(chk_paths, check_images))
-    return cal, chk, f"checked on {len(chk)} image(s) of {where}"
+    cal = load(spread(cal_paths, calibration_images), "calibration")
+    chk = load(spread(chk_paths, check_images), "check")
+    line = f"calibrating on {len(cal)} image(s){' of ' + str(root / 'train') if split else ''}, checking on " \
+           f"{len(chk)} of {where}"
+    if skipped:
+        line += (f"; skipped {len(skipped)} unreadable: {', '.join(skipped[:3])}"
+                 f"{', ...' if len(skipped) > 3 else ''}")
+    if len(chk) < 200:
+        line += f" (with {len(chk)} check images, one disagreement is {100 / len(chk):.2g} points)"
+    return cal, chk, line

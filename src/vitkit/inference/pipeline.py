@@ -79,7 +79,8 @@ class ModelRunner:
             if int8_images is None:
                 raise ValueError("int8 needs images to calibrate on and to check agreement with fp32 on "
                                  "(int8_images=(calibration, check); --calibrate on the command line)")
-            self.int8 = Int8Model(model, *int8_images, min_agreement=min_agreement or MIN_AGREEMENT)
+            self.int8 = Int8Model(model, *int8_images,
+                                  min_agreement=MIN_AGREEMENT if min_agreement is None else min_agreement)
             dtype = "fp32"  # what the model itself (kept for attention maps) would run in
         self.dtype = resolve_dtype(dtype, self.device)
         self.cpu_kernel = "aten"
