@@ -4,9 +4,10 @@
                                      [--name NAME] [--extra "FLAGS"] [--json benchmarks/distill_lfw.json]
                                      [--data SRC --teacher SPEC]
 
-By default on lfw-faces with a ResNet-18 teacher trained here (below). With --data and --teacher, the same
-student runs on any `vitkit train` source taught by any `--teacher` spec (a vitkit model folder, say); the
-teacher is then taken as it is and step 1 is skipped.
+By default on lfw-faces with a ResNet-18 teacher trained here (below). With --data FOLDER (train/, val/) and
+no --teacher, the ResNet-18 is trained on that folder instead (no flips). With --teacher, the same student
+runs taught by any `--teacher` spec (a vitkit model folder, say); the teacher is then taken as it is and
+step 1 is skipped.
 
 1. The teacher: torchvision's resnet18 (num_classes=2, random init) trained here with a plain PyTorch loop on
    lfw-faces' training split (vitkit's own split: ``BUILTIN["lfw-faces"]()``, 160 train / 40 val images), at
@@ -56,8 +57,29 @@ def teacher_input(images, size: int = 32):
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
-def train_teacher(out: Path, epochs: int, seed: int) -> dict:
-    """Train torchvision's resnet18 (2 classes) from scratch on lfw-faces' training split; save its state dict."""
+def folder_tensors(folder: Path, size: int = 32):
+    """An image folder's train/ and val/ (class sub-folders, sorted as vitkit sorts them) as grey (N, 1, size,
+    size) tensors in [0, 1] with labels: (x_tr, y_tr, x_va, y_va, classes)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    out = []
+    for part in ("train", "val"):
+        xs, ys = [], []
+        for c, name in enumerate(classes):
+            for f in sorted((folder / part / name).iterdir()):
+                img = Image.open(f).convert("L").resize((size, size), Image.BILINEAR)
+                xs.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)[None])
+                ys.append(c)
+        out += [torch.stack(xs), torch.tensor(ys)]
+    return (*out, classes)
+
+
+def train_teacher(out: Path, epochs: int, seed: int, folder: Path | None = None) -> dict:
+    """Train torchvision's resnet18 from scratch on lfw-faces' training split (or on ``folder``'s train/, without
+    horizontal flips: digits are not mirror-symmetric); save its state dict."""
     import torch
     import torch.nn.functional as F
     import torchvision
@@ -67,18 +89,23 @@ def train_teacher(out: Path, epochs: int, seed: int) -> dict:
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    tr, va = BUILTIN["lfw-faces"]()
-    x_tr, y_tr = teacher_input(tr.images), tr.labels
-    x_va, y_va = teacher_input(va.images), va.labels
+    if folder is None:
+        tr, va = BUILTIN["lfw-faces"]()
+        x_tr, y_tr = teacher_input(tr.images), tr.labels
+        x_va, y_va = teacher_input(va.images), va.labels
+        n_classes, flips = 2, [v2.RandomHorizontalFlip()]
+    else:
+        x_tr, y_tr, x_va, y_va, classes = folder_tensors(folder)
+        x_tr, x_va = teacher_input(x_tr), teacher_input(x_va)
+        n_classes, flips = len(classes), []
     from vitkit.tasks.distill import IMAGENET_MEAN, IMAGENET_STD  # what the torchvision teacher is fed with
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     # light augmentation, drawn per image: shifts up to 10 % of the side, zoom 0.9-1.1, rotation up to 10 deg
     # (what the student's default augmentation shows the teacher during distillation), horizontal flips
-    aug = v2.Compose([v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-                      v2.RandomHorizontalFlip()])
-    net = torchvision.models.get_model("resnet18", weights=None, num_classes=2)
+    aug = v2.Compose([v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)), *flips])
+    net = torchvision.models.get_model("resnet18", weights=None, num_classes=n_classes)
     batch, steps_per_epoch = 32, (len(x_tr) + 31) // 32
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * steps_per_epoch,
@@ -111,9 +138,11 @@ def train_teacher(out: Path, epochs: int, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out / "resnet18.pth")  # the final weights: no selection on the val images
     rec = {"arch": "resnet18", "weights": str(out / "resnet18.pth"), "seed": seed, "epochs": epochs,
+           "data": str(folder) if folder else "lfw-faces",
            "recipe": "AdamW lr 1e-3 (one-cycle, 10 % warm-up), weight decay 0.05, batch 32, cross-entropy; "
-                     "RandomAffine(10 deg, translate 0.1, scale 0.9-1.1) + RandomHorizontalFlip per image; "
-                     "input 25->32 px bilinear, grey repeated to 3 channels, ImageNet mean/std",
+                     "RandomAffine(10 deg, translate 0.1, scale 0.9-1.1)"
+                     + (" + RandomHorizontalFlip" if flips else "") + " per image; "
+                     "input resized to 32 px bilinear, grey repeated to 3 channels, ImageNet mean/std",
            "train_top1": round(accuracy(x_tr, y_tr), 4), "val_top1": round(accuracy(x_va, y_va), 4),
            "val_images": len(x_va), "wall_s": round(time.time() - t0, 1),
            "cpu_s": round(time.process_time() - c0, 1), "history": history}
@@ -217,14 +246,18 @@ def main() -> None:
         teacher = {"spec": a.teacher}
         spec = a.teacher
     else:
+        folder = None
         if a.data != "lfw-faces":
-            ap.error("--data other than lfw-faces needs --teacher")
+            if not (Path(a.data) / "train").is_dir():
+                ap.error("--data other than lfw-faces needs --teacher, or a folder with train/ and val/")
+            folder = Path(a.data)
         tdir = runs / "teacher"
         if (tdir / "teacher.json").exists():
             teacher = json.loads((tdir / "teacher.json").read_text())
         else:
-            teacher = train_teacher(tdir, a.teacher_epochs, a.teacher_seed)
-        teacher["val_top1_through_vitkit"] = check_teacher_in_vitkit(Path(teacher["weights"]))
+            teacher = train_teacher(tdir, a.teacher_epochs, a.teacher_seed, folder)
+        if folder is None:
+            teacher["val_top1_through_vitkit"] = check_teacher_in_vitkit(Path(teacher["weights"]))
         spec = f"torchvision:resnet18={teacher['weights']}"
     name = a.name or f"e{a.epochs}"
     root = runs / name

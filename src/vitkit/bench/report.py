@@ -91,10 +91,11 @@ def _fmt(v: Any, spec: str) -> str:
 
 def format_table(doc: dict[str, Any]) -> str:
     """A fixed-width table of the rows, then the ratios."""
-    lines = [f"{'impl':22s} {'res':>5s} {'tok':>5s} {'batch':>5s} {'dtype':>5s} {'ms/step':>9s} {'img/s':>9s} "
+    w = max([22] + [len(r["impl"]) for r in doc["rows"]])  # "vitkit[onnxruntime-int8]" is 24
+    lines = [f"{'impl':{w}s} {'res':>5s} {'tok':>5s} {'batch':>5s} {'dtype':>5s} {'ms/step':>9s} {'img/s':>9s} "
              f"{'TFLOP/s':>8s} {'%peak':>6s} {'mem MB':>8s} {'spread':>6s} {'maxdiff':>8s}"]
     for r in doc["rows"]:
-        lines.append(f"{r['impl']:22s} {r['image_size']:5d} {r['tokens']:5d} {r['batch']:5d} {r['dtype']:>5s} "
+        lines.append(f"{r['impl']:{w}s} {r['image_size']:5d} {r['tokens']:5d} {r['batch']:5d} {r['dtype']:>5s} "
                      f"{r['median_s'] * 1e3:9.2f} {r['img_per_s']:9.1f} {_fmt(r['tflops'], '8.3f')} "
                      f"{_fmt(r['pct_of_peak'], '6.1f')} {_fmt(r['peak_mem_mb'], '8.1f')} "
                      f"{r['spread'] * 100:5.1f}% {_fmt(r['max_abs_diff_vs_vitkit'], '8.1e')}")
