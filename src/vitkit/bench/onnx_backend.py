@@ -8,11 +8,7 @@ backend is asked for.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +24,10 @@ def quantize_int8(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     _require_ort()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger
-        try:
-            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
-        finally:
-            logging.disable(logging.NOTSET)
+    from ..export.int8 import quiet_quantiser
+
+    with quiet_quantiser():
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
     return Path(out)
 
 

@@ -42,21 +42,22 @@ def run(args: argparse.Namespace) -> int:
     if args.opset < 7:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
     # a checkpoint loaded from disk cannot be made dynamic_img_size by the user: load it at the size asked for
+    if args.int8:
+        if args.fp16:
+            raise UserError("--int8 and --fp16 are two precisions; pick one")
+        check_int8_args(args)
+    elif args.calibrate or args.check:
+        raise UserError("--calibrate and --check are for --int8")
     model = load(args.src, **load_kwargs(args))
     if args.int8:
         from ..export.int8 import quantize_int8
 
-        if args.fp16:
-            raise UserError("--int8 and --fp16 are two precisions; pick one")
         args.max_pixels = None
-        check_int8_args(args)
         opts = int8_options(args, model)
         report = quantize_int8(model, args.onnx, *opts["int8_images"], min_agreement=args.min_agreement,
                                opset=args.opset)
         print(f"wrote {report.path}: {report.describe()}")
         return 0
-    if args.calibrate or args.check:
-        raise UserError("--calibrate and --check are for --int8")
     report = export_onnx(model, args.onnx, dynamic_batch=args.dynamic_batch,
                          batch_size=args.batch_size, opset=args.opset, fp16=args.fp16, atol=args.atol)
     per_batch = ", ".join(f"batch {b}: {d:.3g}" for b, d in report.diffs.items())

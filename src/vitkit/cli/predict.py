@@ -57,10 +57,10 @@ def check_int8_args(args: argparse.Namespace) -> None:
 
 
 def int8_options(args: argparse.Namespace, model) -> dict:
-    """ModelRunner keyword arguments for --dtype int8: the images, read and split (see add_int8_args)."""
+    """ModelRunner keyword arguments for --dtype int8: the images, read and split (see add_int8_args). The flags
+    themselves are checked first, before the model loads, by :func:`check_int8_args`."""
     from ..export.int8 import images_for_int8
 
-    check_int8_args(args)
     cal, chk, where = images_for_int8(model, args.calibrate, args.check, calibration_images=args.calibration_images,
                                       check_images=args.check_images, max_pixels=args.max_pixels)
     print(f"vitkit: int8: {where}", file=sys.stderr)

@@ -100,8 +100,9 @@ class _Calibration:
         pass
 
 
-def _quiet():
-    """ONNX Runtime's quantiser prints advice and progress to stdout and the root logger."""
+def quiet_quantiser():
+    """A context that silences ONNX Runtime's quantisers: they print advice and progress to stdout, warnings,
+    and their advice to pre-process to the root logger."""
     stack = contextlib.ExitStack()
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
@@ -153,16 +154,12 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
             raise Int8AgreementError(f"{report.describe()}: refused (nothing written); keep fp32, calibrate on "
                                      "more images like the ones it will see, or accept a lower agreement "
                                      "(--min-agreement)")
-        proto = onnx.load(str(q))
-        have = {p.key for p in proto.metadata_props}
-        for k, v in {**_carried_metadata(onnx.load(str(fp32), load_external_data=False)),
-                     "vitkit.int8": json.dumps({"agreement": report.agreement, "agreed": agreed, "checked": n,
-                                                "calibration_images": len(calibration), "method": "static QDQ, "
-                                                "int8 per-channel weights, int8 symmetric min/max activations"})}.items():
-            if k in have:
-                continue
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
+        proto = onnx.load(str(q))  # the quantiser keeps export_onnx's vitkit.* entries (config, labels, ...)
+        entry = proto.metadata_props.add()
+        entry.key = "vitkit.int8"
+        entry.value = json.dumps({"agreement": report.agreement, "agreed": agreed, "checked": n,
+                                  "calibration_images": len(calibration),
+                                  "method": "static QDQ, int8 per-channel weights, int8 symmetric min/max activations"})
         onnx.save(proto, str(q))
         with open(q, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -183,7 +180,7 @@ def quantize_onnx_static(fp32: str | os.PathLike, out: str | os.PathLike, calibr
     out = Path(out)
     pre = out.with_name(out.stem + ".pre.onnx")
     try:
-        with _quiet():
+        with quiet_quantiser():
             quant_pre_process(str(fp32), str(pre))
             quantize_static(str(pre), str(out), _Calibration("images", calibration.float().cpu()),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
@@ -202,11 +199,6 @@ def weight_products(proto) -> list[str]:
     weights = {t.name for t in proto.graph.initializer}
     return [n.name for n in proto.graph.node
             if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in weights]
-
-
-def _carried_metadata(proto) -> dict[str, str]:
-    """The vitkit.* entries export_onnx wrote (config, labels, preprocessing), which quantisation drops."""
-    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("vitkit.")}
 
 
 class Int8Model:
