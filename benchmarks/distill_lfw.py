@@ -58,23 +58,15 @@ def teacher_input(images, size: int = 32):
 
 
 def folder_tensors(folder: Path, size: int = 32):
-    """An image folder's train/ and val/ (class sub-folders, sorted as vitkit sorts them) as grey (N, 1, size,
-    size) tensors in [0, 1] with labels: (x_tr, y_tr, x_va, y_va, classes)."""
-    import numpy as np
+    """An image folder's train/ and val/ as vitkit's training reads them (`load_source`: its class order, grey,
+    bilinear to size x size): (x_tr, y_tr, x_va, y_va, classes), images (N, 1, size, size) in [0, 1]."""
     import torch
-    from PIL import Image
 
-    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
-    out = []
-    for part in ("train", "val"):
-        xs, ys = [], []
-        for c, name in enumerate(classes):
-            for f in sorted((folder / part / name).iterdir()):
-                img = Image.open(f).convert("L").resize((size, size), Image.BILINEAR)
-                xs.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)[None])
-                ys.append(c)
-        out += [torch.stack(xs), torch.tensor(ys)]
-    return (*out, classes)
+    from vitkit.data.datasets import DataSpec, load_source
+
+    tr, va = load_source(str(folder), DataSpec(image_size=(size, size), channels=1))
+    stack = lambda ds: (torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets))
+    return (*stack(tr), *stack(va), tr.classes)
 
 
 def train_teacher(out: Path, epochs: int, seed: int, folder: Path | None = None) -> dict:
