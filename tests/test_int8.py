@@ -119,7 +119,7 @@ def test_cli_predict_int8(digits, capsys):
     model_dir, data = digits
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--dtype", "int8"]) == 2
     assert "int8 needs --calibrate" in capsys.readouterr().err
-    for extra, needle in ((["--calibrate", str(data)], "are for --dtype int8"),
+    for extra, needle in ((["--dtype", "fp32", "--calibrate", str(data)], "are for --dtype int8"),
                           (["--dtype", "int8", "--calibrate", str(data), "--min-agreement", "0"], "(0, 1], got 0"),
                           (["--dtype", "int8", "--calibrate", str(data), "--device", "cuda"], "runs on the CPU")):
         assert main(["predict", str(model_dir), str(data / "val" / "7"), *extra]) == 2
@@ -161,3 +161,49 @@ def test_the_service_handler_classifies_in_int8_at_its_own_size(digits):
     with torch.no_grad():
         assert (probs.argmax(-1) == fp32(chk).argmax(-1)).float().mean() >= 0.95
     assert h.describe()["dtype"] == "int8"
+
+
+def test_cli_features_int8_is_the_embedding_checked_by_cosine(digits, tmp_path, capsys):
+    model_dir, data = digits
+    fp32_out, int8_out = tmp_path / "f32.npy", tmp_path / "f8.npy"
+    images = str(data / "val" / "5")
+    assert main(["features", str(model_dir), images, "--out", str(fp32_out), "--dtype", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["features", str(model_dir), images, "--out", str(int8_out), "--dtype", "int8",
+                 "--calibrate", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "agrees with fp32 on 150 of 150 check image(s): 100.00 % of embeddings at cosine >= 0.99" in err
+    a, b = np.load(fp32_out), np.load(int8_out)
+    assert a.shape == b.shape == (len(list((data / "val" / "5").iterdir())), 48) and not np.array_equal(a, b)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.99
+    # int8 is the model's own pooled embedding only
+    assert main(["features", str(model_dir), images, "--out", str(tmp_path / "g.npy"), "--dtype", "int8",
+                 "--pool", "gap", "--calibrate", str(data)]) == 2
+    assert "int8 embeddings are this model's own pooled output (--pool cls, the last block)" in capsys.readouterr().err
+    assert not (tmp_path / "g.npy").exists()
+    # auto with --calibrate and another pool: int8 not tried, the run goes on
+    assert main(["features", str(model_dir), images, "--out", str(tmp_path / "g.npy"), "--pool", "gap",
+                 "--calibrate", str(data)]) == 0
+    assert "int8 not tried" in capsys.readouterr().err
+
+
+def test_headless_int8_is_checked_by_cosine(digits, tmp_path, monkeypatch):
+    from vitkit.inference.features import extract_features, headless_pool
+    from vitkit.inference.pipeline import ModelRunner
+
+    model = vitkit.load(digits[0])
+    assert headless_pool(model) == "cls"
+    cal, chk, _ = images_for_int8(model, [str(digits[1])], calibration_images=16, check_images=40)
+    with pytest.raises(ValueError, match="int8 graph gives logits"):
+        extract_features(ModelRunner(model, dtype="int8", int8_images=(cal, chk)), [])
+    model.reset_classifier(0)
+    report = quantize_int8(model, tmp_path / "f.onnx", cal, chk)
+    assert report.measure == "cosine" and report.agreed == 40
+    monkeypatch.setattr(int8_mod, "cosine_agreed", lambda ref, low: len(ref) - 1)  # one per batch falls short
+    with pytest.raises(Int8AgreementError, match="of embeddings at cosine >= 0.99"):
+        quantize_int8(model, tmp_path / "g.onnx", cal, chk)
+    gap = vitkit.create_model(vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4,
+                                               num_classes=0, pooling="gap"))
+    assert headless_pool(gap) == "gap"
+    assert headless_pool(vitkit.create_model(model.cfg.replace(distilled=True))) is None

@@ -14,7 +14,7 @@ from ..inference.features import POOLS
 from ..inference.images import list_images
 from .main import UserError
 from .model_args import add_model_args, load_kwargs
-from .predict import add_runtime_args
+from .predict import add_runtime_args, int8_options, int8_wanted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,20 +32,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None,
                    help="block index (0-based, negative from the end), final norm applied; default: the last")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add_runtime_args(p)
+    add_runtime_args(p, int8=True, auto=True)
     add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.features import extract_features
+    from ..inference.features import extract_features, headless_pool
     from ..inference.pipeline import ModelRunner
     from ..weights.api import load
 
     out = check_output_path(args.out, (".npy",))
+    quantise = int8_wanted(args)
     paths, had_folder = list_images(args.images)
-    runner = ModelRunner(load(args.src, **load_kwargs(args)), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                         max_pixels=args.max_pixels, cpu_kernels="auto")
+    model = load(args.src, **load_kwargs(args))
+    int8_kw = {}
+    if quantise:
+        if args.layer is not None or args.pool != headless_pool(model):
+            own = headless_pool(model)
+            msg = (f"int8 embeddings are this model's own pooled output (--pool {own}, the last block); "
+                   if own else "this model's headless output is none of cls/gap/map, so int8 cannot embed with it; ")
+            if args.dtype == "int8":
+                raise UserError(msg + f"--pool {args.pool}{' --layer ' + str(args.layer) if args.layer is not None else ''}"
+                                      " needs --dtype fp32, bf16 or auto")
+            print(f"vitkit: int8 not tried: {msg}running auto without it", file=sys.stderr)
+        else:
+            if model.cfg.num_classes:
+                model.reset_classifier(0)  # the int8 graph is the embedding's; this command owns the model
+            int8_kw = int8_options(args, model)
+    runner = ModelRunner(model, device="cpu" if args.dtype == "int8" else args.device, dtype=args.dtype,
+                         batch_size=args.batch_size, max_pixels=args.max_pixels, cpu_kernels="auto", **int8_kw)
+    if args.dtype == "int8":
+        print(f"vitkit: {runner.int8.report.describe()}", file=sys.stderr)
     chunks, kept, skipped = [], [], []
     bar = None
     if had_folder:

@@ -36,12 +36,13 @@ def add_int8_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="image files/folders to calibrate on; a folder "
                    "with train/ and val/ calibrates on train/ and checks on val/, otherwise every second image "
                    "checks")
-    g.add_argument("--check", nargs="+", metavar="IMAGES", help="images to check top-1 agreement with fp32 on "
+    g.add_argument("--check", nargs="+", metavar="IMAGES", help="images to check agreement with fp32 on (top-1; "
+                   "for features, each embedding's cosine similarity >= 0.99) "
                    "(default: from --calibrate, as above)")
     g.add_argument("--calibration-images", type=int, default=64, help="at most this many calibrate (default 64)")
     g.add_argument("--check-images", type=int, default=1000, help="at most this many are checked (default 1000)")
     g.add_argument("--min-agreement", type=float, default=0.995,
-                   help="refuse int8 below this top-1 agreement with fp32 (default 0.995)")
+                   help="refuse int8 below this agreement with fp32 (default 0.995)")
 
 
 def check_int8_args(args: argparse.Namespace) -> None:
@@ -56,6 +57,17 @@ def check_int8_args(args: argparse.Namespace) -> None:
                         "or use --device cpu")
 
 
+def int8_wanted(args: argparse.Namespace) -> bool:
+    """Whether this run quantises: ``--dtype int8``, or ``auto`` with ``--calibrate`` (int8 tried first, falling
+    back when its check fails). The int8 flags are checked here, before anything loads."""
+    if args.dtype == "int8" or (args.dtype == "auto" and args.calibrate):
+        check_int8_args(args)
+        return True
+    if args.calibrate or args.check:
+        raise UserError("--calibrate and --check are for --dtype int8 (or auto, which then tries int8 first)")
+    return False
+
+
 def int8_options(args: argparse.Namespace, model) -> dict:
     """ModelRunner keyword arguments for --dtype int8: the images, read and split (see add_int8_args). The flags
     themselves are checked first, before the model loads, by :func:`check_int8_args`."""
@@ -67,13 +79,27 @@ def int8_options(args: argparse.Namespace, model) -> dict:
     return {"int8_images": (cal, chk), "min_agreement": args.min_agreement}
 
 
-def add_runtime_args(p: argparse.ArgumentParser, int8: bool = False) -> None:
-    """Flags shared by predict, explain and features: device, precision, pixel limit (and int8 for predict)."""
+AUTO_HELP = ("auto (default): bf16 where the hardware runs it natively (AMX or AVX512-BF16 CPUs, CUDA sm_80+) and "
+             "it agrees with fp32 on the first batch, else fp32; with --calibrate, int8 first when its check passes. "
+             "One line on stderr says which")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser, int8: bool = False, auto: bool = False) -> None:
+    """--dtype: fp32/bf16/fp16 (autocast), and ``auto`` (the default where offered) and ``int8`` where offered."""
+    choices = (["auto"] if auto else []) + list(DTYPES) + (["int8"] if int8 else [])
+    p.add_argument("--dtype", default="auto" if auto else "fp32", choices=choices,
+                   help=(AUTO_HELP + "; " if auto else "") +
+                   f"fp32{'' if auto else ' (default)'}: full precision; bf16 (cpu, mps, recent cuda), fp16 (cuda, "
+                   "mps): autocast" + ("; int8: statically quantised in ONNX Runtime (CPU), needs --calibrate"
+                                       if int8 else ""))
+
+
+def add_runtime_args(p: argparse.ArgumentParser, int8: bool = False, auto: bool = False) -> None:
+    """Flags shared by predict, explain and features: device, precision, pixel limit (and int8 and auto where
+    offered)."""
     p.add_argument("--device", default="auto", help=f"where to run: {', '.join(DEVICES)} or cuda:N (default auto: "
                                                     "cuda, then mps, then cpu)")
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES) + (["int8"] if int8 else []),
-                   help="precision (autocast): fp32 (default), bf16 (cpu, mps, recent cuda), fp16 (cuda, mps)"
-                        + ("; int8: statically quantised in ONNX Runtime (CPU), needs --calibrate" if int8 else ""))
+    add_dtype_arg(p, int8=int8, auto=auto)
     if int8:
         add_int8_args(p)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -92,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="also write results as JSON to OUT ('-' = stdout only)")
     p.add_argument("--csv", metavar="OUT", help="also write results as CSV to OUT ('-' = stdout only)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
-    add_runtime_args(p, int8=True)
+    add_runtime_args(p, int8=True, auto=True)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -133,18 +159,17 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.json, args.csv):
         if out and out != "-":
             check_output_path(out)
-    if args.dtype == "int8":
-        check_int8_args(args)
-    elif args.calibrate or args.check:
-        raise UserError("--calibrate and --check are for --dtype int8")
+    quantise = int8_wanted(args)
     paths, had_folder = list_images(args.images, recursive=not args.no_recursive)
-    if args.dtype == "int8":
+    if quantise:
         from ..weights.api import load
 
         model = load(args.src, **load_kwargs(args))
-        clf = pipeline(model, device="cpu", dtype="int8", batch_size=args.batch_size, max_pixels=args.max_pixels,
+        clf = pipeline(model, device="cpu" if args.dtype == "int8" else args.device, dtype=args.dtype,
+                       batch_size=args.batch_size, max_pixels=args.max_pixels, cpu_kernels="auto",
                        **int8_options(args, model))
-        print(f"vitkit: {clf.int8.report.describe()}", file=sys.stderr)
+        if args.dtype == "int8":  # auto says what it chose itself
+            print(f"vitkit: {clf.int8.report.describe()}", file=sys.stderr)
     else:
         clf = pipeline(args.src, load_kwargs=load_kwargs(args), device=args.device, dtype=args.dtype,
                        batch_size=args.batch_size, max_pixels=args.max_pixels)

@@ -7,7 +7,7 @@ import argparse
 from ..data.decode import DEFAULT_MAX_PIXELS
 from .main import UserError
 from .model_args import add_model_args, load_kwargs
-from .predict import add_int8_args, check_int8_args
+from .predict import AUTO_HELP, add_int8_args, int8_wanted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout-s", type=float, default=30.0,
                    help="after SIGTERM, the longest wait for requests in flight (default 30)")
     p.add_argument("--device", default="auto", help="where to run: auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
-                   help="precision (autocast; default fp32); int8: classification in ONNX Runtime, statically "
-                        "quantised and checked against fp32 at start-up (needs --calibrate; explain stays fp32)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help=AUTO_HELP + " (the first request's batch is that batch); fp32: full precision; bf16, fp16: "
+                        "autocast; int8: classification in ONNX Runtime, statically quantised and checked against "
+                        "fp32 at start-up (needs --calibrate). explain stays fp32")
     add_int8_args(p)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stderr")
     p.add_argument("--ray", action="store_true",
@@ -98,13 +99,10 @@ def run(args: argparse.Namespace) -> int:
     kw = load_kwargs(args)
     if sizes:
         kw["dynamic_img_size"] = True
-    if args.dtype != "int8" and (args.calibrate or args.check):
-        raise UserError("--calibrate and --check are for --dtype int8")
     handler_kw = dict(device=args.device, dtype=args.dtype, max_pixels=args.max_pixels, max_batch=args.max_batch,
                       max_batch_tokens=args.max_batch_tokens, sizes=sizes)
-    if args.dtype == "int8":
-        check_int8_args(args)
-        handler_kw.update(device="cpu", int8=dict(calibrate=args.calibrate, check=args.check,
+    if int8_wanted(args):
+        handler_kw.update(device="cpu" if args.dtype == "int8" else args.device, int8=dict(calibrate=args.calibrate, check=args.check,
                                                   calibration_images=args.calibration_images,
                                                   check_images=args.check_images, max_pixels=args.max_pixels,
                                                   min_agreement=args.min_agreement))

@@ -12,7 +12,9 @@ against fp32 before it is used.
   activation-by-activation products, LayerNorm, softmax and GELU stay in float32 (:func:`weight_products`).
   ONNX Runtime runs the int8 products with VNNI / AMX-INT8 where the CPU has them, and AVX2 otherwise.
 - **Agreement check**: the int8 model's top-1 against the fp32 PyTorch model's on the check images, which
-  should not be the calibration images (a validation set). Below ``min_agreement`` (99.5 % by default)
+  should not be the calibration images (a validation set); for a model without a head (embeddings, ``vitkit
+  features``), an image agrees when its int8 embedding's cosine similarity with fp32's is at least 0.99
+  (:data:`vitkit.inference.precision.FEATURE_COSINE`). Below ``min_agreement`` (99.5 % by default)
   :class:`Int8AgreementError` names the figure and nothing is written or used.
 - Why ONNX Runtime rather than PyTorch's own: PyTorch's x86 quantisation (``torch.ao.quantization``) is
   deprecated in favour of the separate torchao package, and vitkit already exports and runs ONNX; ONNX
@@ -36,15 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inference.precision import FEATURE_COSINE, MIN_AGREEMENT, cosine_agreed, top1_agreed
 from ..models.vit import VisionTransformer
 from .onnx import _require_onnx, export_onnx
 
-MIN_AGREEMENT = 0.995
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
 
 class Int8AgreementError(ValueError):
-    """The int8 model's top-1 agrees with fp32 on fewer images than required."""
+    """The int8 model agrees with fp32 (top-1, or the embedding's cosine) on fewer images than required."""
 
 
 @dataclass
@@ -52,15 +54,17 @@ class Int8Report:
     """What :func:`quantize_int8` wrote and measured."""
 
     path: Path
-    agreement: float  # fraction of the check images whose int8 top-1 equals fp32's
+    agreement: float  # fraction of the check images that agree with fp32 (see ``measure``)
     agreed: int
     checked: int
     calibration_images: int
     min_agreement: float
+    measure: str = "top-1"  # "top-1" (a classifier) or "cosine" (embeddings: cosine similarity >= FEATURE_COSINE)
 
     def describe(self) -> str:
+        what = "top-1" if self.measure == "top-1" else f"of embeddings at cosine >= {FEATURE_COSINE} to fp32's"
         return (f"int8 (ONNX Runtime, static, calibrated on {self.calibration_images} image(s)) agrees with fp32 "
-                f"on {self.agreed} of {self.checked} check image(s): {100 * self.agreement:.2f} % top-1 "
+                f"on {self.agreed} of {self.checked} check image(s): {100 * self.agreement:.2f} % {what} "
                 f"(required {100 * self.min_agreement:.1f} %)")
 
 
@@ -115,12 +119,14 @@ def quiet_quantiser():
 @torch.no_grad()
 def top1_agreement(model: VisionTransformer, session: Int8Session, images: torch.Tensor,
                    batch: int = 32) -> tuple[int, int]:
-    """(images whose int8 top-1 equals the fp32 PyTorch model's, images checked)."""
+    """(images that agree, images checked): the same top-1 as the fp32 PyTorch model's for a classifier; for a
+    model without a head (embeddings), a cosine similarity of at least FEATURE_COSINE with fp32's embedding."""
     ref = copy.deepcopy(model).float().cpu().eval()
+    agreed_fn = top1_agreed if model.cfg.num_classes else cosine_agreed
     agreed = 0
     for i in range(0, len(images), batch):
         x = images[i:i + batch]
-        agreed += int((ref(x).argmax(-1) == session(x).argmax(-1)).sum())
+        agreed += agreed_fn(ref(x), session(x))
     return agreed, len(images)
 
 
@@ -128,11 +134,10 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
                   check: torch.Tensor, *, min_agreement: float = MIN_AGREEMENT, opset: int = 18) -> Int8Report:
     """Write ``model`` as a statically quantised int8 ONNX file at ``path`` (see the module doc), calibrated on
     ``calibration`` and checked on ``check``: preprocessed (N, C, H, W) float32 images, as the model takes them.
-    Refused with :class:`Int8AgreementError` (nothing written, an earlier file left as it was) when the top-1
-    agreement with fp32 on ``check`` is below ``min_agreement``."""
+    Refused with :class:`Int8AgreementError` (nothing written, an earlier file left as it was) when its
+    agreement with fp32 on ``check`` (top-1; the embedding's cosine for a model without a head) is below
+    ``min_agreement``."""
     onnx, _ = _require_onnx()
-    if not model.cfg.num_classes:
-        raise ValueError("int8 needs a classification head: its agreement with fp32 is checked on top-1")
     if len(calibration) < 1 or len(check) < 1:
         raise ValueError(f"int8 needs calibration and check images (got {len(calibration)} and {len(check)})")
     if not 0 < min_agreement <= 1:
@@ -149,7 +154,8 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
         quantize_onnx_static(fp32, q, calibration)
         agreed, n = top1_agreement(model, Int8Session(q), check.float().cpu())
         report = Int8Report(path=path, agreement=agreed / n, agreed=agreed, checked=n,
-                            calibration_images=len(calibration), min_agreement=min_agreement)
+                            calibration_images=len(calibration), min_agreement=min_agreement,
+                            measure="top-1" if model.cfg.num_classes else "cosine")
         if report.agreement < min_agreement:
             raise Int8AgreementError(f"{report.describe()}: refused (nothing written); keep fp32, calibrate on "
                                      "more images like the ones it will see, or accept a lower agreement "
@@ -157,7 +163,7 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
         proto = onnx.load(str(q))  # the quantiser keeps export_onnx's vitkit.* entries (config, labels, ...)
         entry = proto.metadata_props.add()
         entry.key = "vitkit.int8"
-        entry.value = json.dumps({"agreement": report.agreement, "agreed": agreed, "checked": n,
+        entry.value = json.dumps({"agreement": report.agreement, "measure": report.measure, "agreed": agreed, "checked": n,
                                   "calibration_images": len(calibration),
                                   "method": "static QDQ, int8 per-channel weights, int8 symmetric min/max activations"})
         onnx.save(proto, str(q))

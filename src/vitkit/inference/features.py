@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..models.vit import VisionTransformer
 from .pipeline import ModelRunner
+from .precision import cosine_agreed
 
 POOLS = ("cls", "gap", "map", "tokens")
 
@@ -42,13 +43,29 @@ def pool_tokens(model: VisionTransformer, tokens: torch.Tensor, pool: str) -> to
     raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")
 
 
+def headless_pool(model: VisionTransformer) -> str | None:
+    """The ``pool`` whose embedding a copy of ``model`` without its head outputs (what an int8 graph of the model
+    computes: :func:`vitkit.export.int8.quantize_int8` on a model with ``num_classes=0``), or None when that
+    output is none of them (a pre-logits layer, DeiT's averaged tokens, a norm after [CLS] pooling)."""
+    cfg = model.cfg
+    if cfg.representation_size or cfg.distilled:
+        return None
+    if model.attn_pool is not None:
+        return "map"
+    if cfg.pooling == "gap":
+        return "gap"
+    return None if cfg.use_fc_norm else "cls"
+
+
 @torch.no_grad()
 def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[Image.Image],
                      pool: str = "cls", layer: int | None = None) -> np.ndarray:
     """Decoded PIL images -> float32 array (N, D), or (N, T, D) for ``pool="tokens"``.
 
     ``runner``: a :class:`ModelRunner` (device, precision, batch size and preprocessing come from
-    it) or a model (run where it is, fp32, with its own preprocessing). The model needs no head.
+    it) or a model (run where it is, fp32, with its own preprocessing). The model needs no head. A runner whose
+    model has no head and that runs int8 gives that int8 graph's embedding: :func:`headless_pool`'s pool only, at
+    the last block (``vitkit features --dtype int8``).
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")
@@ -58,17 +75,30 @@ def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[I
         depth = len(model.blocks)
         if not -depth <= layer < depth:
             raise ValueError(f"layer {layer} is out of range for a model of depth {depth} (0..{depth - 1} or -1..-{depth})")
+    int8 = run.int8 is not None
+    if int8 and model.cfg.num_classes:
+        raise ValueError("this runner's int8 graph gives logits; for int8 embeddings build the runner on the model "
+                         "without its head (model.reset_classifier(0))")
+    if int8 and (layer is not None or pool != headless_pool(model)):
+        raise ValueError(f"int8 embeddings are the model's own pooled output ("
+                         f"{'pool=' + repr(headless_pool(model)) + ', the last block' if headless_pool(model) else 'none of cls/gap/map for this model'}); "
+                         f"pool={pool!r}{', layer=' + str(layer) if layer is not None else ''} needs fp32 or bf16")
     out = []
     was_training = model.training
     model.eval()
     try:
+        def embed(x):
+            if layer is None:
+                tokens = model.forward_features(x)  # (b, T, D), final norm applied
+            else:
+                tokens = model.forward_intermediates(x, indices=[layer], norm=True)[0]
+            return pool_tokens(model, tokens, pool)
+
         for x in run.batches(images):
-            with run.autocast():
-                if layer is None:
-                    tokens = model.forward_features(x)  # (b, T, D), final norm applied
-                else:
-                    tokens = model.forward_intermediates(x, indices=[layer], norm=True)[0]
-                feats = pool_tokens(model, tokens, pool)
+            if int8:
+                feats = run.int8(x)  # the headless model's int8 graph: this pool's embedding
+            else:
+                feats = run.run_model(embed, x, cosine_agreed)  # dtype="auto" decides on the first batch
             out.append(feats.float().cpu().numpy())
     finally:
         model.train(was_training)

@@ -7,6 +7,7 @@ the safe decoder (:func:`vitkit.data.decode.open_image`), then the model's own p
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -21,6 +22,9 @@ from ..models.classify import class_names, topk_labels
 from ..models.vit import VisionTransformer
 from .cpu import CPU_KERNELS, optimize_for_cpu
 from .device import autocast, resolve_device, resolve_dtype
+from .precision import MIN_AGREEMENT, AutoPrecision, top1_agreed
+
+log = logging.getLogger("vitkit")
 
 
 def default_preprocess_cfg(cfg: ViTConfig) -> PreprocessConfig:
@@ -44,7 +48,10 @@ class ModelRunner:
 
     ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or None (= where the model already is;
     otherwise the model is moved there). ``dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``: run under
-    autocast; weights are not converted. ``max_pixels``: the decoder's pixel limit.
+    autocast; weights are not converted. ``"auto"``: bf16 where the hardware runs it natively and it agrees
+    with fp32 on the first batch, else fp32 (:mod:`vitkit.inference.precision`); with ``int8_images``, int8
+    first when its check passes. ``precision`` says what was chosen and why. ``max_pixels``: the decoder's
+    pixel limit.
     ``cpu_kernels``: on the CPU in fp32, put the block Linears on the faster kernel in place
     ("auto", "onednn" or "aten"; :func:`vitkit.inference.cpu.optimize_for_cpu`: the same function,
     float32 rounding apart); None (default) leaves the model as it is.
@@ -71,18 +78,33 @@ class ModelRunner:
             self.device = resolve_device(device)
             model.to(self.device)
         self.int8 = None
-        if dtype == "int8":
-            from ..export.int8 import MIN_AGREEMENT, Int8Model
+        self.auto = None  # an AutoPrecision while dtype="auto" decides on the first batch
+        min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
+        if dtype == "int8" or (dtype == "auto" and int8_images is not None and self.device.type == "cpu"):
+            from ..export.int8 import Int8AgreementError, Int8Model
 
             if self.device.type != "cpu":
                 raise ValueError(f"int8 runs on the CPU (ONNX Runtime), not on {self.device}")
             if int8_images is None:
                 raise ValueError("int8 needs images to calibrate on and to check agreement with fp32 on "
                                  "(int8_images=(calibration, check); --calibrate on the command line)")
-            self.int8 = Int8Model(model, *int8_images,
-                                  min_agreement=MIN_AGREEMENT if min_agreement is None else min_agreement)
-            dtype = "fp32"  # what the model itself (kept for attention maps) would run in
+            try:
+                self.int8 = Int8Model(model, *int8_images, min_agreement=min_agreement)
+            except Int8AgreementError as e:
+                if dtype == "int8":
+                    raise
+                log.info("int8 not used: %s", e)
+            if self.int8 is not None:
+                self.precision = self.int8.report.describe()
+                if dtype == "auto":
+                    log.info("precision: %s", self.precision)
+                dtype = "fp32"  # what the model itself (kept for attention maps) would run in
+        if dtype == "auto":
+            self.auto = AutoPrecision.for_device(self.device, min_agreement)
+            dtype = "fp32"  # until the first batch decides
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.int8 is None:
+            self.precision = self.auto.note if self.auto is not None else str(self.dtype).replace("torch.", "")
         self.cpu_kernel = "aten"
         if cpu_kernels is not None:
             if cpu_kernels not in CPU_KERNELS:
@@ -107,11 +129,35 @@ class ModelRunner:
         return autocast(self.device, self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a preprocessed batch: the int8 session when there is one, else the model under autocast."""
-        if self.int8 is not None:
+        """Logits of a preprocessed batch: the int8 session when there is one (at the model's own size; the int8
+        graph has no other), else the model in the runner's precision."""
+        if self.int8 is not None and tuple(x.shape[-2:]) == self.model.cfg.image_hw:
             return self.int8(x)
+        return self.run_model(self.model, x, top1_agreed)
+
+    def warm(self, x: torch.Tensor) -> None:
+        """Run ``x`` through every path :meth:`forward` may take (an undecided ``auto`` runs both of its
+        precisions), deciding nothing: a service's warm-up batch of blank images must not be the check."""
+        if self.auto is not None and self.auto.pending:
+            self.model(x)
+            with autocast(self.device, self.auto.candidate):
+                self.model(x)
+        else:
+            self.forward(x)
+
+    def run_model(self, fn, x: torch.Tensor, agreed=top1_agreed) -> torch.Tensor:
+        """``fn(x)`` in the runner's precision. While ``dtype="auto"`` is undecided, this batch runs in fp32 and in
+        the candidate, ``agreed(fp32 out, candidate out)`` counts the rows that agree, and that decides (the
+        batch's answer is fp32's)."""
+        if self.auto is not None and self.auto.pending:
+            ref = fn(x)
+            with autocast(self.device, self.auto.candidate):
+                low = fn(x)
+            self.dtype = self.auto.decide(agreed(ref, low), len(x))
+            self.precision = self.auto.note
+            return ref
         with self.autocast():
-            return self.model(x)
+            return fn(x)
 
 
 class ImageClassificationPipeline(ModelRunner):
@@ -194,9 +240,12 @@ def pipeline(src: str | os.PathLike | VisionTransformer, load_kwargs: dict | Non
     ``load_kwargs``: the :func:`vitkit.load` overrides (heads, image_size, pooling...).
 
     ``clf = vitkit.pipeline("runs/digits"); clf("seven.png", topk=3)`` -> [("7", 0.98), ...].
-    Keyword arguments go to :class:`ImageClassificationPipeline` (when loading from ``src``,
-    ``device`` defaults to ``"auto"`` and ``cpu_kernels`` to ``"auto"``: the pipeline owns that model).
+    Keyword arguments go to :class:`ImageClassificationPipeline`; ``dtype`` defaults to ``"auto"`` (bf16 where
+    the hardware runs it natively and it agrees with fp32 on the first batch, else fp32; ``dtype="fp32"`` forces
+    full precision). When loading from ``src``, ``device`` defaults to ``"auto"`` and ``cpu_kernels`` to
+    ``"auto"``: the pipeline owns that model.
     """
+    kwargs.setdefault("dtype", "auto")
     if isinstance(src, VisionTransformer):
         if load_kwargs:
             raise ValueError("load_kwargs are for loading src from a checkpoint; this model is already in memory")

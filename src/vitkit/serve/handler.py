@@ -85,7 +85,7 @@ class BatchingHandler:
     :class:`vitkit.inference.pipeline.ModelRunner`'s.
     """
 
-    def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = "cpu", dtype: str = "fp32",
+    def __init__(self, model: VisionTransformer, *, device: str | torch.device | None = "cpu", dtype: str = "auto",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, max_batch: int = 32,
                  max_batch_tokens: int | None = None, sizes: Sequence[tuple[int, int]] = (),
                  name: str | None = None, source: str | None = None,
@@ -204,11 +204,7 @@ class BatchingHandler:
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) of one shape -> class probabilities (B, classes), float32 on the CPU."""
         x = pixels.to(self.runner.device, non_blocking=True)
-        if self.runner.int8 is not None and tuple(x.shape[-2:]) == self.native_hw:
-            logits = self.runner.int8(x)  # the int8 graph is the model's own size; other sizes run in fp32
-        else:
-            with self.runner.autocast():
-                logits = self.model(x)
+        logits = self.runner.forward(x)  # int8 at the model's own size; dtype="auto" decides on the first batch
         return logits.float().softmax(dim=-1).cpu()
 
     def topk(self, probs: torch.Tensor, k: int) -> list[dict]:
@@ -245,7 +241,16 @@ class BatchingHandler:
         c = self.model.cfg.channels
         for hw in dict.fromkeys([self.native_hw, *self.sizes]):
             for b in sorted({1, self.cap(hw)}):
-                self.forward(torch.zeros(b, c, *hw))
+                with torch.inference_mode():
+                    self.runner.warm(torch.zeros(b, c, *hw).to(self.runner.device))
+
+    def dtype_name(self) -> str:
+        """"int8", "bfloat16", "float32"... (an undecided ``auto`` is "auto" until the first request's batch)."""
+        if self.runner.int8 is not None:
+            return "int8"
+        if self.runner.auto is not None and self.runner.auto.pending:
+            return "auto"
+        return str(self.runner.dtype).replace("torch.", "")
 
     def describe(self) -> dict:
         """What ``GET /v1/model`` answers."""
@@ -255,7 +260,7 @@ class BatchingHandler:
         pre_d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(pre).items()}
         return {"name": self.name, "source": self.source, "architecture": arch, "num_classes": len(self.labels),
                 "labels": list(self.labels), "preprocessing": pre_d,
-                "device": str(self.runner.device), "dtype": "int8" if self.runner.int8 is not None else str(self.runner.dtype).replace("torch.", ""),
+                "device": str(self.runner.device), "dtype": self.dtype_name(), "precision": self.runner.precision,
                 "sizes": [list(self.native_hw)] + [list(s) for s in self.sizes if s != self.native_hw],
                 "tokens": {f"{h}x{w}": self.tokens_for((h, w)) for h, w in [self.native_hw, *self.sizes]},
                 "max_batch": self.max_batch, "max_batch_tokens": self.max_batch_tokens,
