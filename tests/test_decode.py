@@ -358,3 +358,116 @@ def test_progressive_jpeg_cut_between_two_scans_is_refused():
     for at in later:  # a valid JPEG of fewer scans: only the scan headers tell it is incomplete
         with pytest.raises(ImageDecodeError, match="truncated"):
             open_image(data[:at] + b"\xff\xd9")
+
+
+# --- the parts, one by one (each case below failed a mutation of the code that the file-level tests missed) -----
+@pytest.mark.parametrize("mode,values,expect", [
+    ("I", [-100, 0, 257 * 100, 65535, 70000], [0, 0, 100, 255, 255]),  # 32-bit ints: the 16-bit range, clipped
+    ("F", [-5.4, 0.4, 127.6, 300.0, float("nan")], [0, 0, 128, 255, 0]),  # floats: rounded, clipped, NaN -> 0
+])
+def test_integer_and_float_modes_are_rescaled_or_clipped(mode, values, expect):
+    im = Image.fromarray(np.array([values], dtype=np.int32 if mode == "I" else np.float32), mode=mode)
+    out = open_image(im)
+    assert out.mode == "RGB" and np.asarray(out)[0, :, 0].tolist() == expect
+    assert (np.asarray(out)[..., 0] == np.asarray(out)[..., 2]).all()
+
+
+@pytest.mark.parametrize("mode,value,expect", [
+    ("PA", (1, 0), (255, 255, 255)),  # palette + alpha: transparent -> background
+    ("PA", (1, 255), (0, 0, 200)),
+    ("La", (0, 0), (255, 255, 255)),  # premultiplied grey + alpha (PIL cannot convert it to RGBA: a bug once)
+    ("La", (50, 255), (50, 50, 50)),
+    ("RGBa", (0, 0, 0, 0), (255, 255, 255)),  # premultiplied RGB + alpha
+    ("RGBa", (10, 20, 30, 255), (10, 20, 30)),
+])
+def test_premultiplied_and_palette_alpha_modes_are_composited(mode, value, expect):
+    im = Image.new(mode, (3, 3), value)
+    if mode == "PA":
+        im.putpalette([255, 0, 0, 0, 0, 200] + [0] * 762)  # index 1: dark blue
+    out = open_image(im)
+    assert out.mode == "RGB"
+    assert all(abs(x - y) <= 1 for x, y in zip(out.getpixel((1, 1)), expect)), out.getpixel((1, 1))
+
+
+def test_a_palette_without_transparency_is_not_composited():
+    plain = Image.new("P", (2, 1))
+    plain.putpalette([0, 0, 0, 9, 99, 199] + [0] * 762)
+    plain.putpixel((1, 0), 1)
+    assert open_image(plain, background=(255, 0, 0)).getpixel((0, 0)) == (0, 0, 0)  # black, not the background
+    grey = Image.new("L", (1, 1), 7)
+    grey.info["transparency"] = 7  # transparency on a non-palette mode is not the P-with-transparency rule
+    assert open_image(grey, background=(255, 0, 0)).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_the_background_is_opaque_and_exact():
+    out = open_image(Image.new("RGBA", (1, 1), (0, 0, 0, 0)), background=(12, 34, 56))
+    assert out.getpixel((0, 0)) == (12, 34, 56)
+
+
+def test_sniff_names_what_a_non_image_is():
+    from vitkit.data.decode import _sniff
+
+    svg, html = "is an SVG (vector XML) file, not a raster image; vitkit reads raster formats " \
+                "(JPEG, PNG, GIF, WebP, TIFF, BMP...): render it to PNG first", \
+                "is an HTML page, not an image (a download that returned a web page?)"
+    text, other = "is a text file, not an image", "is not an image format PIL can read (unidentified data)"
+    cases = [
+        (b"", "is empty (0 bytes)"),
+        (b"<svg width='1'/>", svg), (b"  \n<SVG/>", svg), (b"\xef\xbb\xbf<svg/>", svg),
+        (b"<?xml version='1.0'?>" + b" " * 300 + b"<svg/>", svg),  # the XML branch: <svg> past 256 bytes
+        (b"<!-- a comment -->\n<svg/>", svg), (b"x" * 252 + b"<svg", svg), (b"x" * 253 + b"<svg", text),
+        (b"<?xml version='1.0'?><note/>", text),
+        (b"<!DOCTYPE html><p>", html), (b"<html>", html), (b"<HEAD>", html), (b"<body>", html),
+        (b"\xef\xbb\xbf <!doctype html>" + b" " * 300, html), (b"hello <html>", html),
+        (b"y" * 251 + b"<html", html), (b"y" * 252 + b"<html", text),
+        (b"plain notes\n", text), ("café ☕".encode("utf-8"), text),
+        (("ab" + "😀").encode("utf-8")[:-1], text), (("ab" + "😀").encode("utf-8")[:-3], text),  # cut at the end
+        (b"abc\xffxyz", other), (b"\xff" + b"a" * 10, other), (b"ab\x00cd", other),
+    ]
+    for head, want in cases:
+        assert _sniff(head) == want, head
+
+
+def test_the_reason_reads_the_first_1024_bytes_of_a_file_or_a_stream(tmp_path):
+    data = b"a" * 1024 + b"\x00binary after the sample"  # text within the sample, binary beyond it
+    (tmp_path / "notes.jpg").write_bytes(data)
+    for src in (tmp_path / "notes.jpg", data, io.BytesIO(data)):
+        with pytest.raises(ImageDecodeError, match="is a text file, not an image"):
+            open_image(src)
+    with pytest.raises(ImageDecodeError, match="is an SVG"):
+        open_image(b"<svg/>")  # from the first byte of a stream, not the second
+
+
+def test_scans_complete():
+    from vitkit.data.decode import _scans_complete
+
+    assert _scans_complete(False, [1, 2, 3], [([1, 2, 3], 0, 63, 0, 0)])
+    assert _scans_complete(False, [1, 2, 3], [([1], 0, 63, 0, 0), ([2, 3], 0, 63, 0, 0)])
+    assert not _scans_complete(False, [1, 2, 3], [([1], 0, 63, 0, 0), ([2], 0, 63, 0, 0)])
+    dc, ac = ([1, 2], 0, 0, 0, 0), [([c], 1, 63, 0, 0) for c in (1, 2)]
+    assert _scans_complete(True, [1, 2], [dc, *ac])
+    assert not _scans_complete(True, [1, 2], ac)  # no DC scan: coefficient 0 is missing
+    assert not _scans_complete(True, [1, 2], [dc, ac[0], ([2], 1, 63, 1, 1)])  # component 2 not refined (Al 1)
+    assert _scans_complete(True, [1], [([1], 0, 70, 0, 0)])  # Se past 63 is read as 63
+
+
+def _seg(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_jpeg_layout_reads_the_marker_segments():
+    from vitkit.data.decode import _jpeg_layout
+
+    sof = bytes([8, 0, 16, 0, 16, 3]) + bytes([1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1])  # 3 components, ids 1, 2, 3
+    sos1 = bytes([3, 1, 0, 2, 0x11, 3, 0x11, 0, 0, 0x21])  # DC of all three, Ah 2, Al 1
+    sos2 = bytes([1, 1, 0, 1, 63, 0x10])  # AC of component 1, Ah 1, Al 0
+    body = (b"\xff\xd8" + _seg(0xE1, b"x" * 300)  # a segment longer than 255 bytes
+            + _seg(0xFE, b"")  # an empty comment (length 2)
+            + b"\xff\x01\xff\xd0\xff\xd7"  # TEM and RST markers: no length
+            + b"\xff" + _seg(0xC2, sof)  # one fill byte before the SOF
+            + _seg(0xDA, sos1) + b"\x12\x34\xff\x00\x56" + _seg(0xDA, sos2) + b"\x78")
+    data = body + b"\xff\xd9"
+    assert _jpeg_layout(data) == (True, [1, 2, 3], [([1, 2, 3], 0, 0, 2, 1), ([1], 1, 63, 1, 0)], len(body))
+    assert _jpeg_layout(b"\xff\xd8\xff\xd9") is None  # no frame header
+    assert _jpeg_layout(body) is None  # no end-of-image marker
+    assert _jpeg_layout(b"\x89PNG" + data[2:]) is None

@@ -150,7 +150,9 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if mode == "F":
         a = np.clip(np.rint(np.nan_to_num(np.asarray(img, dtype=np.float64))), 0, 255).astype(np.uint8)
         return Image.fromarray(a, mode="L").convert("RGB")
-    if (mode == "P" and "transparency" in img.info) or mode in ("PA", "La", "RGBa"):
+    if mode == "La":  # premultiplied grey + alpha: PIL converts it to LA only (not to RGBA)
+        img, mode = img.convert("LA"), "LA"
+    elif (mode == "P" and "transparency" in img.info) or mode in ("PA", "RGBa"):
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
