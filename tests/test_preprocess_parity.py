@@ -93,3 +93,89 @@ def test_bad_processor_configs_name_the_file():
         from_hf_processor({"size": "big"}, "p.json")
     with pytest.raises(ValueError, match="cfg.json: pretrained_cfg.crop_mode 'border'"):
         from_timm_cfg({"crop_mode": "border"}, "cfg.json")
+
+
+# --- the parts, one by one (each case failed a mutation of the code that the pipeline-level tests missed) --------
+def test_preprocess_gives_float32_for_rgb_and_grey():
+    import numpy as np
+
+    rgb = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    for img, mode, mean, std in ((rgb, "RGB", (0.5,) * 3, (0.25,) * 3), (rgb.convert("L"), "L", (0.5,), (0.25,))):
+        cfg = vitkit.PreprocessConfig(size=4, mode=mode, mean=mean, std=std, interpolation="nearest")
+        x = vitkit.preprocess(img, cfg)
+        assert x.dtype == torch.float32 and x.shape == (1, len(mean), 4, 4)
+        want = (np.asarray(img, np.float32).reshape(4, 4, -1) / 255 - 0.5) / 0.25
+        assert torch.equal(x[0], torch.from_numpy(want.transpose(2, 0, 1)))
+
+
+def test_config_dict_is_plain_json_and_yaml_and_checks_its_keys():
+    import json
+
+    import yaml
+
+    from vitkit.data.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig(size=(224, 160), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.875)
+    d = cfg.to_dict()
+    assert d["size"] == [224, 160] and d["mean"] == [0.1, 0.2, 0.3] and d["std"] == [0.4, 0.5, 0.6]
+    assert PreprocessConfig.from_dict(yaml.safe_load(yaml.safe_dump(d))) == cfg
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    with pytest.raises(ValueError, match=r"unknown PreprocessConfig field\(s\) \['colour'\]"):
+        PreprocessConfig.from_dict({**d, "colour": 1})
+
+
+def test_scaled_size_keeps_exact_ratios_and_floors_the_rest():
+    from vitkit.data.preprocess import scaled_size
+
+    assert 100 / (100 / 166) < 166 and scaled_size(100, 100 / 166) == 166  # 165.99999999999997 is 166
+    assert scaled_size(224, 0.875) == 256 and scaled_size(224, 0.9) == 248  # 248.88 floors
+    assert scaled_size(224, 1.0) == 224
+
+
+def test_squash_with_a_crop_resamples_with_the_configured_filter():
+    import numpy as np
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    for interp, resample in (("nearest", Image.Resampling.NEAREST), ("bilinear", Image.Resampling.BILINEAR)):
+        for cfg in (vitkit.PreprocessConfig(size=(20, 24), crop_pct=0.8, interpolation=interp),  # not square
+                    vitkit.PreprocessConfig(size=20, crop_pct=0.8, resize="squash", interpolation=interp)):
+            h, w = cfg.size
+            big = img.resize((w * 5 // 4, h * 5 // 4), resample)  # size / crop_pct, then the centre crop
+            left, top = round((big.width - w) / 2), round((big.height - h) / 2)  # torchvision's CenterCrop
+            want = np.asarray(big.crop((left, top, left + w, top + h)))
+            assert np.array_equal(np.asarray(vitkit.data.preprocess.resize_crop(img, cfg)), want), (interp, cfg)
+    shortest = vitkit.PreprocessConfig(size=20, crop_pct=0.8, resize="shortest", interpolation="nearest")
+    big = img.resize((25 * 53 // 37, 25), Image.Resampling.NEAREST)  # the short edge (37) to 25
+    left = round((big.width - 20) / 2)
+    assert np.array_equal(np.asarray(vitkit.data.preprocess.resize_crop(img, shortest)),
+                          np.asarray(big.crop((left, 2, left + 20, 22))))
+
+
+def test_a_one_pixel_target_averages_the_whole_image():
+    import numpy as np
+
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 5).astype(np.uint8), (3, 1)))  # 5 wide, 3 high
+    cfg = vitkit.PreprocessConfig(size=1, mode="L", mean=(0.0,), std=(1.0,), resize="shortest",
+                                  interpolation="bilinear")
+    x = vitkit.preprocess(ramp, cfg)
+    assert x.shape == (1, 1, 1, 1) and abs(float(x) * 255 - np.asarray(ramp.resize((1, 1), Image.Resampling.BILINEAR))[0, 0]) < 1e-4
+
+
+def test_the_window_threshold_is_inclusive(monkeypatch):
+    """An intermediate of exactly MAX_RESIZE_FACTOR x the crop's area is still resized whole."""
+    import numpy as np
+
+    from vitkit.data.preprocess import MAX_RESIZE_FACTOR
+
+    sizes = []
+    real = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(tuple(size)) or
+                        real(self, size, *a, **k))
+    long = MAX_RESIZE_FACTOR * 224 * 224 // 256  # 256 x long = the threshold
+    img = Image.fromarray(np.zeros((long, 256, 3), np.uint8))
+    vitkit.preprocess(img, vitkit.PreprocessConfig(size=224, resize="shortest", crop_pct=0.875))
+    assert sizes == [(256, long)]
+    sizes.clear()
+    img = Image.fromarray(np.zeros((long + 8, 256, 3), np.uint8))  # past it: only the window
+    vitkit.preprocess(img, vitkit.PreprocessConfig(size=224, resize="shortest", crop_pct=0.875))
+    assert sizes and all(s[0] * s[1] < 256 * long for s in sizes)

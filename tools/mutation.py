@@ -52,7 +52,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "vitkit.weights.convert_npz": ["test_weights_npz.py", "test_cli_convert.py", "test_weights_reliability.py"],
     "vitkit.weights.convert_timm": ["test_weights_timm.py", "test_timm_parity.py", "test_weights_pretrained.py",
                                     "test_cli_convert.py", "test_weights_reliability.py", "test_preprocess_parity.py"],
-    "vitkit.data.preprocess": ["test_preprocess_parity.py", "test_decode.py", "test_weights_hf.py",
+    "vitkit.data.preprocess": ["test_preprocess_parity.py", "test_preprocess_strips.py", "test_decode.py", "test_weights_hf.py",
                                "test_weights_timm.py", "test_weights_vitkit.py"],
     "vitkit.data.decode": ["test_decode.py", "test_data_datasets.py"],
     "vitkit.train.engine": ["test_train_engine.py"],
