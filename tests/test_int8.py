@@ -207,3 +207,46 @@ def test_headless_int8_is_checked_by_cosine(digits, tmp_path, monkeypatch):
                                                num_classes=0, pooling="gap"))
     assert headless_pool(gap) == "gap"
     assert headless_pool(vitkit.create_model(model.cfg.replace(distilled=True))) is None
+
+
+def test_features_default_to_the_model_s_own_pool_and_int8_takes_the_last_block_by_any_name(digits, tmp_path, capsys):
+    import json
+
+    model_dir, data = digits
+    images = str(data / "val" / "2")
+    gap_dir = tmp_path / "gap"
+    gap = vitkit.load(model_dir)
+    gap.cfg = gap.cfg.replace(pooling="gap")  # the same weights read as a mean-pooled model (fc_norm: identity)
+    gap = vitkit.create_model(gap.cfg)
+    gap.load_state_dict(vitkit.load(model_dir).state_dict(), strict=False)
+    gap.preprocess_cfg = vitkit.load(model_dir).preprocess_cfg
+    vitkit.save(gap, gap_dir)
+    assert main(["features", str(gap_dir), images, "--out", str(tmp_path / "g.npy"), "--dtype", "fp32"]) == 0
+    side = json.loads((tmp_path / "g.json").read_text())
+    assert side["pool"] == "gap" and side["precision"] == "fp32"
+    assert "(gap, layer last, fp32)" in capsys.readouterr().out
+    for layer in ("-1", "1"):  # depth 2: both name the last block
+        assert main(["features", str(model_dir), images, "--out", str(tmp_path / f"l{layer}.npy"), "--layer", layer,
+                     "--dtype", "int8", "--calibrate", str(data)]) == 0
+        assert json.loads((tmp_path / f"l{layer}.json").read_text())["precision"].startswith("int8 (ONNX Runtime")
+    capsys.readouterr()
+    assert main(["features", str(model_dir), images, "--out", str(tmp_path / "x.npy"), "--layer", "0",
+                 "--dtype", "int8", "--calibrate", str(data)]) == 2
+    assert "--layer 0 needs --dtype fp32, bf16 or auto" in capsys.readouterr().err
+
+
+def test_check_without_calibrate_says_so(digits, capsys):
+    model_dir, data = digits
+    assert main(["predict", str(model_dir), str(data / "val" / "7"), "--check", str(data / "val")]) == 2
+    assert "--check needs --calibrate IMAGES" in capsys.readouterr().err
+
+
+def test_a_refused_int8_under_auto_stays_in_the_precision_line(digits, monkeypatch):
+    from vitkit.inference.pipeline import ModelRunner
+
+    model = vitkit.load(digits[0])
+    cal, chk, _ = images_for_int8(model, [str(digits[1])], calibration_images=8, check_images=20)
+    monkeypatch.setattr(int8_mod, "top1_agreement", lambda *a, **kw: (19, 20))
+    r = ModelRunner(model, device="cpu", dtype="auto", int8_images=(cal, chk))
+    assert r.int8 is None and "; int8 not used: int8 (ONNX Runtime" in r.precision and "19 of 20" in r.precision
+    assert "refused (nothing written)" not in r.precision  # the figures, not the advice for --dtype int8

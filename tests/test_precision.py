@@ -117,7 +117,7 @@ def test_pipeline_defaults_to_auto_and_fp32_forces_full_precision(trained, amx):
     model, images = trained
     assert vitkit.pipeline(model, device="cpu").auto.pending
     clf = vitkit.pipeline(model, device="cpu", dtype="fp32")
-    assert clf.auto is None and clf.precision == "float32"
+    assert clf.auto is None and clf.precision == "fp32"
     clf(images[:2])
     assert clf.dtype == torch.float32
 

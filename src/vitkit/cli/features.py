@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="the model: anything vitkit.load accepts")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="the .npy file to write")
-    p.add_argument("--pool", default="cls", choices=list(POOLS),
+    p.add_argument("--pool", default=None, choices=list(POOLS),
                    help="cls: [CLS] token; gap: mean of patch tokens (+ the model's fc_norm); map: the attention "
                         "pool's output (SigLIP); tokens: all tokens "
-                        "(default cls)")
+                        "(default: what the model's own head reads: cls, gap or map)")
     p.add_argument("--layer", type=int, default=None,
                    help="block index (0-based, negative from the end), final norm applied; default: the last")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.features import extract_features, headless_pool
+    from ..inference.features import extract_features, headless_pool, is_last_block, own_pool
     from ..inference.pipeline import ModelRunner
     from ..weights.api import load
 
@@ -46,14 +46,15 @@ def run(args: argparse.Namespace) -> int:
     quantise = int8_wanted(args)
     paths, had_folder = list_images(args.images)
     model = load(args.src, **load_kwargs(args))
+    pool = args.pool or own_pool(model)
     int8_kw = {}
     if quantise:
-        if args.layer is not None or args.pool != headless_pool(model):
+        if not is_last_block(model, args.layer) or pool != headless_pool(model):
             own = headless_pool(model)
             msg = (f"int8 embeddings are this model's own pooled output (--pool {own}, the last block); "
                    if own else "this model's headless output is none of cls/gap/map, so int8 cannot embed with it; ")
             if args.dtype == "int8":
-                raise UserError(msg + f"--pool {args.pool}{' --layer ' + str(args.layer) if args.layer is not None else ''}"
+                raise UserError(msg + f"--pool {pool}{' --layer ' + str(args.layer) if args.layer is not None else ''}"
                                       " needs --dtype fp32, bf16 or auto")
             print(f"vitkit: int8 not tried: {msg}running auto without it", file=sys.stderr)
         else:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 skipped.append({"image": printable(str(path)), "error": printable(str(e))})
                 print(f"vitkit: skipped {printable(str(e))}", file=sys.stderr)
         if images:
-            chunks.append(extract_features(runner, images, pool=args.pool, layer=args.layer))
+            chunks.append(extract_features(runner, images, pool=pool, layer=args.layer))
         if bar is not None:
             bar.update(len(paths[start:start + args.batch_size]))
     if bar is not None:
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
     feats = np.concatenate(chunks)
     sidecar = out.with_suffix(".json")
-    text = json.dumps({"model": args.src, "pool": args.pool, "layer": args.layer, "shape": list(feats.shape),
+    text = json.dumps({"model": args.src, "pool": pool, "layer": args.layer, "precision": runner.precision,
+                       "shape": list(feats.shape),
                        "images": kept, "skipped": skipped}, indent=2) + "\n"
 
     def write_sidecar(tmp):
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     # both written before either is renamed: a full disk keeps the previous pair, not a mixed one
     atomic_write_all([(out, lambda tmp: np.save(tmp, feats)), (sidecar, write_sidecar)])
-    print(f"wrote {out} {tuple(feats.shape)} float32 ({args.pool}, layer {'last' if args.layer is None else args.layer}) "
+    print(f"wrote {out} {tuple(feats.shape)} float32 ({pool}, layer {'last' if args.layer is None else args.layer}, "
+          f"{runner.precision.split(' (')[0]}) "
           f"and {sidecar}")
     if skipped:
         print(f"vitkit: {len(skipped)} of {len(paths)} image(s) skipped", file=sys.stderr)

@@ -63,6 +63,8 @@ def int8_wanted(args: argparse.Namespace) -> bool:
     if args.dtype == "int8" or (args.dtype == "auto" and args.calibrate):
         check_int8_args(args)
         return True
+    if args.check and not args.calibrate:
+        raise UserError("--check needs --calibrate IMAGES (the images int8 is calibrated on)")
     if args.calibrate or args.check:
         raise UserError("--calibrate and --check are for --dtype int8 (or auto, which then tries int8 first)")
     return False

@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,12 @@ QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
 
 class Int8AgreementError(ValueError):
-    """The int8 model agrees with fp32 (top-1, or the embedding's cosine) on fewer images than required."""
+    """The int8 model agrees with fp32 (top-1, or the embedding's cosine) on fewer images than required;
+    ``report`` holds the figures."""
+
+    def __init__(self, message: str, report: "Int8Report | None" = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -159,7 +165,7 @@ def quantize_int8(model: VisionTransformer, path: str | os.PathLike, calibration
         if report.agreement < min_agreement:
             raise Int8AgreementError(f"{report.describe()}: refused (nothing written); keep fp32, calibrate on "
                                      "more images like the ones it will see, or accept a lower agreement "
-                                     "(--min-agreement)")
+                                     "(--min-agreement)", report)
         proto = onnx.load(str(q))  # the quantiser keeps export_onnx's vitkit.* entries (config, labels, ...)
         entry = proto.metadata_props.add()
         entry.key = "vitkit.int8"
@@ -213,8 +219,9 @@ class Int8Model:
 
     def __init__(self, model: VisionTransformer, calibration: torch.Tensor, check: torch.Tensor,
                  min_agreement: float = MIN_AGREEMENT, threads: int | None = None):
-        self._dir = tempfile.TemporaryDirectory(prefix="vitkit-int8-")
-        self.report = quantize_int8(model, Path(self._dir.name) / "model.int8.onnx", calibration, check,
+        folder = tempfile.mkdtemp(prefix="vitkit-int8-")
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)  # removed with this object, quietly
+        self.report = quantize_int8(model, Path(folder) / "model.int8.onnx", calibration, check,
                                     min_agreement=min_agreement)
         self.session = Int8Session(self.report.path, threads=threads)
 

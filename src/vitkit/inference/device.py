@@ -38,7 +38,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(DTYPES)}")
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 inference needs a cuda or mps device; on the CPU use bf16 (or fp32)")
+        raise ValueError("fp16 inference needs a cuda or mps device; on the CPU use auto (bf16 where the CPU has "
+                         "AMX or AVX512-BF16, else fp32) or fp32")
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this CUDA device does not support bf16; use fp16 or fp32")
     return dtype

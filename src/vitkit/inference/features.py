@@ -57,6 +57,17 @@ def headless_pool(model: VisionTransformer) -> str | None:
     return None if cfg.use_fc_norm else "cls"
 
 
+def own_pool(model: VisionTransformer) -> str:
+    """The embedding the model's own head reads: :func:`headless_pool` where there is one, else [CLS] for a model
+    with a class token and the patch tokens' mean otherwise (``vitkit features``' default ``--pool``)."""
+    return headless_pool(model) or ("cls" if model.cfg.class_token else "gap")
+
+
+def is_last_block(model: VisionTransformer, layer: int | None) -> bool:
+    """Whether ``layer`` (None, or an index of the blocks, negative from the end) is the last block."""
+    return layer is None or layer % len(model.blocks) == len(model.blocks) - 1
+
+
 @torch.no_grad()
 def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[Image.Image],
                      pool: str = "cls", layer: int | None = None) -> np.ndarray:
@@ -79,7 +90,7 @@ def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[I
     if int8 and model.cfg.num_classes:
         raise ValueError("this runner's int8 graph gives logits; for int8 embeddings build the runner on the model "
                          "without its head (model.reset_classifier(0))")
-    if int8 and (layer is not None or pool != headless_pool(model)):
+    if int8 and (not is_last_block(model, layer) or pool != headless_pool(model)):
         raise ValueError(f"int8 embeddings are the model's own pooled output ("
                          f"{'pool=' + repr(headless_pool(model)) + ', the last block' if headless_pool(model) else 'none of cls/gap/map for this model'}); "
                          f"pool={pool!r}{', layer=' + str(layer) if layer is not None else ''} needs fp32 or bf16")
@@ -95,7 +106,7 @@ def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[I
             return pool_tokens(model, tokens, pool)
 
         for x in run.batches(images):
-            if int8:
+            if int8:  # the last block, however it was named
                 feats = run.int8(x)  # the headless model's int8 graph: this pool's embedding
             else:
                 feats = run.run_model(embed, x, cosine_agreed)  # dtype="auto" decides on the first batch

@@ -22,6 +22,7 @@ from ..models.classify import class_names, topk_labels
 from ..models.vit import VisionTransformer
 from .cpu import CPU_KERNELS, optimize_for_cpu
 from .device import autocast, resolve_device, resolve_dtype
+from . import precision
 from .precision import MIN_AGREEMENT, AutoPrecision, top1_agreed
 
 log = logging.getLogger("vitkit")
@@ -50,7 +51,8 @@ class ModelRunner:
     otherwise the model is moved there). ``dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``: run under
     autocast; weights are not converted. ``"auto"``: bf16 where the hardware runs it natively and it agrees
     with fp32 on the first batch, else fp32 (:mod:`vitkit.inference.precision`); with ``int8_images``, int8
-    first when its check passes. ``precision`` says what was chosen and why. ``max_pixels``: the decoder's
+    first when its check passes. ``precision`` says what was chosen and why ("fp32", "bf16"... when asked for
+    by name; ``dtype`` is what the model itself runs in, float32 under int8). ``max_pixels``: the decoder's
     pixel limit.
     ``cpu_kernels``: on the CPU in fp32, put the block Linears on the faster kernel in place
     ("auto", "onednn" or "aten"; :func:`vitkit.inference.cpu.optimize_for_cpu`: the same function,
@@ -88,12 +90,14 @@ class ModelRunner:
             if int8_images is None:
                 raise ValueError("int8 needs images to calibrate on and to check agreement with fp32 on "
                                  "(int8_images=(calibration, check); --calibrate on the command line)")
+            refused = None
             try:
                 self.int8 = Int8Model(model, *int8_images, min_agreement=min_agreement)
             except Int8AgreementError as e:
                 if dtype == "int8":
                     raise
-                log.info("int8 not used: %s", e)
+                refused = f"int8 not used: {e.report.describe() if e.report else e}"
+                log.info("%s", refused)
             if self.int8 is not None:
                 self.precision = self.int8.report.describe()
                 if dtype == "auto":
@@ -101,10 +105,15 @@ class ModelRunner:
                 dtype = "fp32"  # what the model itself (kept for attention maps) would run in
         if dtype == "auto":
             self.auto = AutoPrecision.for_device(self.device, min_agreement)
+            if self.int8 is None and int8_images is not None and self.device.type == "cpu":
+                self.auto.int8_refused = refused
             dtype = "fp32"  # until the first batch decides
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and precision.bf16_hardware(self.device) is None:
+            log.info("bf16 on this CPU (neither AMX nor AVX512-BF16) is emulated and slower than fp32: "
+                     "--dtype auto or fp32 is faster here")
         if self.int8 is None:
-            self.precision = self.auto.note if self.auto is not None else str(self.dtype).replace("torch.", "")
+            self.precision = self.auto.describe() if self.auto is not None else dtype  # "fp32", "bf16", "fp16"
         self.cpu_kernel = "aten"
         if cpu_kernels is not None:
             if cpu_kernels not in CPU_KERNELS:
@@ -154,7 +163,7 @@ class ModelRunner:
             with autocast(self.device, self.auto.candidate):
                 low = fn(x)
             self.dtype = self.auto.decide(agreed(ref, low), len(x))
-            self.precision = self.auto.note
+            self.precision = self.auto.describe()
             return ref
         with self.autocast():
             return fn(x)

@@ -65,6 +65,11 @@ class AutoPrecision:
     min_agreement: float
     dtype: torch.dtype | None = None  # None until decided
     note: str = ""
+    int8_refused: str | None = None  # "int8 not used: ..." when int8 was tried first and failed its check
+
+    def describe(self) -> str:
+        """The choice and why, with int8's refusal when there was one."""
+        return self.note + (f"; {self.int8_refused}" if self.int8_refused else "")
 
     @classmethod
     def for_device(cls, device: torch.device, min_agreement: float = MIN_AGREEMENT) -> "AutoPrecision":

@@ -107,7 +107,7 @@ class Service:
             if self.state == "loading":
                 self.state = "ready"
                 self.metrics.ready.set(1)
-            log.info("model %s ready on %s (%s)", h.name, h.runner.device, h.runner.precision)
+            log.info("model %s ready on %s: %s", h.name, h.runner.device, h.runner.precision)
         except Exception as e:  # noqa: BLE001 - the service stays up to say why it is not ready
             self.state, self.load_error = "failed", f"{type(e).__name__}: {e}"
             log.error("the model could not be loaded: %s", self.load_error)

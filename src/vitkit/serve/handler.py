@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ class BatchingHandler:
 
             int8 = dict(int8)
             kwargs["min_agreement"] = int8.pop("min_agreement", None)
-            cal, chk, _ = images_for_int8(model, **int8)
+            cal, chk, where = images_for_int8(model, **int8)
+            logging.getLogger("vitkit").info("int8: %s", where)
             kwargs["int8_images"] = (cal, chk)
         kwargs.setdefault("name", _model_name(src))
         kwargs.setdefault("source", str(src))
