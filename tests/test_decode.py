@@ -471,3 +471,142 @@ def test_jpeg_layout_reads_the_marker_segments():
     assert _jpeg_layout(b"\xff\xd8\xff\xd9") is None  # no frame header
     assert _jpeg_layout(body) is None  # no end-of-image marker
     assert _jpeg_layout(b"\x89PNG" + data[2:]) is None
+
+
+def test_default_preprocess_per_channel_count():
+    from vitkit.data.preprocess import default_preprocess
+
+    rgb, grey = default_preprocess(32, 3), default_preprocess((16, 24), 1)
+    assert (rgb.mode, rgb.mean, rgb.std, rgb.resize, rgb.interpolation, rgb.size) == \
+        ("RGB", (0.5,) * 3, (0.5,) * 3, "squash", "bilinear", (32, 32))
+    assert (grey.mode, grey.mean, grey.std, grey.size) == ("L", (0.5,), (0.5,), (16, 24))
+    assert default_preprocess(8, 1, mean=(0.1, 0.2, 0.3)).mean == (0.1,)
+    for channels in (2, 4):
+        with pytest.raises(ValueError, match=f"takes {channels} channels"):
+            default_preprocess(8, channels)
+
+
+def test_source_names():
+    from vitkit.data.decode import _source_name
+
+    assert _source_name("a/b.png") == "a/b.png" and _source_name(b"\xff") == "<bytes>"
+    assert _source_name(Image.new("RGB", (1, 1))) == "<PIL image>"
+    named = Image.new("RGB", (1, 1))
+    named.filename = "cat.jpg"
+    assert _source_name(named) == "cat.jpg"
+    f = io.BytesIO(b"")
+    assert _source_name(f) == "<file object>"
+    f.name = "upload.jpg"
+    assert _source_name(f) == "upload.jpg"
+    f.name = 3  # a file descriptor number, not a name
+    assert _source_name(f) == "<file object>"
+
+
+def test_a_pil_image_passed_in_is_left_open_and_on_its_frame():
+    im = Image.new("RGB", (2, 2), (1, 2, 3))
+    open_image(im)
+    assert im.getpixel((0, 0)) == (1, 2, 3)  # the caller's image was not closed
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    gif = Image.open(io.BytesIO(buf.getvalue()))
+    gif.seek(1)  # moved on by the caller
+    assert open_image(gif).getpixel((0, 0)) == (255, 0, 0)  # frame 0 all the same
+
+
+def test_limits_of_one_pixel_and_empty_images():
+    assert open_image(Image.new("RGB", (1, 1)), max_pixels=1).size == (1, 1)
+    with pytest.raises(ImageTooLargeError):
+        open_image(Image.new("RGB", (1, 2)), max_pixels=1)
+    for size in ((0, 5), (5, 0)):
+        with pytest.raises(ImageDecodeError, match=r"declares an empty image"):
+            open_image(Image.new("RGB", size))
+
+
+def test_truncated_and_corrupt_are_told_apart(tmp_path):
+    data = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(data, "PNG")
+    (tmp_path / "cut.png").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    with pytest.raises(ImageDecodeError, match=r"cut\.png'?: image file is truncated \(incomplete data; refused, not padded\)"):
+        open_image(tmp_path / "cut.png")
+    png = bytearray(data.getvalue())
+    idat = png.index(b"IDAT")
+    png[idat + 40: idat + 80] = b"\x00" * 40  # corrupt, not short
+    (tmp_path / "bad.png").write_bytes(bytes(png))
+    with pytest.raises(ImageDecodeError, match=r"cannot decode image \(PNG\)"):
+        open_image(tmp_path / "bad.png")
+
+
+class _NoSeek:
+    """A stream without seek (a socket, a pipe): PIL reads it whole; the JPEG check cannot re-read it."""
+
+    def __init__(self, data: bytes):
+        self._buf = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self._buf.read(n)
+
+
+def test_a_jpeg_from_a_stream_without_seek_decodes():
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(buf, "JPEG", quality=90)
+    assert open_image(_NoSeek(buf.getvalue())).size == (451, 300)
+
+
+def test_sequential_jpeg_whose_scans_miss_a_component_is_refused():
+    """Two or more scans of a sequential (non-interleaved) JPEG must cover every component."""
+    from vitkit.data.decode import _refuse_incomplete_jpeg
+
+    sof = bytes([8, 0, 8, 0, 8, 3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1])
+    scans = b"".join(_seg(0xDA, bytes([1, c, 0, 0, 63, 0])) + b"\x12" for c in (1, 2))  # components 1, 2 of 3
+    data = b"\xff\xd8" + _seg(0xC0, sof) + scans + b"\xff\xd9"
+    img = Image.new("RGB", (8, 8), (10, 200, 30))  # no grey fill: only the scan headers tell
+    with pytest.raises(ImageDecodeError, match="stops before its scans complete the image"):
+        _refuse_incomplete_jpeg(img, data, "x.jpg")
+
+
+def _grey_ending_jpeg(quality=90):
+    a = skimage.data.chelsea().copy()
+    a[-16:, -16:] = 128  # a complete photograph whose last block is the fill's grey: the probe decides
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_fill_bytes_before_the_end_marker_are_part_of_it():
+    data = _grey_ending_jpeg()
+    assert data.endswith(b"\xff\xd9")
+    padded = data[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before EOI: a complete file
+    assert open_image(padded).size == (451, 300)
+    cut = data[: len(data) // 2]
+    while cut.endswith(b"\xff"):
+        cut = cut[:-1]
+    with pytest.raises(ImageDecodeError, match="ends inside a scan"):
+        open_image(cut + b"\xff\xff\xff\xd9")
+
+
+def test_a_probe_that_fails_to_decode_counts_as_a_cut(monkeypatch):
+    import types
+
+    from vitkit.data import decode
+
+    class Broken:
+        def __init__(self, fp):
+            raise OSError("broken data")
+
+    monkeypatch.setattr(decode, "JpegImagePlugin", types.SimpleNamespace(JpegImageFile=Broken))
+    with pytest.raises(ImageDecodeError, match="ends inside a scan"):
+        open_image(_grey_ending_jpeg())
+
+
+def test_a_cut_mpo_is_refused_as_a_jpeg():
+    frames = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.chelsea()[::-1].copy())]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:], quality=90)
+    data = buf.getvalue()
+    first_eoi = data.index(b"\xff\xd9")
+    cut = data[: first_eoi // 2] + b"\xff\xd9"
+    with Image.open(io.BytesIO(cut)) as raw:
+        assert raw.format == "MPO"
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        open_image(cut)

@@ -324,9 +324,7 @@ def open_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
                 raise ImageDecodeError(f"{name}: image file is truncated (incomplete data; refused, not padded): "
                                        f"{msg}") from None
             raise ImageDecodeError(f"{name}: cannot decode image ({img.format or 'unknown format'}): {msg}") from None
-        if out is img:  # RGB input: hand back a copy that does not hold the file
-            out = img.copy()
-        return out
+        return out  # a new image (exif_transpose copies), which does not hold the file
     finally:
         if owned:
             img.close()
