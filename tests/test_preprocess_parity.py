@@ -154,11 +154,13 @@ def test_squash_with_a_crop_resamples_with_the_configured_filter():
 def test_a_one_pixel_target_averages_the_whole_image():
     import numpy as np
 
-    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 5).astype(np.uint8), (3, 1)))  # 5 wide, 3 high
+    wide = Image.fromarray(np.tile(np.linspace(0, 255, 5).astype(np.uint8), (3, 1)))  # 5 wide, 3 high
     cfg = vitkit.PreprocessConfig(size=1, mode="L", mean=(0.0,), std=(1.0,), resize="shortest",
                                   interpolation="bilinear")
-    x = vitkit.preprocess(ramp, cfg)
-    assert x.shape == (1, 1, 1, 1) and abs(float(x) * 255 - np.asarray(ramp.resize((1, 1), Image.Resampling.BILINEAR))[0, 0]) < 1e-4
+    for ramp in (wide, wide.transpose(Image.Transpose.TRANSPOSE)):  # and 3 wide, 5 high
+        x = vitkit.preprocess(ramp, cfg)
+        want = np.asarray(ramp.resize((1, 1), Image.Resampling.BILINEAR))[0, 0]
+        assert x.shape == (1, 1, 1, 1) and abs(float(x) * 255 - want) < 1e-4
 
 
 def test_the_window_threshold_is_inclusive(monkeypatch):
