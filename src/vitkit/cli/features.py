@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.features import extract_features, headless_pool, is_last_block, own_pool
+    from ..inference.features import check_pool, extract_features, headless_pool, is_last_block, own_pool
     from ..inference.pipeline import ModelRunner
     from ..weights.api import load
 
@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     paths, had_folder = list_images(args.images)
     model = load(args.src, **load_kwargs(args))
     pool = args.pool or own_pool(model)
+    try:
+        check_pool(model, pool)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     int8_kw = {}
     if quantise:
         if not is_last_block(model, args.layer) or pool != headless_pool(model):

@@ -26,21 +26,26 @@ from .precision import cosine_agreed
 POOLS = ("cls", "gap", "map", "tokens")
 
 
+def check_pool(model: VisionTransformer, pool: str) -> None:
+    """A clear ValueError when ``model`` cannot give ``pool`` (before any image is read)."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")
+    if pool == "cls" and not model.cfg.class_token:
+        raise ValueError("pool='cls' needs a model with a [CLS] token; this one has none (use gap or tokens)")
+    if pool == "map" and model.attn_pool is None:
+        raise ValueError("pool='map' needs a model with an attention-pooling head (SigLIP); this one has none")
+
+
 def pool_tokens(model: VisionTransformer, tokens: torch.Tensor, pool: str) -> torch.Tensor:
     """Tokens (B, T, D) -> (B, D) for ``cls``/``gap``/``map`` (SigLIP's attention pool) or unchanged for ``tokens``."""
+    check_pool(model, pool)
     if pool == "tokens":
         return tokens
     if pool == "cls":
-        if not model.cfg.class_token:
-            raise ValueError("pool='cls' needs a model with a [CLS] token; this one has none (use gap or tokens)")
         return tokens[:, 0]
     if pool == "map":
-        if model.attn_pool is None:
-            raise ValueError("pool='map' needs a model with an attention-pooling head (SigLIP); this one has none")
         return model.attn_pool(tokens[:, model.num_prefix_tokens:])
-    if pool == "gap":
-        return model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1))
-    raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")
+    return model.fc_norm(tokens[:, model.num_prefix_tokens:].mean(dim=1))  # gap
 
 
 def headless_pool(model: VisionTransformer) -> str | None:
@@ -78,10 +83,9 @@ def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[I
     model has no head and that runs int8 gives that int8 graph's embedding: :func:`headless_pool`'s pool only, at
     the last block (``vitkit features --dtype int8``).
     """
-    if pool not in POOLS:
-        raise ValueError(f"unknown pool {pool!r}; accepted: {', '.join(POOLS)}")
     run = runner if isinstance(runner, ModelRunner) else ModelRunner(runner)
     model = run.model
+    check_pool(model, pool)
     if layer is not None:
         depth = len(model.blocks)
         if not -depth <= layer < depth:
