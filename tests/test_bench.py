@@ -213,3 +213,15 @@ def test_importing_vitkit_and_the_bench_imports_no_peer_library():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_dtype_int8_adds_onnx_runtime_and_its_int8_row(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", _cfg_file(tmp_path), "--device", "cpu", "--batch", "2", "--iters", "1", "--warmup", "1",
+               "--dtype", "int8", "--json", str(out), "--quiet"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in doc["rows"]}
+    assert set(rows) == {"vitkit", "vitkit[onnxruntime]", "vitkit[onnxruntime-int8]"}
+    assert rows["vitkit[onnxruntime-int8]"]["dtype"] == "int8" and rows["vitkit"]["dtype"] == "fp32"
+    assert doc["options"]["ort_int8"] == "static" and doc["options"]["backends"] == ["torch", "onnxruntime"]

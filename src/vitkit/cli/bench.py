@@ -38,9 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resolution(s), square; default: the model's own")
     p.add_argument("--sweep", action="store_true",
                    help=f"resolution sweep {', '.join(map(str, SWEEP_SIZES))} (time and memory against tokens)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+    p.add_argument("--dtype", choices=DTYPES + ("int8",), default="fp32",
                    help="fp32, bf16, fp16, or fp8 (vitkit's FP8 matrix products, GPU inference; peers then run "
-                        "bf16). Inference casts weights; training uses autocast over fp32 weights")
+                        "bf16). Inference casts weights; training uses autocast over fp32 weights. int8 (CPU "
+                        "inference): fp32 rows plus the static int8 row of ONNX Runtime, as --backend "
+                        "torch,onnxruntime --ort-int8 static")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--compile", choices=COMPILE_MODES, default="off",
                    help="torch.compile mode for vitkit (and peers unless --peer-compile) (default off)")
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sweep and args.image_size:
         raise UserError("--sweep and --image-size both choose resolutions; give one")
+    if args.dtype == "int8":  # the int8 row is ONNX Runtime's; everything else runs fp32 beside it
+        args.dtype, args.ort_int8 = "fp32", args.ort_int8 or "static"
+        args.backend = tuple(dict.fromkeys(tuple(args.backend) + ("onnxruntime",)))
     opts = BenchOptions(
         model=args.model, mode=args.mode, batch_sizes=tuple(args.batch),
         image_sizes=SWEEP_SIZES if args.sweep else (tuple(args.image_size) if args.image_size else None),
