@@ -362,7 +362,7 @@ def test_progressive_jpeg_cut_between_two_scans_is_refused():
 
 # --- the parts, one by one (each case below failed a mutation of the code that the file-level tests missed) -----
 @pytest.mark.parametrize("mode,values,expect", [
-    ("I", [-100, 0, 257 * 100, 65535, 70000], [0, 0, 100, 255, 255]),  # 32-bit ints: the 16-bit range, clipped
+    ("I", [-1000, 0, 257 * 100, 65535, 70000], [0, 0, 100, 255, 255]),  # 32-bit ints: the 16-bit range, clipped
     ("F", [-5.4, 0.4, 127.6, 300.0, float("nan")], [0, 0, 128, 255, 0]),  # floats: rounded, clipped, NaN -> 0
 ])
 def test_integer_and_float_modes_are_rescaled_or_clipped(mode, values, expect):
@@ -419,6 +419,7 @@ def test_sniff_names_what_a_non_image_is():
         (b"<?xml version='1.0'?><note/>", text),
         (b"<!DOCTYPE html><p>", html), (b"<html>", html), (b"<HEAD>", html), (b"<body>", html),
         (b"\xef\xbb\xbf <!doctype html>" + b" " * 300, html), (b"hello <html>", html),
+        (b"X<!doctype html>" + b" " * 300, text),  # only the byte-order mark is stripped, not other letters
         (b"y" * 251 + b"<html", html), (b"y" * 252 + b"<html", text),
         (b"plain notes\n", text), ("café ☕".encode("utf-8"), text),
         (("ab" + "😀").encode("utf-8")[:-1], text), (("ab" + "😀").encode("utf-8")[:-3], text),  # cut at the end
@@ -576,8 +577,8 @@ def _grey_ending_jpeg(quality=90):
 def test_fill_bytes_before_the_end_marker_are_part_of_it():
     data = _grey_ending_jpeg()
     assert data.endswith(b"\xff\xd9")
-    padded = data[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before EOI: a complete file
-    assert open_image(padded).size == (451, 300)
+    for fill in (1, 2, 3):  # fill bytes before EOI: a complete file, however many
+        assert open_image(data[:-2] + b"\xff" * fill + b"\xff\xd9").size == (451, 300)
     cut = data[: len(data) // 2]
     while cut.endswith(b"\xff"):
         cut = cut[:-1]

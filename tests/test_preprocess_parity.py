@@ -181,3 +181,35 @@ def test_the_window_threshold_is_inclusive(monkeypatch):
     img = Image.fromarray(np.zeros((long + 8, 256, 3), np.uint8))  # past it: only the window
     vitkit.preprocess(img, vitkit.PreprocessConfig(size=224, resize="shortest", crop_pct=0.875))
     assert sizes and all(s[0] * s[1] < 256 * long for s in sizes)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(size=(0, 5)), "size"), (dict(size=(5, 0)), "size"), (dict(size=(4, 4, 4)), "size"),
+    (dict(crop_pct=0.0), "crop_pct"), (dict(crop_pct=1.5), "crop_pct"),
+    (dict(mean=(0.5, 0.5)), "mean"), (dict(std=(0.5, 0.5)), "std"), (dict(std=(0.5, 0.0, 0.5)), "std"),
+])
+def test_bad_preprocess_configs_are_refused(kw, match):
+    from vitkit.data.preprocess import PreprocessConfig
+
+    with pytest.raises(ValueError, match=match):
+        PreprocessConfig(**{"size": 8, **kw})
+
+
+@pytest.mark.parametrize("interp", ["bicubic", "bilinear", "lanczos", "nearest"])
+@pytest.mark.parametrize("size,window", [((56, 746), (0, 300, 56, 356)), ((400, 5000), (100, 2000, 300, 2200))])
+def test_the_resized_window_is_the_window_of_the_full_resize(interp, size, window):
+    """Downscaling (scale 5.4) and upscaling (0.8) of a noisy image: the filter's whole reach is cropped."""
+    import numpy as np
+
+    from vitkit.data.preprocess import INTERPOLATIONS, _resized_window
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (4000, 300, 3), dtype=np.uint8))
+    mode = INTERPOLATIONS[interp]
+    want = np.asarray(img.resize(size, mode).crop(window)).astype(int)
+    got = np.asarray(_resized_window(img, size, window, mode)).astype(int)
+    assert got.shape == want.shape
+    if interp == "nearest":  # a sample exactly on a pixel edge (every 5th row at scale 0.8) may pick the other
+        assert (got != want).any(-1).mean() < 0.1  # pixel: PIL holds the box in float32
+    else:
+        assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.3, np.abs(got - want).max()
