@@ -43,3 +43,20 @@ def fit(model, images, labels, epochs: int, lr: float, batch: int = 32, weight_d
             if sched is not None:
                 sched.step()
     return model.eval()
+
+
+def digits_vit(epochs: int):
+    """(a width-48, depth-2 ViT fitted for ``epochs`` on the built-in 8x8 digits, seed 0, with grey 0..1
+    preprocessing; the digits' (train, val) splits): the small trained classifier of the precision tests."""
+    import torch
+
+    import vitkit
+    from vitkit.data.builtin import load_digits
+
+    torch.manual_seed(0)
+    train, val = load_digits()
+    cfg = vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4, num_classes=10,
+                           labels=[str(c) for c in train.classes])
+    model = fit(vitkit.create_model(cfg), train.images, train.labels, epochs=epochs, lr=3e-3)
+    model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
+    return model, (train, val)

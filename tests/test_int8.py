@@ -10,10 +10,9 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
-from vitkit.data.builtin import load_digits
 from vitkit.export import export_onnx
 from vitkit.export import int8 as int8_mod
-from helpers import fit
+from helpers import digits_vit
 from vitkit.export.int8 import Int8AgreementError, Int8Session, images_for_int8, quantize_int8, weight_products
 
 
@@ -26,12 +25,7 @@ def _png(a: np.ndarray, path) -> None:
 def digits(tmp_path_factory):
     """A small ViT trained for a few seconds on the digits, saved; a folder of its images as PNG: train/<class>/
     (200) and val/<class>/ (150)."""
-    torch.manual_seed(0)
-    train, val = load_digits()
-    cfg = vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4, num_classes=10,
-                           labels=[str(c) for c in train.classes])
-    model = fit(vitkit.create_model(cfg), train.images, train.labels, epochs=8, lr=3e-3)
-    model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
+    model, (train, val) = digits_vit(epochs=8)
     root = tmp_path_factory.mktemp("int8")
     vitkit.save(model, root / "model")
     for part, split, n in (("train", train, 200), ("val", val, 150)):

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import vitkit
-from helpers import fit
+from helpers import digits_vit
 from vitkit.cli.main import main
-from vitkit.data.builtin import load_digits
 from vitkit.inference import precision
 from vitkit.inference.features import extract_features
 from vitkit.inference.pipeline import ModelRunner
@@ -23,12 +22,7 @@ def trained():
     and 64 validation images as PIL images."""
     from PIL import Image
 
-    torch.manual_seed(0)
-    train, val = load_digits()
-    cfg = vitkit.ViTConfig(image_size=8, patch_size=2, channels=1, width=48, depth=2, heads=4, num_classes=10,
-                           labels=[str(c) for c in train.classes])
-    model = fit(vitkit.create_model(cfg), train.images, train.labels, epochs=6, lr=3e-3)
-    model.preprocess_cfg = vitkit.PreprocessConfig(size=(8, 8), mode="L", mean=(0.0,), std=(1.0,))
+    model, (_, val) = digits_vit(epochs=6)
     images = [Image.fromarray((val.images[i, 0].numpy() * 255).round().astype("uint8"), mode="L") for i in range(64)]
     return model, images
 
