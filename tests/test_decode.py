@@ -611,3 +611,14 @@ def test_a_cut_mpo_is_refused_as_a_jpeg():
         assert raw.format == "MPO"
     with pytest.raises(ImageDecodeError, match="truncated"):
         open_image(cut)
+
+
+def test_an_error_without_text_is_named_by_its_type(tmp_path, monkeypatch):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+
+    def load(self, *a, **k):
+        raise OSError()  # some decoders raise without a message
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(ImageDecodeError, match=r"cannot decode image \(PNG\): OSError$"):
+        open_image(tmp_path / "a.png")
