@@ -219,6 +219,18 @@ def write_record(run: dict | None) -> None:
         if verdicts.get(name, {}).get("verdict"):
             x["verdict"] = verdicts[name]["verdict"]
     data["killed_after_surviving"] = sorted(killed_since.values(), key=lambda x: x["mutant"])
+    # a module whose mutants are all "not checked" now (a fresh mutants/ folder, or its code changed) keeps the
+    # scores and survivors of the last run that checked it, shown apart as earlier results
+    earlier = dict(old.get("earlier_modules", {}))
+    last_date = (old.get("runs") or [{}])[-1].get("date", "?")
+    for mod, row in old.get("modules", {}).items():
+        if row.get("score") is not None:
+            earlier[mod] = {**row, "as_of": last_date}
+    earlier = {mod: row for mod, row in earlier.items()
+               if mod in data["modules"] and data["modules"][mod]["not checked"] == data["modules"][mod]["total"]}
+    data["earlier_modules"] = earlier
+    kept = [x for x in old.get("survivors", []) + old.get("earlier_survivors", []) if module_of(x["mutant"]) in earlier]
+    data["earlier_survivors"] = list({x["mutant"]: x for x in kept}.values())
     runs = old.get("runs", [])
     if run is not None:
         runs.append(run)
@@ -272,6 +284,15 @@ def _markdown(d: dict) -> str:
         out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
                    f"{s['not checked']} | {s['equivalent']} | {pct(s['score'])} | "
                    f"{pct(s['score_without_equivalent'])} |")
+    if d.get("earlier_modules"):
+        out += ["", "Earlier results of modules that no run has checked in the current `mutants/` folder (a fresh "
+                "folder, or code changed since): the score when last run, and the survivors then, below. The "
+                "code may have changed since; run the module again to update.", "",
+                "| module | as of | mutants then | killed | survived | equivalent | score without equivalent | "
+                "mutants now |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for mod, e in sorted(d["earlier_modules"].items()):
+            out.append(f"| {mod} | {e.get('as_of', '?')} | {e['total']} | {e['killed']} | {e['survived']} | "
+                       f"{e['equivalent']} | {pct(e['score_without_equivalent'])} | {d['modules'][mod]['total']} |")
     out += ["", "## Surviving mutants", ""]
     by_mod = defaultdict(list)
     for s in d["survivors"]:
@@ -283,6 +304,12 @@ def _markdown(d: dict) -> str:
         for s in items:
             v = s["verdict"] or ("OPEN (verdict recorded for another diff)" if s["stale_verdict"] else "OPEN")
             out.append(f"- `{s['mutant'].rpartition('.')[2]}` ({s['status']}): {v}")
+            out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
+        out.append("")
+    if d.get("earlier_survivors"):
+        out += ["## Survivors of the earlier runs (modules not checked in the current folder)", ""]
+        for s in sorted(d["earlier_survivors"], key=lambda x: x["mutant"]):
+            out.append(f"- `{s['mutant']}` ({s['status']}): {s.get('verdict') or 'OPEN'}")
             out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
         out.append("")
     if d["killed_after_surviving"]:
