@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.features import check_pool, extract_features, headless_pool, is_last_block, own_pool
+    from ..inference.features import check_pool, extract_features, int8_embedding_problem, own_pool
     from ..inference.pipeline import ModelRunner
     from ..weights.api import load
 
@@ -47,24 +47,18 @@ def run(args: argparse.Namespace) -> int:
     paths, had_folder = list_images(args.images)
     model = load(args.src, **load_kwargs(args))
     pool = args.pool or own_pool(model)
-    try:
-        check_pool(model, pool)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    check_pool(model, pool)  # a ValueError: one line, exit 2, before any image is read
     int8_kw = {}
-    if quantise:
-        if not is_last_block(model, args.layer) or pool != headless_pool(model):
-            own = headless_pool(model)
-            msg = (f"int8 embeddings are this model's own pooled output (--pool {own}, the last block); "
-                   if own else "this model's headless output is none of cls/gap/map, so int8 cannot embed with it; ")
-            if args.dtype == "int8":
-                raise UserError(msg + f"--pool {pool}{' --layer ' + str(args.layer) if args.layer is not None else ''}"
-                                      " needs --dtype fp32, bf16 or auto")
-            print(f"vitkit: int8 not tried: {msg}running auto without it", file=sys.stderr)
-        else:
-            if model.cfg.num_classes:
-                model.reset_classifier(0)  # the int8 graph is the embedding's; this command owns the model
-            int8_kw = int8_options(args, model)
+    problem = int8_embedding_problem(model, pool, args.layer) if quantise else None
+    if problem:
+        if args.dtype == "int8":
+            raise UserError(f"{problem}; --pool {pool}{' --layer ' + str(args.layer) if args.layer is not None else ''}"
+                            " needs --dtype fp32, bf16 or auto")
+        print(f"vitkit: int8 not tried: {problem}; running auto without it", file=sys.stderr)
+    elif quantise:
+        if model.cfg.num_classes:
+            model.reset_classifier(0)  # the int8 graph is the embedding's; this command owns the model
+        int8_kw = int8_options(args, model)
     runner = ModelRunner(model, device="cpu" if args.dtype == "int8" else args.device, dtype=args.dtype,
                          batch_size=args.batch_size, max_pixels=args.max_pixels, cpu_kernels="auto", **int8_kw)
     if args.dtype == "int8":
@@ -105,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     # both written before either is renamed: a full disk keeps the previous pair, not a mixed one
     atomic_write_all([(out, lambda tmp: np.save(tmp, feats)), (sidecar, write_sidecar)])
     print(f"wrote {out} {tuple(feats.shape)} float32 ({pool}, layer {'last' if args.layer is None else args.layer}, "
-          f"{runner.precision.split(' (')[0]}) "
+          f"{runner.precision_name}) "
           f"and {sidecar}")
     if skipped:
         print(f"vitkit: {len(skipped)} of {len(paths)} image(s) skipped", file=sys.stderr)

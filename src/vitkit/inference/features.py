@@ -73,6 +73,17 @@ def is_last_block(model: VisionTransformer, layer: int | None) -> bool:
     return layer is None or layer % len(model.blocks) == len(model.blocks) - 1
 
 
+def int8_embedding_problem(model: VisionTransformer, pool: str, layer: int | None) -> str | None:
+    """Why an int8 graph of ``model`` without its head cannot give ``pool`` at ``layer``, or None when it can:
+    that graph computes the model's own pooled output (:func:`headless_pool`) at the last block only."""
+    own = headless_pool(model)
+    if own is None:
+        return "this model's headless output is none of cls/gap/map, so int8 cannot embed with it"
+    if pool != own or not is_last_block(model, layer):
+        return f"int8 embeddings are this model's own pooled output (--pool {own}, the last block)"
+    return None
+
+
 @torch.no_grad()
 def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[Image.Image],
                      pool: str = "cls", layer: int | None = None) -> np.ndarray:
@@ -94,10 +105,10 @@ def extract_features(runner: ModelRunner | VisionTransformer, images: Sequence[I
     if int8 and model.cfg.num_classes:
         raise ValueError("this runner's int8 graph gives logits; for int8 embeddings build the runner on the model "
                          "without its head (model.reset_classifier(0))")
-    if int8 and (not is_last_block(model, layer) or pool != headless_pool(model)):
-        raise ValueError(f"int8 embeddings are the model's own pooled output ("
-                         f"{'pool=' + repr(headless_pool(model)) + ', the last block' if headless_pool(model) else 'none of cls/gap/map for this model'}); "
-                         f"pool={pool!r}{', layer=' + str(layer) if layer is not None else ''} needs fp32 or bf16")
+    problem = int8_embedding_problem(model, pool, layer) if int8 else None
+    if problem:
+        raise ValueError(f"{problem}; pool={pool!r}{', layer=' + str(layer) if layer is not None else ''} "
+                         "needs fp32 or bf16")
     out = []
     was_training = model.training
     model.eval()

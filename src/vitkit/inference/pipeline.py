@@ -21,7 +21,7 @@ from ..data.preprocess import PreprocessConfig, default_preprocess, preprocess
 from ..models.classify import class_names, topk_labels
 from ..models.vit import VisionTransformer
 from .cpu import CPU_KERNELS, optimize_for_cpu
-from .device import autocast, resolve_device, resolve_dtype
+from .device import DTYPES, autocast, resolve_device, resolve_dtype
 from . import precision
 from .precision import MIN_AGREEMENT, AutoPrecision, top1_agreed
 
@@ -82,6 +82,7 @@ class ModelRunner:
         self.int8 = None
         self.auto = None  # an AutoPrecision while dtype="auto" decides on the first batch
         min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
+        refused = None  # "int8 not used: ..." when auto tried int8 first and its check failed
         if dtype == "int8" or (dtype == "auto" and int8_images is not None and self.device.type == "cpu"):
             from ..export.int8 import Int8AgreementError, Int8Model
 
@@ -90,7 +91,6 @@ class ModelRunner:
             if int8_images is None:
                 raise ValueError("int8 needs images to calibrate on and to check agreement with fp32 on "
                                  "(int8_images=(calibration, check); --calibrate on the command line)")
-            refused = None
             try:
                 self.int8 = Int8Model(model, *int8_images, min_agreement=min_agreement)
             except Int8AgreementError as e:
@@ -105,8 +105,7 @@ class ModelRunner:
                 dtype = "fp32"  # what the model itself (kept for attention maps) would run in
         if dtype == "auto":
             self.auto = AutoPrecision.for_device(self.device, min_agreement)
-            if self.int8 is None and int8_images is not None and self.device.type == "cpu":
-                self.auto.int8_refused = refused
+            self.auto.int8_refused = refused
             dtype = "fp32"  # until the first batch decides
         self.dtype = resolve_dtype(dtype, self.device)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and precision.bf16_hardware(self.device) is None:
@@ -123,6 +122,15 @@ class ModelRunner:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.preprocess_cfg = preprocess_cfg or model.preprocess_cfg or default_preprocess_cfg(model.cfg)
+
+    @property
+    def precision_name(self) -> str:
+        """"int8", "fp32", "bf16" or "fp16": what runs now ("auto" while the first batch has not decided)."""
+        if self.int8 is not None:
+            return "int8"
+        if self.auto is not None and self.auto.pending:
+            return "auto"
+        return next(name for name, dt in DTYPES.items() if dt == self.dtype)
 
     def load_image(self, src: ImageSource) -> Image.Image:
         """One image through the safe decoder (RGB, upright, first frame)."""
@@ -148,20 +156,22 @@ class ModelRunner:
         """Run ``x`` through every path :meth:`forward` may take (an undecided ``auto`` runs both of its
         precisions), deciding nothing: a service's warm-up batch of blank images must not be the check."""
         if self.auto is not None and self.auto.pending:
-            self.model(x)
-            with autocast(self.device, self.auto.candidate):
-                self.model(x)
+            self._both_precisions(self.model, x)
         else:
             self.forward(x)
+
+    def _both_precisions(self, fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fn(x)`` in fp32 and under the undecided auto's candidate."""
+        ref = fn(x)
+        with autocast(self.device, self.auto.candidate):
+            return ref, fn(x)
 
     def run_model(self, fn, x: torch.Tensor, agreed=top1_agreed) -> torch.Tensor:
         """``fn(x)`` in the runner's precision. While ``dtype="auto"`` is undecided, this batch runs in fp32 and in
         the candidate, ``agreed(fp32 out, candidate out)`` counts the rows that agree, and that decides (the
         batch's answer is fp32's)."""
         if self.auto is not None and self.auto.pending:
-            ref = fn(x)
-            with autocast(self.device, self.auto.candidate):
-                low = fn(x)
+            ref, low = self._both_precisions(fn, x)
             self.dtype = self.auto.decide(agreed(ref, low), len(x))
             self.precision = self.auto.describe()
             return ref

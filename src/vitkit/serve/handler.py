@@ -248,11 +248,8 @@ class BatchingHandler:
 
     def dtype_name(self) -> str:
         """"int8", "bfloat16", "float32"... (an undecided ``auto`` is "auto" until the first request's batch)."""
-        if self.runner.int8 is not None:
-            return "int8"
-        if self.runner.auto is not None and self.runner.auto.pending:
-            return "auto"
-        return str(self.runner.dtype).replace("torch.", "")
+        name = self.runner.precision_name
+        return name if name in ("int8", "auto") else str(self.runner.dtype).replace("torch.", "")
 
     def describe(self) -> dict:
         """What ``GET /v1/model`` answers."""
