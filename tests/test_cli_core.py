@@ -15,6 +15,7 @@ def test_models_lists_every_name_with_params_and_gflops(capsys):
     for name in vitkit.list_models():
         assert name in out
     assert "86.6M" in out and "35.13" in out  # B/16: params and GFLOPs
+    assert "vit_tiny_patch4_32" in out  # how the names outside the list are written (they parse, see below)
 
 
 def test_models_json_for_given_names(capsys):

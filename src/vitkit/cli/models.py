@@ -32,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':34s} {'params':>9s} {'GFLOPs':>8s} {'image':>9s} {'tokens':>7s}")
     for r in rows:
         print(f"{r['name']:34s} {r['params_m']:8.1f}M {r['gflops']:8.2f} {r['image_size']:>9s} {r['tokens']:7d}")
+    if not args.names:  # the list is the standard names only: say how the others are written
+        print("\nAny size with any patch and resolution also parses: vit_{tiny|small|base|large|huge}_patch{P}_{SIDE} "
+              "(e.g. vit_tiny_patch4_32) or {Ti|S|B|L|H}/{P}@{SIDE} (e.g. B/16@384); `vitkit models NAME` describes one.")
     return 0
