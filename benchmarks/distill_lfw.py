@@ -44,6 +44,9 @@ VARIANTS = {  # name -> (model flags, distillation flags; {teacher} is the teach
     "soft": (DISTILLED, ["--distill", "soft", "--teacher", "{teacher}"]),
     "soft_tau3": (DISTILLED, ["--distill", "soft", "--teacher", "{teacher}", "--distill-tau", "3"]),
     "alone_distilled": (DISTILLED, []),  # the token without a teacher: the architecture alone
+    # the very student of "alone" (no distillation token), taught through its one head: 0.5 CE + 0.5 D
+    "hard_1head": (STUDENT, ["--distill", "hard", "--teacher", "{teacher}"]),
+    "soft_1head": (STUDENT, ["--distill", "soft", "--teacher", "{teacher}"]),
 }
 
 

@@ -215,6 +215,9 @@ def test_init_follows_timm_default():
     assert torch.all(small.cls_token.abs() < 1e-4)
     m.reset_classifier(3)  # fine-tuning heads start at zero
     assert m.head.weight.abs().max() == 0
+    deit = create_model("deit_small_distilled_patch16_224")  # DeiT's distillation token: trunc. normal 0.02
+    d = deit.dist_token
+    assert abs(d.std().item() - 0.02) < 0.003 and torch.all(deit.cls_token.abs() < 1e-4)  # (cut at ±2, as timm)
 
 
 def test_reset_classifier():

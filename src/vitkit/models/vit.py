@@ -127,9 +127,11 @@ class VisionTransformer(nn.Module):
                 m.reset_parameters()  # also right after materialising a meta-device model
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for tok in (self.cls_token, self.dist_token, self.reg_token):
+        for tok in (self.cls_token, self.reg_token):
             if tok is not None:
                 nn.init.normal_(tok, std=1e-6)
+        if self.dist_token is not None:  # DeiT's (and timm's deit.py) init: unlike [CLS], truncated normal 0.02
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         if self.attn_pool is not None:  # timm: truncated normal, std latent_dim^-0.5
             nn.init.trunc_normal_(self.attn_pool.latent, std=self.cfg.width ** -0.5)
 
