@@ -401,7 +401,7 @@ class ViTConfig:
 
 # --- names ---------------------------------------------------------------
 
-_NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
+NAME_HELP = ("accepted names: 'vit_{tiny|small|base|large|huge}_patch{P}_{RES}' (RES = 224 or HxW), "
               "optional tokens 'reg{N}', 'gap', 'distilled', 'clip', 'siglip'; "
               "'deit_{tiny|small|base}[_distilled]_patch16_224'; "
               "'beit[v2]_{base|large}_patch16_{RES}' (BEiT's blocks); "
@@ -430,7 +430,7 @@ def parse_model_name(name: str) -> ViTConfig:
     Anything after a '.' (a timm pretrained tag such as ``.augreg2_in21k_ft_in1k``) is ignored here.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model name must be a non-empty string, got {name!r}; {_NAME_HELP}")
+        raise ValueError(f"model name must be a non-empty string, got {name!r}; {NAME_HELP}")
     raw = name
     name = name.strip().split(".", 1)[0].lower()
 
@@ -445,18 +445,18 @@ def parse_model_name(name: str) -> ViTConfig:
         size, net, stride = SIZE_ALIASES.get(hyb.group(1), hyb.group(1)), hyb.group(2), int(hyb.group(3))
         if size not in VARIANTS or (net, stride) not in HYBRID_STAGES:
             raise ValueError(f"unknown hybrid {raw!r}: sizes {list(VARIANTS)}, CNNs "
-                             f"{sorted(f'{n}_s{s}' for n, s in HYBRID_STAGES)}; {_NAME_HELP}")
+                             f"{sorted(f'{n}_s{s}' for n, s in HYBRID_STAGES)}; {NAME_HELP}")
         h = int(hyb.group(5))
         extra = dict(stem="hybrid", hybrid_layers=HYBRID_STAGES[(net, stride)])
         return _build(raw, size, int(hyb.group(4) or 1), (h, int(hyb.group(6) or h)), extra)
 
     parts = name.split("_")
     if len(parts) < 3 or parts[0] not in ("vit", "deit", "beit", "beitv2"):
-        raise ValueError(f"unknown model name {raw!r}; {_NAME_HELP}")
+        raise ValueError(f"unknown model name {raw!r}; {NAME_HELP}")
     family, size = parts[0], SIZE_ALIASES.get(parts[1], parts[1])
     if size not in VARIANTS:
         raise ValueError(f"unknown model size {parts[1]!r} in {raw!r}; sizes: {list(VARIANTS)} "
-                         f"(or {list(SIZE_ALIASES)}); {_NAME_HELP}")
+                         f"(or {list(SIZE_ALIASES)}); {NAME_HELP}")
     patch, res, extra = None, None, {}
     for tok in parts[2:]:
         if m := re.fullmatch(r"patch(\d+)", tok):
@@ -474,9 +474,9 @@ def parse_model_name(name: str) -> ViTConfig:
         elif tok == "siglip" and family == "vit":
             extra.update(SIGLIP)
         else:
-            raise ValueError(f"unknown token {tok!r} in model name {raw!r}; {_NAME_HELP}")
+            raise ValueError(f"unknown token {tok!r} in model name {raw!r}; {NAME_HELP}")
     if patch is None:
-        raise ValueError(f"model name {raw!r} has no patch size ('patch16'); {_NAME_HELP}")
+        raise ValueError(f"model name {raw!r} has no patch size ('patch16'); {NAME_HELP}")
     if family == "deit" and size in ("large", "huge"):
         raise ValueError(f"DeiT comes in tiny, small and base sizes, not {size!r} ({raw!r})")
     if family.startswith("beit"):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import list_models, parse_model_name
+from ..config import NAME_HELP, list_models, parse_model_name
+
+OTHER_NAMES = "Any patch size and resolution also parse, e.g. vit_tiny_patch4_32 or B/16@384"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model names with parameters and GFLOPs",
                        description="List the model names vitkit builds, with parameter count (1000 classes) "
                                    "and forward GFLOPs per image (2 x multiply-adds) at the default resolution. "
-                                   "Any patch size and resolution also parse, e.g. vit_tiny_patch4_32 or B/16@384.")
+                                   f"{OTHER_NAMES}.")
     p.add_argument("names", nargs="*", help="describe these names instead of the standard list")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -33,6 +35,5 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:34s} {r['params_m']:8.1f}M {r['gflops']:8.2f} {r['image_size']:>9s} {r['tokens']:7d}")
     if not args.names:  # the list is the standard names only: say how the others are written
-        print("\nAny size with any patch and resolution also parses: vit_{tiny|small|base|large|huge}_patch{P}_{SIDE} "
-              "(e.g. vit_tiny_patch4_32) or {Ti|S|B|L|H}/{P}@{SIDE} (e.g. B/16@384); `vitkit models NAME` describes one.")
+        print(f"\n{OTHER_NAMES} (`vitkit models NAME` describes one); {NAME_HELP}.")
     return 0
