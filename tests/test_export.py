@@ -155,3 +155,23 @@ def test_default_parity_threshold_refuses_a_runtime_that_differs(tmp_path, monke
     if under is not None:
         assert report.max_abs_diff >= under / 2  # the perturbed runtime was the one checked
     assert path.read_bytes() != b"an earlier export"
+
+
+def test_onnx_runtime_sessions_do_not_spin_and_use_the_given_threads(tmp_path):
+    """ONNX Runtime's intra-op threads spin after each run by default, taking a small CPU's cores from whatever
+    runs next (the PyTorch model in the bench, the service's next request): every session vitkit opens turns it
+    off and takes the thread count asked for (torch's by default)."""
+    from vitkit.bench.onnx_backend import ort_session
+    from vitkit.export.int8 import Int8Session
+    from vitkit.export.onnx import cpu_session_options
+
+    so = cpu_session_options(ort, 3)
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
+    assert cpu_session_options(ort).intra_op_num_threads == torch.get_num_threads()
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    for session in (ort_session(tmp_path / "m.onnx", threads=1), Int8Session(tmp_path / "m.onnx", threads=1).session):
+        opts = session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == 1

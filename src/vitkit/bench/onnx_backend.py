@@ -46,19 +46,17 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, level: str 
     ``level``: graph optimisation level (basic: constant folding and redundant nodes;
     extended: + fused GELU / LayerNorm / attention kernels; all: + layout changes).
     ``threads``: intra-op threads (None: torch's current thread count, so both backends
-    get the same cores); inter-op parallelism is off (one graph branch at a time).
+    get the same cores); inter-op parallelism and spin-waiting are off (``cpu_session_options``).
     """
     ort = _require_ort()
     if level not in LEVELS:
         raise ValueError(f"ONNX Runtime optimisation level must be one of {LEVELS}, got {level!r}")
-    so = ort.SessionOptions()
+    from ..export.onnx import cpu_session_options
+
+    so = cpu_session_options(ort, threads)
     so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    so.intra_op_num_threads = threads or torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -41,7 +41,7 @@ import torch
 
 from ..inference.precision import FEATURE_COSINE, MIN_AGREEMENT, cosine_agreed, top1_agreed
 from ..models.vit import VisionTransformer
-from .onnx import _require_onnx, export_onnx
+from .onnx import _require_onnx, cpu_session_options, export_onnx
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
@@ -80,12 +80,9 @@ class Int8Session:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         _, ort = _require_onnx()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), cpu_session_options(ort, threads),
+                                            providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

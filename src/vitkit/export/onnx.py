@@ -81,6 +81,22 @@ def _require_onnx():
     return onnx, onnxruntime
 
 
+def cpu_session_options(ort, threads: int | None = None):
+    """ONNX Runtime CPU session options: ``threads`` intra-op threads (None: torch's current count, so both
+    runtimes get the same cores), one graph branch at a time, errors only in the log, and no spin-waiting.
+    ONNX Runtime's intra-op threads spin after each run by default; on a small CPU that spin takes the cores
+    from whatever runs next in the process (measured on a 2-core Zen 5, ViT-S/16 batch 1: the PyTorch model
+    run right after a session took 99.5 ms with spinning and 43.6 ms without, the session itself 45.6 and
+    45.3 ms; benchmarks/README.md)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def _metadata(model: VisionTransformer) -> dict[str, str]:
     pre = model.preprocess_cfg
     return {"vitkit.config": json.dumps(model.cfg.to_dict()),
@@ -95,9 +111,7 @@ def check_onnx(path: str | os.PathLike, model: VisionTransformer, image_hw: tupl
     """Run ``path`` in onnxruntime (CPU) and ``model`` in fp32 PyTorch on the same seeded random
     images; returns {batch size: max abs diff of the outputs}."""
     _, ort = _require_onnx()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), cpu_session_options(ort), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     gen = torch.Generator().manual_seed(seed)
     diffs = {}
