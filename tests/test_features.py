@@ -102,7 +102,7 @@ def test_cli_features(photos, tmp_path, capsys):
     (photos / "broken.jpg").write_bytes((photos / "chelsea.jpg").read_bytes()[:3000])
     out = tmp_path / "feats.npy"
     rc = main(["features", str(src), str(photos), "--out", str(out), "--pool", "gap", "--layer", "-1",
-               "--batch-size", "2"])
+               "--batch-size", "2", "--dtype", "fp32"])  # compared below with the fp32 reference
     cap = capsys.readouterr()
     assert rc == 1 and "broken.jpg" in cap.err and "(3, 32)" in cap.out  # skipped, reported, the rest embedded
     feats = np.load(out)

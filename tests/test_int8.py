@@ -120,8 +120,10 @@ def test_cli_predict_int8(digits, capsys):
         assert needle in capsys.readouterr().err
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1"]) == 0
     fp32 = capsys.readouterr().out
+    # 0.98: this 8-epoch model has near-ties, and which of them int8 flips depends on the CPU's int8 kernels
+    # (149 of 150 on a Zen 5 with VNNI, 150 on a Zen 3); the threshold itself is tested above and in the API tests
     assert main(["predict", str(model_dir), str(data / "val" / "7"), "--topk", "1", "--dtype", "int8",
-                 "--calibrate", str(data)]) == 0
+                 "--calibrate", str(data), "--min-agreement", "0.98"]) == 0
     captured = capsys.readouterr()
     assert "int8 (ONNX Runtime, static, calibrated on 64 image(s)) agrees with fp32 on" in captured.err
     top1 = [line.split()[1] for line in captured.out.splitlines() if line.startswith("  1.")]
@@ -131,7 +133,8 @@ def test_cli_predict_int8(digits, capsys):
 def test_cli_export_int8(digits, tmp_path, capsys):
     model_dir, data = digits
     out = tmp_path / "m.int8.onnx"
-    assert main(["export", str(model_dir), "--onnx", str(out), "--int8", "--calibrate", str(data)]) == 0
+    assert main(["export", str(model_dir), "--onnx", str(out), "--int8", "--calibrate", str(data),
+                 "--min-agreement", "0.98"]) == 0  # 0.98: as in test_cli_predict_int8
     assert "agrees with fp32 on" in capsys.readouterr().out
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert '"checked": 150' in meta["vitkit.int8"]

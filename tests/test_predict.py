@@ -60,7 +60,7 @@ def model_dir(tmp_path):
 
 
 def test_pipeline_topk_sorted_probabilities_sum_to_one(model_dir, photos):
-    clf = vitkit.pipeline(model_dir)
+    clf = vitkit.pipeline(model_dir, dtype="fp32")  # auto may switch to bf16 after the first call on a bf16 CPU
     assert clf.device.type in ("cpu", "cuda", "mps")
     for name in PHOTOS:
         preds = clf(photos / name)  # topk 5 = every class here
@@ -162,13 +162,13 @@ def test_digits_trained_model_labels_matter(digits):
 def test_cli_predict_json_csv_and_text_agree_with_pipeline(model_dir, photos, tmp_path, capsys):
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
     rc = main(["predict", str(model_dir), str(photos), "--topk", "3", "--batch-size", "2",
-               "--json", str(out_json), "--csv", str(out_csv), "--device", "cpu"])
+               "--json", str(out_json), "--csv", str(out_csv), "--device", "cpu", "--dtype", "fp32"])
     assert rc == 0
     text = capsys.readouterr().out
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"schema_version", "model", "topk", "results"} and doc["topk"] == 3
     assert [os.path.basename(r["image"]) for r in doc["results"]] == sorted(PHOTOS)  # folder order: sorted
-    clf = vitkit.pipeline(model_dir)
+    clf = vitkit.pipeline(model_dir, dtype="fp32")  # the reference; auto would pick bf16 on a bf16 CPU
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert list(rows[0]) == ["image", "rank", "label", "index", "probability", "error"]
     assert len(rows) == 9

@@ -53,7 +53,8 @@ def _service(model_dir, handler_cls=BatchingHandler, handler_kw=None, **cfg):
 @pytest.fixture(scope="module")
 def server(model_dir):
     """One shared service for the tests that do not need their own limits."""
-    svc = _service(model_dir, max_body_mb=1, handler_kw=dict(max_pixels=2_000_000))
+    # fp32: its answers are compared with vitkit's own fp32 calls (auto would pick bf16 on a bf16 CPU)
+    svc = _service(model_dir, max_body_mb=1, handler_kw=dict(max_pixels=2_000_000, dtype="fp32"))
     with thread_server(svc) as url:
         wait_until(lambda: httpx.get(url + "/readyz").status_code == 200)
         yield url, svc

@@ -27,7 +27,7 @@ def test_ray_serve_deployment_answers_like_the_service(tmp_path):
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(str(model_dir), handler_kwargs=dict(max_batch=8, device="cpu"), max_delay_ms=300),
+        serve.run(build_app(str(model_dir), handler_kwargs=dict(max_batch=8, device="cpu", dtype="fp32"), max_delay_ms=300),
                   route_prefix="/", name="vitkit")
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(url + "/healthz", timeout=5).status_code == 200, timeout=120, step=0.5)
@@ -37,7 +37,7 @@ def test_ray_serve_deployment_answers_like_the_service(tmp_path):
                                                   headers={"content-type": "application/octet-stream"}), photos))
         assert [r.status_code for r in rs] == [200] * 6, [r.text for r in rs]
         assert max(r.json()["timing"]["batch_size"] for r in rs) > 1  # @serve.batch put requests together
-        local = BatchingHandler.from_source(str(model_dir), device="cpu")
+        local = BatchingHandler.from_source(str(model_dir), device="cpu", dtype="fp32")
         for d, r in zip(photos, rs):
             want = local.classify([local.prepare(d)], topk=3)[0]
             got = r.json()["predictions"]
