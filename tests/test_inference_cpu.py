@@ -85,3 +85,58 @@ def test_pipeline_from_a_path_picks_a_cpu_kernel_and_classifies_the_same(tmp_pat
     assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="cpu_kernels must be one of"):
         vitkit.pipeline(ref, cpu_kernels="fast")
+
+
+@pytest.mark.parametrize("plain_faster", [True, False])
+def test_auto_picks_the_attention_kernel_that_timed_faster(monkeypatch, plain_faster):
+    """"auto" times SDPA against the explicit softmax(q kᵀ/√d) v on the model's sequence length and images;
+    where the explicit one wins, the fused path computes it (eval, CPU, sequences no longer than that), with
+    the same output as SDPA and no weights kept."""
+    ref, m = _pair()
+    calls = []
+
+    def fake_time(model, plain, images, repeats=3):
+        calls.append((plain, images))
+        return 1.0 if plain == plain_faster else 2.0
+
+    monkeypatch.setattr(cpu, "time_attention", fake_time)
+    optimize_for_cpu(m, "auto", rows=3 * m.cfg.num_tokens)
+    assert {p for p, _ in calls} == {True, False} and all(i == 3 for _, i in calls)
+    n = m.cfg.num_tokens
+    assert all(b.attn.cpu_plain_tokens == (n if plain_faster else 0) for b in m.blocks)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = ref(x)
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(a[0].shape)
+        return sdpa(*a, **k)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.inference_mode():
+        assert torch.allclose(want, m(x), atol=1e-5, rtol=1e-5)
+    assert len(seen) == (0 if plain_faster else m.cfg.depth)
+    blk = m.blocks[0]
+    out, weights = blk.attn(torch.randn(2, n, m.cfg.width))
+    assert weights is None  # the fused path never returns weights, whichever kernel ran
+    if plain_faster:
+        # a longer sequence than the one timed, and training, go back to SDPA
+        seen.clear()
+        blk.attn(torch.randn(1, n + 1, m.cfg.width))
+        assert len(seen) == 1
+        m.train()
+        blk.attn(torch.randn(1, n, m.cfg.width))
+        assert len(seen) == 2
+
+
+def test_attention_timing_runs_both_kernels_and_skips_long_sequences():
+    _, m = _pair()
+    for plain in (True, False):
+        assert 0 < cpu.time_attention(m, plain, images=1, repeats=1) < 10
+    assert cpu.choose_cpu_attention(m, images=1) in ("plain", "sdpa")
+    long = VisionTransformer(tiny_cfg(width=64, image_size=264)).eval()  # 33 x 33 patches + [CLS]
+    assert long.cfg.num_tokens > cpu.PLAIN_ATTENTION_MAX_TOKENS
+    assert cpu.choose_cpu_attention(long) == "sdpa"
+    assert all(b.attn.cpu_plain_tokens == 0 for b in long.blocks)
