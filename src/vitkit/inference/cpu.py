@@ -163,19 +163,16 @@ def time_block_linears(model: nn.Module, kernel: str, rows: int, repeats: int = 
 @torch.no_grad()
 def time_attention(model: nn.Module, plain: bool, images: int, repeats: int = 3) -> float:
     """Median seconds for one block's attention core on ``images`` images of the model's token count, in the
-    model's dtype and in the forward's layout (q, k and v strided views of one fused qkv output; the heads
-    merged back after): SDPA, or (``plain``) the explicit softmax(q kᵀ / √d) v of the plain path."""
+    model's dtype: SDPA, or (``plain``) the explicit softmax(q kᵀ / √d) v of the plain path."""
     attn = _blocks(model)[0].attn
-    n, d = model.cfg.num_tokens, attn.heads * attn.head_dim
-    qkv = torch.randn(images, n, 3 * d, dtype=attn.proj.weight.dtype)
+    p = attn.proj.weight
+    q, k, v = (torch.randn(images, attn.heads, model.cfg.num_tokens, attn.head_dim, dtype=p.dtype) for _ in range(3))
 
     def run():
-        q, k, v = qkv.reshape(images, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if plain:
-            out = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        out.transpose(1, 2).reshape(images, n, d)
+            F.scaled_dot_product_attention(q, k, v)
 
     run()
     times = []
