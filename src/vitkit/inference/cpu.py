@@ -9,15 +9,8 @@ benchmarks/README.md was measured on, MKL's sgemm ran ViT-S/16's Linears at ~180
 and oneDNN's at ~310-400 (it uses AVX-512 there); on an earlier machine the two were level.
 So :func:`optimize_for_cpu` times both on the model's own shapes and keeps the faster.
 
-The same timing picks the attention's kernel: PyTorch's SDPA (its CPU flash kernel) or the explicit
-``softmax(q kᵀ / √d) v``, whose two batched products run in the CPU's BLAS. For ViT's short sequences the
-explicit form was the faster on a 2-core Zen 5 (ViT-S/16, 197 tokens, bf16: SDPA took 29 % of the forward
-in the profiler, at ~26 GFLOP/s); for long ones SDPA wins and keeps no (N, N) tensor, so the explicit form is
-used only up to the token count it was timed at (:func:`choose_cpu_attention`).
-
 The function is unchanged; the summation order inside the product differs, so outputs
-move by float32 rounding (~1e-6 relative; in bf16 the explicit attention also rounds its logits to bf16,
-which SDPA's kernel keeps in fp32: benchmarks/README.md has the measured effect). Inference only, eager only: under
+move by float32 rounding (~1e-6 relative). Inference only, eager only: under
 ``torch.compile``, autograd or autocast, on another device or dtype, the module is plain
 ``F.linear`` (+ ``F.gelu``).
 """
@@ -160,58 +153,13 @@ def time_block_linears(model: nn.Module, kernel: str, rows: int, repeats: int = 
     return statistics.median(times)
 
 
-@torch.no_grad()
-def time_attention(model: nn.Module, plain: bool, images: int, repeats: int = 3) -> float:
-    """Median seconds for one block's attention core on ``images`` images of the model's token count, in the
-    model's dtype: SDPA, or (``plain``) the explicit softmax(q kᵀ / √d) v of the plain path."""
-    attn = _blocks(model)[0].attn
-    p = attn.proj.weight
-    q, k, v = (torch.randn(images, attn.heads, model.cfg.num_tokens, attn.head_dim, dtype=p.dtype) for _ in range(3))
-
-    def run():
-        if plain:
-            ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        else:
-            F.scaled_dot_product_attention(q, k, v)
-
-    run()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-PLAIN_ATTENTION_MAX_TOKENS = 1024  # longer sequences keep SDPA untimed: the explicit (B, heads, N, N) grows as N²
-
-
-def choose_cpu_attention(model: nn.Module, images: int = 2) -> str:
-    """Time SDPA against the explicit attention on the model's sequence length (``images`` images, interleaved,
-    twice each) and set every block's ``attn.cpu_plain_tokens`` to that length where the explicit one is faster
-    (0 otherwise); -> "plain" or "sdpa". Inference on the CPU only: training and other devices keep SDPA."""
-    n = model.cfg.num_tokens
-    if n > PLAIN_ATTENTION_MAX_TOKENS:
-        chosen = "sdpa"
-    else:
-        t = {True: [], False: []}
-        for _ in range(2):
-            for plain in t:
-                t[plain].append(time_attention(model, plain, images))
-        chosen = "plain" if min(t[True]) < min(t[False]) else "sdpa"
-    for blk in _blocks(model):
-        blk.attn.cpu_plain_tokens = n if chosen == "plain" else 0
-    return chosen
-
-
 def optimize_for_cpu(model: nn.Module, kernel: str = "auto", rows: int | None = None) -> str:
     """Put ``model``'s block Linears on the faster CPU kernel, in place; return the kernel used.
 
     ``kernel``: "onednn" (swap for :class:`OneDNNLinear`), "aten" (leave ``nn.Linear``), or
     "auto": time both on one block's Linears with ``rows`` tokens (default: the model's
     tokens x 8 images; at most TIMING_ROWS, so that choosing costs well under a second for
-    ViT-B: the kernels' ranking is the same at that size) and keep the faster; "auto" also
-    picks the attention kernel the same way (:func:`choose_cpu_attention`). Weights,
+    ViT-B: the kernels' ranking is the same at that size) and keep the faster. Weights,
     state dict and the function are the same either way. Only fp32/bf16 weights on the
     CPU are changed.
     """
@@ -232,7 +180,6 @@ def optimize_for_cpu(model: nn.Module, kernel: str = "auto", rows: int | None = 
             for k in t:
                 t[k].append(time_block_linears(model, k, rows))
         kernel = "onednn" if min(t["onednn"]) < min(t["aten"]) else "aten"
-        choose_cpu_attention(model, max(1, rows // model.cfg.num_tokens))
     if kernel == "onednn":
         use_onednn_linears(model)
     return kernel

@@ -38,10 +38,6 @@ class Attention(nn.Module):
         self.attn_drop = cfg.attn_dropout
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.proj_drop = nn.Dropout(cfg.dropout)
-        # set by vitkit.inference.cpu.optimize_for_cpu where it timed the explicit product faster than SDPA's
-        # kernel on this CPU: the fused path then runs the plain computation (no weights kept) in eval mode on
-        # the CPU for sequences of at most this many tokens (the length it was timed at); 0 = never
-        self.cpu_plain_tokens = 0
 
     def forward(self, x: torch.Tensor, impl: str = "fused", queries: int | None = None,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -65,10 +61,6 @@ class Attention(nn.Module):
         if bias is not None:
             bias = bias[:, : q.shape[2]].to(q.dtype)  # (heads, Q, N): the rows of the tokens that ask
         p_drop = self.attn_drop if self.training else 0.0
-        keep = impl == "plain"  # the weights are returned only when asked for
-        if impl == "fused" and 0 < N <= self.cpu_plain_tokens and not self.training and x.device.type == "cpu" \
-                and not torch.compiler.is_compiling():
-            impl = "plain"
         if impl == "fused":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop)
             weights = None
@@ -78,7 +70,6 @@ class Attention(nn.Module):
                 attn = attn + bias
             weights = attn.softmax(dim=-1)
             out = F.dropout(weights, p_drop, self.training) @ v  # (B, heads, Q, head_dim)
-            weights = weights if keep else None
         else:
             raise ValueError(f"unknown attention implementation {impl!r}; accepted: {ATTENTION_IMPLS}")
         out = out.transpose(1, 2).reshape(B, q.shape[2], D)
