@@ -376,3 +376,31 @@ def test_reconstruction_png_is_written_atomically_and_is_a_png(tmp_path, channel
     with Image.open(big) as im:
         assert im.size[1] == 3 * (3 * 32 + 4 * 2) and im.size[0] > 3 * (3 * 32 + 4 * 2)
         assert im.getpixel((2, 2)) == (255 if channels == 1 else (255, 255, 255))  # the label column is white
+
+
+def test_init_encoder_is_maes_initialisation():
+    """MAE.init_encoder (optional, for a fresh encoder): xavier-uniform Linear weights and patch kernel (as a
+    Linear), zero biases, unit LayerNorms, prefix tokens N(0, 0.02²), the fixed sin-cos position embedding
+    (frozen); the head is left as it was."""
+    torch.manual_seed(0)
+    enc = vitkit.create_model(tiny_cfg(num_classes=5, width=64, heads=4))
+    mae = MAE(enc, **DEC)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.fill_(3.0)  # every value init_encoder must set is then visibly not set by chance
+    mae.init_encoder()
+    qkv = enc.blocks[0].attn.qkv.weight
+    bound = (6 / (qkv.shape[0] + qkv.shape[1])) ** 0.5
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.9 * bound and abs(float(qkv.mean())) < 0.05 * bound
+    w = enc.patch_embed.proj.weight
+    fan_in, fan_out = w[0].numel(), w.shape[0]
+    assert w.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5 and w.abs().max() > 0.9 * (6 / (fan_in + fan_out)) ** 0.5
+    assert float(enc.blocks[0].attn.qkv.bias.abs().max()) == 0 and float(enc.patch_embed.proj.bias.abs().max()) == 0
+    assert torch.equal(enc.norm.weight, torch.ones_like(enc.norm.weight)) and float(enc.norm.bias.abs().max()) == 0
+    assert 0.005 < float(enc.cls_token.std()) < 0.05
+    want = mae_sincos_pos_embed(enc.patch_embed.grid_size, 64, enc.pos_prefix)
+    assert torch.equal(enc.pos_embed.detach(), want) and not enc.pos_embed.requires_grad
+    assert torch.all(enc.head.weight == 3.0)  # the head untouched
+    enc2 = vitkit.create_model(tiny_cfg(num_classes=0, width=64, heads=4))
+    MAE(enc2, **DEC).init_encoder(fixed_pos_embed=False)
+    assert enc2.pos_embed.requires_grad and not torch.equal(enc2.pos_embed.detach(), want)
