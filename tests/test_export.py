@@ -1,6 +1,7 @@
 """ONNX export: parity with PyTorch in onnxruntime (Ti/16 and registers + gap), dynamic batch, refusal."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -75,6 +76,27 @@ def test_metadata_and_fixed_batch(tmp_path):
     assert json.loads(meta["vitkit.labels"]) == [f"c{i}" for i in range(7)]
     assert json.loads(meta["vitkit.config"])["reg_tokens"] == 4
     assert json.loads(meta["vitkit.preprocess"])["size"] == [64, 64]
+    assert set(meta) == {"vitkit.config", "vitkit.labels", "vitkit.preprocess", "vitkit.input", "vitkit.output"}
+    assert meta["vitkit.input"] == "images: (B, C, H, W) float32, normalised as vitkit.preprocess does"
+    assert meta["vitkit.output"] == "logits: (B, classes) float32"
+    headless = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=0).eval()
+    export_onnx(headless, tmp_path / "features.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "features.onnx")).metadata_props}
+    assert meta["vitkit.output"] == "features: (B, D) float32" and json.loads(meta["vitkit.labels"]) is None
+
+
+def test_check_onnx_is_reproducible_and_seeded(tmp_path):
+    """The parity check runs on seeded random images: the same seed gives the same differences, batch by batch,
+    and another seed other images (so other differences)."""
+    from vitkit.export.onnx import check_onnx
+
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=2, num_classes=5).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    a = check_onnx(tmp_path / "m.onnx", model, (32, 32), (1, 3))
+    assert a == check_onnx(tmp_path / "m.onnx", model, (32, 32), (1, 3), seed=0) and set(a) == {1, 3}
+    assert all(0 <= d < 1e-4 for d in a.values())
+    # other seeds, other images (three of them: two image sets could, rarely, share a rounded maximum)
+    assert any(check_onnx(tmp_path / "m.onnx", model, (32, 32), (1, 3), seed=s) != a for s in (1, 2, 3))
 
 
 def test_refuses_to_write_when_parity_fails(tmp_path):
@@ -175,3 +197,63 @@ def test_onnx_runtime_sessions_do_not_spin_and_use_the_given_threads(tmp_path):
         opts = session.get_session_options()
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert opts.intra_op_num_threads == 1
+
+
+def test_defaults_a_dynamic_batch_named_batch_checked_at_1_and_7(tmp_path):
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3).eval()
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert report.dynamic_batch and set(report.diffs) == {1, 7} and report.input_shape == ("batch", 3, 32, 32)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == ["batch", 3, 32, 32]
+    assert sess.run(None, {"images": np.zeros((5, 3, 32, 32), np.float32)})[0].shape == (5, 3)
+    fixed = export_onnx(model, tmp_path / "f.onnx", dynamic_batch=False)  # the fixed batch defaults to 1
+    assert fixed.input_shape == (1, 3, 32, 32) and set(fixed.diffs) == {1}
+
+
+def test_image_size_sets_the_graph_input_and_the_model_is_left_as_it_was(tmp_path):
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3,
+                                dynamic_img_size=True).eval().half()
+    report = export_onnx(model, tmp_path / "m.onnx", image_size=(48, 32))
+    assert report.input_shape == ("batch", 3, 48, 32)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == ["batch", 3, 48, 32]
+    assert all(p.dtype == torch.float16 for p in model.parameters())  # exported from an fp32 copy
+
+
+def test_weights_over_the_limit_go_to_an_external_data_file(tmp_path, monkeypatch):
+    """Above EXTERNAL_DATA_BYTES of weights (ONNX's 2 GB protobuf limit) the weights go to a data file beside the
+    .onnx; at exactly the limit they stay inside."""
+    from vitkit.export import onnx as export_mod
+
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3).eval()
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", n_bytes)
+    (tmp_path / "a").mkdir()
+    inside = export_onnx(model, tmp_path / "a" / "m.onnx")
+    assert [f.name for f in inside.files] == ["m.onnx"] and sorted(f.name for f in (tmp_path / "a").iterdir()) == ["m.onnx"]
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", n_bytes - 1)
+    (tmp_path / "b").mkdir()
+    outside = export_onnx(model, tmp_path / "b" / "m.onnx")
+    assert len(outside.files) > 1 and outside.files[-1].name == "m.onnx"
+    assert (tmp_path / "b" / "m.onnx").stat().st_size < n_bytes / 2  # the weights are not in the .onnx
+    sess = ort.InferenceSession(str(tmp_path / "b" / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"images": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 3)
+
+
+def test_the_temporary_folder_is_hidden_beside_the_target(tmp_path, monkeypatch):
+    """The file is written in a hidden folder next to the target, so the final rename stays on one file system
+    (atomic) and a crash leaves nothing that looks like a model."""
+    from vitkit.export import onnx as export_mod
+
+    seen = []
+    real = export_mod.tempfile.mkdtemp
+
+    def spy(*a, **k):
+        seen.append(Path(real(*a, **k)))
+        return str(seen[-1])
+
+    monkeypatch.setattr(export_mod.tempfile, "mkdtemp", spy)
+    model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert len(seen) == 1 and seen[0].parent == tmp_path and seen[0].name.startswith(".vitkit-export-")
+    assert not seen[0].exists()
