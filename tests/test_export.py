@@ -12,6 +12,7 @@ import torch
 import vitkit
 from vitkit.cli.main import main
 from vitkit.export import ExportParityError, export_onnx
+from vitkit.export.onnx import DEFAULT_OPSET
 
 
 def _sharpen(model):
@@ -202,9 +203,20 @@ def test_onnx_runtime_sessions_do_not_spin_and_use_the_given_threads(tmp_path):
 def test_defaults_a_dynamic_batch_named_batch_checked_at_1_and_7(tmp_path):
     model = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=3).eval()
     report = export_onnx(model, tmp_path / "m.onnx")
-    assert report.dynamic_batch and set(report.diffs) == {1, 7} and report.input_shape == ("batch", 3, 32, 32)
+    assert report.dynamic_batch is True and report.fp16 is False and report.opset == DEFAULT_OPSET
+    assert set(report.diffs) == {1, 7} and report.input_shape == ("batch", 3, 32, 32)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [DEFAULT_OPSET]
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape == ["batch", 3, 32, 32]
+    assert [i.name for i in sess.get_inputs()] == ["images"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    headless = vitkit.create_model("vit_tiny_patch16_224", image_size=32, depth=1, num_classes=0).eval()
+    export_onnx(headless, tmp_path / "h.onnx")
+    hsess = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in hsess.get_outputs()] == ["features"]
+    # the threshold is inclusive: a file exactly at atol is written (the check's images are seeded: same worst)
+    again = export_onnx(model, tmp_path / "again.onnx", atol=report.max_abs_diff)
+    assert again.max_abs_diff == report.max_abs_diff
     assert sess.run(None, {"images": np.zeros((5, 3, 32, 32), np.float32)})[0].shape == (5, 3)
     fixed = export_onnx(model, tmp_path / "f.onnx", dynamic_batch=False)  # the fixed batch defaults to 1
     assert fixed.input_shape == (1, 3, 32, 32) and set(fixed.diffs) == {1}
