@@ -40,6 +40,7 @@ def main() -> None:
 
     import vitkit
     from vitkit.export import export_onnx
+    from vitkit.export.onnx import cpu_session_options
     from vitkit.inference.cpu import optimize_for_cpu
 
     torch.set_num_threads(1)
@@ -51,10 +52,8 @@ def main() -> None:
         return dict(collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node).most_common())
 
     def session(path, save=None):
-        so = ort.SessionOptions()
+        so = cpu_session_options(ort, 1)  # vitkit's sessions: one thread, sequential, no spin-waiting
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if save:
             so.optimized_model_filepath = str(save)
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
