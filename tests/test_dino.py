@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from vitkit import ViTConfig, create_model
 from vitkit.ssl.dino import (DINOHead, DINOLoss, MultiCropWrapper, allow_crop_sizes, cancel_last_layer_gradients,
                              clip_gradients_per_parameter, collapse_stats, collapse_warning, cosine_schedule,
-                             ema_update, make_teacher, momentum_schedule, save_cls_attention_png,
+                             ema_update, koleo_loss, make_teacher, momentum_schedule, save_cls_attention_png,
                              teacher_temp_schedule)
 from vitkit.ssl.multicrop import MultiCrop, collate_crops, crop_box
 
@@ -412,3 +412,30 @@ def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit():
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(l1.center, torch.zeros(1, 64))
+
+
+def test_koleo_loss_is_minus_the_mean_log_distance_to_the_nearest_neighbour():
+    """On the unit circle at 0, 10 and 90 degrees: each point's neighbour is the nearest one (0 <-> 10, 90 -> 10),
+    the distances are chords 2 sin(angle / 2); rows are normalised first, so the scale of a row does not count."""
+    deg = torch.tensor([0.0, 10.0, 90.0]) * math.pi / 180
+    x = torch.stack([deg.cos(), deg.sin()], 1) * torch.tensor([[1.0], [3.0], [0.5]])
+    chord = lambda a: 2 * math.sin(math.radians(a) / 2)
+    want = -(math.log(chord(10)) + math.log(chord(10)) + math.log(chord(80))) / 3
+    assert float(koleo_loss(x)) == pytest.approx(want, rel=1e-5)
+    same = torch.ones(4, 8)  # every image the same feature: the distance is 0, the loss log(1 / eps)
+    assert float(koleo_loss(same)) == pytest.approx(-math.log(1e-8), rel=1e-4)
+    with pytest.raises(ValueError, match="B >= 2"):
+        koleo_loss(torch.ones(1, 8))
+
+
+def test_koleo_gradient_spreads_features_that_are_close():
+    """A step down the KoLeo gradient moves features that almost coincide apart (the nearest-neighbour distance
+    grows), the opposite of the collapse it is there to prevent."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.ones(16, 8) + 0.01 * torch.randn(16, 8, generator=g)).requires_grad_(True)
+    nn_dist = lambda t: torch.cdist(F.normalize(t, dim=1), F.normalize(t, dim=1)).add(torch.eye(16) * 9).min(1).values
+    before = nn_dist(x.detach()).mean()
+    koleo_loss(x).backward()
+    with torch.no_grad():
+        after = nn_dist(x - 0.01 * x.grad).mean()
+    assert after > 1.5 * before

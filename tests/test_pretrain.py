@@ -177,3 +177,42 @@ def test_local_crops_larger_than_the_image_are_refused(tmp_path):
     with pytest.raises(ValueError, match="local-size 40 is larger than the images"):
         Trainer(TrainConfig(**dict(DINO, local_size=40), steps=1, out=str(tmp_path / "r")), *_small_data(),
                 log=lambda m: None).setup()
+
+
+def test_dino_koleo_weight_adds_the_regulariser_of_the_global_crops_and_zero_leaves_the_loss_as_it_was(
+        tmp_path, monkeypatch):
+    """--koleo W: the step's loss is DINO's plus W times the sum over the two global crops of koleo_loss of the
+    student's features, logged per step as `koleo`; with 0 (the default) nothing is computed and the losses are
+    those of a run without the setting."""
+    import vitkit.ssl.dino as dino_mod
+
+    for name, extra in (("a", {}), ("b", dict(koleo=0.0))):
+        Trainer(TrainConfig(**DINO, steps=3, out=str(tmp_path / name), **extra), *_small_data(),
+                log=lambda m: None).fit()
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert "koleo" not in (tmp_path / "a" / "metrics.jsonl").read_text()
+
+    parts, calls, terms = [], [], []
+    real_forward, real_koleo = dino_mod.DINOLoss.forward, dino_mod.koleo_loss
+
+    def forward_spy(self, s_out, t_out, temp):
+        out = real_forward(self, s_out, t_out, temp)
+        parts.append(float(out.detach()))
+        return out
+
+    def koleo_spy(x, eps=1e-8):
+        calls.append(tuple(x.shape))
+        out = real_koleo(x, eps)
+        terms.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(dino_mod.DINOLoss, "forward", forward_spy)
+    monkeypatch.setattr(dino_mod, "koleo_loss", koleo_spy)
+    Trainer(TrainConfig(**DINO, steps=3, koleo=0.5, out=str(tmp_path / "c")), *_small_data(), log=lambda m: None).fit()
+    rows = [json.loads(l) for l in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert calls == [(16, 32)] * 6  # 2 global crops x 3 steps: batch 16, width 32
+    sums = [terms[i] + terms[i + 1] for i in range(0, 6, 2)]
+    assert [r["koleo"] for r in rows] == pytest.approx(sums, abs=1e-5)
+    assert [r["loss"] for r in rows] == pytest.approx([p + 0.5 * k for p, k in zip(parts, sums)], rel=1e-5)
+    with pytest.raises(ValueError, match="koleo"):
+        TrainConfig(model="m", data="digits", out="o", steps=1, koleo=-0.1).validate()

@@ -162,7 +162,24 @@ def _verdicts() -> dict:
     return json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
 
 
-def collect() -> dict:
+def _carry_source(old: dict | None, module: str, names: list[str], diffs: dict[str, str]) -> dict | None:
+    """The record ``old``'s survivors of ``module`` ({mutant: entry}) when its results can stand for the mutants
+    not checked now: that record checked every mutant of the module, had as many as there are now, and each of
+    its survivors has the same diff now (mutmut numbers mutants per function, so unchanged code gives the same
+    names and diffs). Its other mutants were killed. None when any of that fails (the code changed)."""
+    row = (old or {}).get("modules", {}).get(module)
+    if not row or row.get("not checked") or row.get("total") != len(names):
+        return None
+    prev = {x["mutant"]: x for x in old.get("survivors", []) if module_of(x["mutant"]) == module}
+    if any(diffs.get(n) != x["diff"] for n, x in prev.items()):
+        return None
+    return prev
+
+
+def collect(old: dict | None = None) -> dict:
+    """Scores and survivors of the mutants/ folder. With ``old`` (the record, benchmarks/mutation.json), a mutant
+    not checked in this folder takes its result from the record where :func:`_carry_source` allows it, so a
+    fresh folder can rerun only the recorded survivors (``run --survivors``) and keep the module's score."""
     verdicts = _verdicts().get("mutants", {})
     modules: dict[str, Counter] = {}
     survivors = []
@@ -174,12 +191,16 @@ def collect() -> dict:
         py = meta.with_suffix("")  # mutants/src/vitkit/x.py
         module = str(py.relative_to(ROOT / "mutants" / "src").with_suffix("")).replace("/", ".")
         diffs = _mutants_of(py)
+        diff_of = {name: _diff_text(diffs.get(name.rpartition(".")[2], [])) for name in codes}
+        carry = _carry_source(old, module, list(codes), diff_of)
         c = modules.setdefault(module, Counter())
         for name, code in codes.items():
             status = STATUS.get(code, "suspicious")
+            if status == "not checked" and carry is not None:
+                status = carry[name]["status"] if name in carry else "killed"
+                c["carried"] += 1
             c[status] += 1
-            func = name.rpartition(".")[2]
-            diff = _diff_text(diffs.get(func, []))
+            diff = diff_of[name]
             v = verdicts.get(name)
             if status in ("survived", "no tests", "timeout", "suspicious", "segfault"):
                 verdict = v["verdict"] if v and v.get("diff") == diff else None
@@ -192,8 +213,8 @@ def collect() -> dict:
         tested = c["killed"] + c["survived"] + c["no tests"] + c["timeout"] + c["suspicious"] + c["segfault"]
         killed = c["killed"] + c["timeout"]
         scores[m] = {**{k: c[k] for k in ("killed", "survived", "no tests", "timeout", "suspicious", "segfault",
-                                          "not checked", "equivalent")},
-                     "total": sum(v for k, v in c.items() if k != "equivalent"),
+                                          "not checked", "equivalent", "carried")},
+                     "total": sum(v for k, v in c.items() if k not in ("equivalent", "carried")),
                      "score": round(killed / tested, 4) if tested else None,
                      "score_without_equivalent": round(killed / (tested - c["equivalent"]), 4)
                      if tested - c["equivalent"] else None}
@@ -201,8 +222,10 @@ def collect() -> dict:
 
 
 def write_record(run: dict | None) -> None:
+    if not (ROOT / "mutants" / "src").is_dir():  # a fresh checkout: nothing ran here, the record stays whole
+        raise SystemExit("tools/mutation.py: no mutants/ folder here (no run yet): the record is left as it is")
     old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
-    data = collect()
+    data = collect(old)
     # survivors of earlier runs that are killed now: kept in the record with the test that did it
     verdicts = _verdicts().get("mutants", {})
     now_open = {x["mutant"] for x in data["survivors"]}
@@ -275,14 +298,17 @@ def _markdown(d: dict) -> str:
             "- The tests: those of `pytest_add_cli_args_test_selection`, less four slow ones (two torch.compile tests, "
             "the 25-epoch fine-tune, the SIGKILL resume test, whose in-process twin stays); of those, a mutant runs "
             "the ones mutmut saw call its function that are in its module's files (`MODULE_TESTS`).",
-            "- \"not checked\": mutants of a module that no run has reached yet (see Runs).", ""]
+            "- \"not checked\": mutants of a module that no run has reached yet (see Runs).",
+            "- \"carried\": results taken from the previous record for mutants this `mutants/` folder did not run "
+            "(a fresh folder that reran only the survivors): allowed only when that record checked the whole "
+            "module, it has as many mutants now, and every recorded survivor has the same diff now.", ""]
     out += ["## Score per module", "",
-            "| module | mutants | killed | survived | no tests | timeout | not checked | equivalent | score | "
-            "score without equivalent |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| module | mutants | killed | survived | no tests | timeout | not checked | carried | equivalent | score | "
+            "score without equivalent |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
     for mod, s in d["modules"].items():
         out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
-                   f"{s['not checked']} | {s['equivalent']} | {pct(s['score'])} | "
+                   f"{s['not checked']} | {s.get('carried', 0)} | {s['equivalent']} | {pct(s['score'])} | "
                    f"{pct(s['score_without_equivalent'])} |")
     if d.get("earlier_modules"):
         out += ["", "Earlier results of modules that no run has checked in the current `mutants/` folder (a fresh "
@@ -343,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     # run: mutmut in a child process at the lowest priority, timed
     names = a.globs
     if a.survivors:
-        names = [s["mutant"] for s in collect()["survivors"] if s["status"] != "not checked"
+        old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else None
+        # a fresh checkout has no mutants/ yet: the record's survivors (mutmut generates the mutants first)
+        listed = collect(old)["survivors"] if (ROOT / "mutants" / "src").is_dir() else (old or {}).get("survivors", [])
+        names = [s["mutant"] for s in listed if s["status"] != "not checked"
                  and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
         if not names:
             print("no surviving mutants to rerun")

@@ -122,6 +122,8 @@ HELP: dict[str, str] = {
     "center_momentum": "DINO: momentum of the teacher output centre (default 0.9)",
     "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.996)",
     "freeze_last_layer": "DINO: epochs the head's last layer stays fixed (default 1)",
+    "koleo": "DINO: weight of the KoLeo regulariser (DINOv2's) that spreads the student's features of each global "
+             "crop over the sphere, against the collapse of a small encoder (default 0: off; DINOv2 0.1)",
     "knn_k": "neighbours of the k-NN monitor after each pre-training epoch (default 20)",
     "knn_temperature": "temperature of the weighted k-NN vote (default 0.07)",
 }
@@ -130,7 +132,7 @@ HELP: dict[str, str] = {
 PRETRAIN_ONLY = {"method", "mask_ratio", "norm_pix_loss", "decoder_width", "decoder_depth", "decoder_heads",
                  "crop_scale", "out_dim", "head_hidden", "head_bottleneck", "local_crops", "local_size", "local_scale",
                  "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_epochs", "student_temp",
-                 "center_momentum", "momentum_teacher", "freeze_last_layer", "knn_k", "knn_temperature"}
+                 "center_momentum", "momentum_teacher", "freeze_last_layer", "koleo", "knn_k", "knn_temperature"}
 TRAIN_ONLY = {"distill", "teacher", "distill_alpha", "distill_tau", "label_smoothing", "mixup", "cutmix", "mix_prob",
               "mix_switch_prob", "linear_probe", "ema", "rotate", "translate", "scale", "randaugment",
               "random_erasing", "layer_decay", "heads", "pooling", "act"}

@@ -15,7 +15,7 @@ _EXPORTS = {
     "read_hf_mae": "..weights.hf_mae_format", "write_hf_mae": "..weights.hf_mae_format",
     "DINOHead": "dino", "DINOLoss": "dino", "MultiCropWrapper": "dino", "make_teacher": "dino",
     "ema_update": "dino", "cosine_schedule": "dino", "momentum_schedule": "dino", "teacher_temp_schedule": "dino",
-    "collapse_stats": "dino", "collapse_warning": "dino", "save_cls_attention_png": "dino",
+    "collapse_stats": "dino", "collapse_warning": "dino", "save_cls_attention_png": "dino", "koleo_loss": "dino",
     "MultiCrop": "multicrop",
     "extract_features": "probe", "knn_classify": "probe", "knn_accuracy": "probe", "linear_probe": "probe",
 }

@@ -164,8 +164,13 @@ class MultiCropWrapper(nn.Module):
             start = end
         return torch.cat(out)
 
-    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.head(self.features(crops))
+    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor],
+                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The head's outputs (sum B_i, K); with ``return_features`` also the backbone's features they came from
+        (through forward, so a DDP wrapper around this module still synchronises the gradients)."""
+        feats = self.features(crops)
+        out = self.head(feats)
+        return (out, feats) if return_features else out
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -265,6 +270,25 @@ class DINOLoss(nn.Module):
         batch_center = total / (teacher_out.shape[0] * world_size)
         m = self.center_momentum
         self.center.copy_(self.center * m + batch_center * (1 - m))
+
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The KoLeo regulariser (Kozachenko-Leonenko entropy estimator; Sablayrolles et al. 2019, used by DINOv2 on
+    the student's [CLS] features of each global crop): rows L2-normalised, then -mean_i log(||x_i - x_nn(i)|| +
+    eps), nn(i) the row nearest to i (the largest cosine, itself excluded). (B, D), B >= 2 -> a scalar.
+
+    It grows as the features of different images come together, so adding it to DINO's loss spreads them over
+    the sphere: it keeps a small encoder's [CLS] output from being the same for every image, the state in which
+    DINO's teacher targets go uniform (benchmarks/self_supervised.md). The neighbour is found without gradients;
+    the distance to it carries them."""
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"koleo_loss needs a batch of features (B >= 2, D), got {tuple(x.shape)}")
+    x = F.normalize(x.float(), dim=-1, p=2)
+    with torch.no_grad():
+        sim = x @ x.T  # (B, B) cosines
+        sim.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+        nearest = sim.argmax(dim=1)  # (B,)
+    return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()
 
 
 # --- schedules (numpy arrays indexed by step, or by epoch for the teacher temperature) -----------

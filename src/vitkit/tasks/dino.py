@@ -47,6 +47,7 @@ class DINOTask(PretrainTask):
         warm = min(cfg.warmup_teacher_temp_epochs, epochs)
         self.teacher_temp = teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, warm, epochs)
         self._teacher_out: list[torch.Tensor] = []
+        self._koleo: list[float] = []
         self._logs: dict[str, float] = {}
         self.warned_epoch = -1
         return [f"DINO: 2 global crops of {side[0]} px (area {cfg.crop_scale[0]:g}-{cfg.crop_scale[1]:g}) + "
@@ -54,7 +55,7 @@ class DINOTask(PretrainTask):
                 f"head {cfg.head_hidden}->{cfg.head_bottleneck}->{cfg.out_dim}; teacher momentum "
                 f"{cfg.momentum_teacher:g} cosine to 1, temperature {cfg.warmup_teacher_temp:g} -> "
                 f"{cfg.teacher_temp:g} over {warm} epoch(s), student {cfg.student_temp:g}; last layer frozen "
-                f"for {cfg.freeze_last_layer} epoch(s)"]
+                f"for {cfg.freeze_last_layer} epoch(s)" + (f"; KoLeo weight {cfg.koleo:g}" if cfg.koleo else "")]
 
     def module(self, trainer: "Trainer") -> torch.nn.Module:
         return self.student
@@ -80,9 +81,21 @@ class DINOTask(PretrainTask):
         with trainer.autocast():
             with torch.no_grad():
                 t_out = self.teacher(crops[:2]).float()  # the teacher sees the global crops only
-            s_out = model(crops).float()
+            if self.cfg.koleo:
+                s_out, feats = model(crops, return_features=True)
+            else:
+                s_out = model(crops)
+            s_out = s_out.float()
         self._teacher_out.append(t_out)
-        return self.loss_fn(s_out, t_out, temp)
+        loss = self.loss_fn(s_out, t_out, temp)
+        if self.cfg.koleo:  # DINOv2: the weight times the sum over the global crops of each crop's KoLeo term
+            from ..ssl.dino import koleo_loss
+
+            B = crops[0].shape[0]
+            koleo = sum(koleo_loss(feats[i * B:(i + 1) * B]) for i in range(2))
+            self._koleo.append(float(koleo.detach()))
+            loss = loss + self.cfg.koleo * koleo
+        return loss
 
     def after_backward(self, trainer: "Trainer") -> None:
         from ..ssl.dino import cancel_last_layer_gradients
@@ -110,6 +123,9 @@ class DINOTask(PretrainTask):
         self.loss_fn.update_center(t_out, reduce, info.world_size)
         self._logs = {"teacher_entropy": stats["entropy"], "teacher_spread": stats["spread"],
                       "momentum": m, "teacher_temp": temp}
+        if self._koleo:  # the mean over this step's micro-batches
+            self._logs["koleo"] = sum(self._koleo) / len(self._koleo)
+            self._koleo = []
         warning = collapse_warning(stats)
         epoch = self._epoch(trainer)
         if warning and epoch != self.warned_epoch and trainer.global_step >= trainer.steps_per_epoch:

@@ -31,13 +31,13 @@ FLOAT_FIELDS = ("val_fraction", "lr", "min_lr", "warmup_epochs", "weight_decay",
                 "clip_grad", "label_smoothing", "drop_path", "rotate", "translate", "scale", "hflip",
                 "random_erasing", "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema", "distill_alpha",
                 "distill_tau", "mask_ratio", "teacher_temp", "warmup_teacher_temp", "student_temp",
-                "center_momentum", "momentum_teacher", "knn_temperature")
+                "center_momentum", "momentum_teacher", "koleo", "knn_temperature")
 PAIR_FIELDS = ("betas", "crop_scale", "local_scale")  # two numbers each
 DISTILL_FIELDS = ("distill", "teacher", "distill_alpha", "distill_tau")
 MAE_FIELDS = ("mask_ratio", "norm_pix_loss", "decoder_width", "decoder_depth", "decoder_heads")
 DINO_FIELDS = ("out_dim", "head_hidden", "head_bottleneck", "local_crops", "local_size", "local_scale", "teacher_temp",
                "warmup_teacher_temp", "warmup_teacher_temp_epochs", "student_temp", "center_momentum",
-               "momentum_teacher", "freeze_last_layer")
+               "momentum_teacher", "freeze_last_layer", "koleo")
 MONITOR_FIELDS = ("knn_k", "knn_temperature")
 METHODS = ("classify", "mae", "dino")
 PRETRAIN_METHODS = ("mae", "dino")
@@ -138,6 +138,7 @@ class TrainConfig:
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # teacher EMA momentum, cosine to 1 over the run
     freeze_last_layer: int = 1  # epochs the head's last layer stays fixed
+    koleo: float = 0.0  # weight of the KoLeo regulariser on the student's features of each global crop (DINOv2: 0.1)
     # frozen-feature monitor of pre-training (a labelled validation set) and `vitkit eval --knn`
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -315,6 +316,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1) (the fraction of patches masked), got {self.mask_ratio}")
+        if not self.koleo >= 0:
+            raise ValueError(f"koleo must be a weight >= 0 (0 turns the regulariser off), got {self.koleo}")
         for name in ("center_momentum", "momentum_teacher"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
