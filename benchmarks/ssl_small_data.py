@@ -1,6 +1,7 @@
 """Self-supervised pre-training on small data, as a user runs it: every step is a `vitkit` command.
 
     python benchmarks/ssl_small_data.py JOB DATA SEED [--runs DIR] [--epochs N] [--ft-epochs N] [--extra "FLAGS"]
+                                        [--ft-extra "FLAGS"]
     python benchmarks/ssl_small_data.py --summarise DIR      # the table of every DIR/*/record.json
 
 JOB: scratch (60-epoch supervised baseline), mae (pretrain, then the same 60-epoch fine-tune with --init),
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: MAE 200, DINO 30)")
     ap.add_argument("--ft-epochs", type=int, default=60)
     ap.add_argument("--extra", default="", help="more pre-training flags, space-separated")
+    ap.add_argument("--ft-extra", default="", help="more flags of the fine-tune (mae) and of scratch, space-separated")
     a = ap.parse_args()
     name = f"{Path(a.data).name}-{a.job}-s{a.seed}"
     root = Path(a.runs) / name
@@ -74,7 +76,7 @@ def main() -> None:
     seed = ["--seed", str(a.seed), "--threads", "1", "--no-progress"]
     if a.job == "scratch":
         rec["steps"].append(run(["vitkit", "train", *MODEL, "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
-                                 "--out", str(root / "train")], log))
+                                 *a.ft_extra.split(), "--out", str(root / "train")], log))
         s = summary(root / "train")
         rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
                          "best_top1": s["best_top1"]}
@@ -86,7 +88,7 @@ def main() -> None:
         rec["pretrain"] = summary(pre)
         if a.job == "mae":
             rec["steps"].append(run(["vitkit", "train", "--init", str(pre), "--data", a.data, "--epochs",
-                                     str(a.ft_epochs), *seed, "--out", str(root / "finetune")], log))
+                                     str(a.ft_epochs), *seed, *a.ft_extra.split(), "--out", str(root / "finetune")], log))
             s = summary(root / "finetune")
             rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
                              "best_top1": s["best_top1"]}
@@ -95,8 +97,10 @@ def main() -> None:
             rec["steps"].append(step)
             # the same architecture, randomly initialised with the same seed (a 0-step run writes it)
             rnd = root / "random"
-            rec["steps"].append(run(["vitkit", "pretrain", "--method", "dino", *MODEL, "--data", a.data, "--steps",
-                                     "1", "--lr", "1e-12", "--min-lr", "0", *seed, *a.extra.split(), "--out", str(rnd)], log))
+            # the extra flags first, so that a --lr among them cannot override the baseline's 1e-12
+            rec["steps"].append(run(["vitkit", "pretrain", "--method", "dino", *MODEL, "--data", a.data,
+                                     *a.extra.split(), "--steps", "1", "--lr", "1e-12", "--min-lr", "0", *seed,
+                                     "--out", str(rnd)], log))
             step, rprobe = eval_probe(str(rnd), a.data, root / "eval_random", log)
             rec["steps"].append(step)
             rec["result"] = {**probe, **{f"random_{k}": v for k, v in rprobe.items()}}

@@ -23,13 +23,18 @@ fine-tune it with `vitkit train --init RUN ...`, probe it with `vitkit eval RUN 
 
 The defaults are a recipe for small data sets (docs/self_supervised.md says why each value).
 
-Example:
+Examples:
   vitkit pretrain --method mae --model vit_tiny_patch4_32 --model-set width=96,depth=6,heads=3 \\
       --data digits_folder --epochs 100 --out runs/mae
+  vitkit pretrain --method dino --model vit_tiny_patch4_32 --model-set width=96,depth=6,heads=3,pooling=gap \\
+      --data digits_folder --epochs 30 --local-crops 2 --out runs/dino
+  (for DINO on small data, mean pooling (pooling=gap): a fresh ViT's [CLS] output is nearly the same for
+  every image, and DINO learns far less from it)
 """
 
-HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 1e-3)",
-         "warmup_epochs": "linear warm-up in epochs (default 10)",
+HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 2.5e-4)",
+         "warmup_epochs": "linear warm-up in epochs (default 10; capped at the run's length)",
+         "min_lr": "learning rate at the end of the cosine (default: MAE 1e-5, DINO 1e-6)",
          "weight_decay": "weight decay (default: MAE 0.05, DINO 0.04)",
          "betas": "AdamW betas (default: MAE 0.9 0.95, DINO 0.9 0.999)",
          "clip_grad": "clip gradients (default: MAE none; DINO 3.0, each parameter's gradient on its own, as DINO)",
@@ -42,7 +47,9 @@ HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 1e-3
          "local_scale": "DINO: area range (min max) of the local crops (default 0.1 0.4)",
          "crop_scale": "area range (min max) of the random resized crop: MAE's view (default 0.2 1), DINO's global "
                        "crops (default 0.4 1)",
-         "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.99)"}
+         "momentum_teacher": "DINO: teacher EMA momentum at the start, cosine to 1 (default 0.99)",
+         "koleo": "DINO: weight of DINOv2's KoLeo regulariser, which spreads the student's features of each global "
+                  "crop over the sphere so that a small encoder's output does not collapse (default 0.5; 0 is off)"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

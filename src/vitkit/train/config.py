@@ -49,10 +49,10 @@ PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "mae": dict(method="mae", lr=1.5e-3, min_lr=1e-5, warmup_epochs=10, weight_decay=0.05, betas=[0.9, 0.95],
                 clip_grad=None, drop_path=0.0, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0),
     "dino": dict(method="dino", crop_scale=[0.4, 1.0], local_scale=[0.1, 0.4], out_dim=1024, head_hidden=512,
-                 head_bottleneck=128, lr=1e-3, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
+                 head_bottleneck=128, lr=2.5e-4, min_lr=1e-6, warmup_epochs=10, weight_decay=0.04, clip_grad=3.0,
                  drop_path=0.1, ema=None, label_smoothing=0.0, rotate=0.0, translate=0.0, scale=0.0,
                  warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
-                 momentum_teacher=0.99),
+                 momentum_teacher=0.99, koleo=0.5),
 }
 
 
