@@ -221,10 +221,14 @@ def collect(old: dict | None = None) -> dict:
     return {"modules": scores, "survivors": survivors}
 
 
+def _old_record() -> dict:
+    return json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
+
+
 def write_record(run: dict | None) -> None:
     if not (ROOT / "mutants" / "src").is_dir():  # a fresh checkout: nothing ran here, the record stays whole
         raise SystemExit("tools/mutation.py: no mutants/ folder here (no run yet): the record is left as it is")
-    old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else {}
+    old = _old_record()
     data = collect(old)
     # survivors of earlier runs that are killed now: kept in the record with the test that did it
     verdicts = _verdicts().get("mutants", {})
@@ -369,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     # run: mutmut in a child process at the lowest priority, timed
     names = a.globs
     if a.survivors:
-        old = json.loads(RECORD_JSON.read_text()) if RECORD_JSON.exists() else None
+        old = _old_record()
         # a fresh checkout has no mutants/ yet: the record's survivors (mutmut generates the mutants first)
-        listed = collect(old)["survivors"] if (ROOT / "mutants" / "src").is_dir() else (old or {}).get("survivors", [])
+        listed = collect(old)["survivors"] if (ROOT / "mutants" / "src").is_dir() else old.get("survivors", [])
         names = [s["mutant"] for s in listed if s["status"] != "not checked"
                  and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
         if not names:

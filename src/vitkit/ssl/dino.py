@@ -408,8 +408,8 @@ def cls_attention_maps(backbone: nn.Module, images: torch.Tensor, layer: int = -
     h, w = images.shape[-2:]
     grid = (math.ceil(h / p), math.ceil(w / p)) if model.cfg.dynamic_img_pad else (h // p, w // p)
     # a mean-pooled model with a [CLS] token does not use it: show what it pools, the patch queries
-    uses_cls = model.cfg.class_token and model.cfg.pooling == "cls"
-    return to_grid(cls_attention(maps[layer].float(), model.num_prefix_tokens, uses_cls), grid)
+    # (pooling "cls" implies a class token: ViTConfig refuses it without one)
+    return to_grid(cls_attention(maps[layer].float(), model.num_prefix_tokens, model.cfg.pooling == "cls"), grid)
 
 
 def save_cls_attention_png(backbone: nn.Module, images: torch.Tensor, path: str | os.PathLike,
@@ -427,7 +427,7 @@ def save_cls_attention_png(backbone: nn.Module, images: torch.Tensor, path: str 
 
     maps = cls_attention_maps(backbone, images, layer).cpu().numpy()  # (B, heads, gh, gw)
     model = getattr(backbone, "backbone", backbone)
-    query = "[CLS]" if model.cfg.class_token and model.cfg.pooling == "cls" else "mean query"
+    query = "[CLS]" if model.cfg.pooling == "cls" else "mean query"
     m = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
     pics = (images.detach().float().cpu() * s + m).clamp(0, 1)  # (B, C, H, W) in [0, 1]
