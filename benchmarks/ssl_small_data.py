@@ -1,7 +1,7 @@
 """Self-supervised pre-training on small data, as a user runs it: every step is a `vitkit` command.
 
     python benchmarks/ssl_small_data.py JOB DATA SEED [--runs DIR] [--epochs N] [--ft-epochs N] [--extra "FLAGS"]
-                                        [--ft-extra "FLAGS"]
+                                        [--ft-extra "FLAGS"] [--ft-pooling cls|gap] [--pretrain RUN/pretrain]
     python benchmarks/ssl_small_data.py --summarise DIR      # the table of every DIR/*/record.json
 
 JOB: scratch (60-epoch supervised baseline), mae (pretrain, then the same 60-epoch fine-tune with --init),
@@ -66,6 +66,11 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=60)
     ap.add_argument("--extra", default="", help="more pre-training flags, space-separated")
     ap.add_argument("--ft-extra", default="", help="more flags of the fine-tune (mae) and of scratch, space-separated")
+    ap.add_argument("--ft-pooling", choices=["cls", "gap"], default=None,
+                    help="pooling of the fine-tune (mae: --model-set pooling=P on the pre-trained encoder) and of "
+                         "scratch (its model built with it); default: the model's, [CLS]")
+    ap.add_argument("--pretrain", default=None, help="mae: fine-tune this earlier pre-training run folder instead "
+                                                   "of pre-training again (its record's CPU time is counted)")
     a = ap.parse_args()
     name = f"{Path(a.data).name}-{a.job}-s{a.seed}"
     root = Path(a.runs) / name
@@ -74,8 +79,10 @@ def main() -> None:
     rec = {"job": a.job, "data": a.data, "seed": a.seed, "machine": {"cpu_id": cpu_id(), "cores": os.cpu_count(),
            "python": platform.python_version()}, "date": time.strftime("%Y-%m-%d"), "steps": []}
     seed = ["--seed", str(a.seed), "--threads", "1", "--no-progress"]
+    model = MODEL[:-1] + [MODEL[-1] + f",pooling={a.ft_pooling}"] if a.ft_pooling else MODEL
+    ft_pool = ["--model-set", f"pooling={a.ft_pooling}"] if a.ft_pooling else []
     if a.job == "scratch":
-        rec["steps"].append(run(["vitkit", "train", *MODEL, "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
+        rec["steps"].append(run(["vitkit", "train", *model, "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
                                  *a.ft_extra.split(), "--out", str(root / "train")], log))
         s = summary(root / "train")
         rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
@@ -83,12 +90,19 @@ def main() -> None:
     else:
         epochs = a.epochs or (200 if a.job == "mae" else 30)
         pre = root / "pretrain"
-        rec["steps"].append(run(["vitkit", "pretrain", "--method", a.job, *MODEL, "--data", a.data, "--epochs",
-                                 str(epochs), "--eval-every", "10", *seed, *a.extra.split(), "--out", str(pre)], log))
+        if a.pretrain:  # an earlier pre-training run: its CPU time comes from the record beside it
+            pre = Path(a.pretrain)
+            rec["steps"].append(json.loads((pre.parent / "record.json").read_text())["steps"][0])
+            rec["pretrain_from"] = str(pre)
+        else:
+            rec["steps"].append(run(["vitkit", "pretrain", "--method", a.job, *MODEL, "--data", a.data, "--epochs",
+                                     str(epochs), "--eval-every", "10", *seed, *a.extra.split(), "--out", str(pre)],
+                                    log))
         rec["pretrain"] = summary(pre)
         if a.job == "mae":
-            rec["steps"].append(run(["vitkit", "train", "--init", str(pre), "--data", a.data, "--epochs",
-                                     str(a.ft_epochs), *seed, *a.ft_extra.split(), "--out", str(root / "finetune")], log))
+            rec["steps"].append(run(["vitkit", "train", "--init", str(pre), *ft_pool, "--data", a.data, "--epochs",
+                                     str(a.ft_epochs), *seed, *a.ft_extra.split(), "--out", str(root / "finetune")],
+                                    log))
             s = summary(root / "finetune")
             rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],
                              "best_top1": s["best_top1"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..train.config import DINO_FIELDS, MAE_FIELDS
 from ..train.config import PRETRAIN_RECIPES as RECIPES
 from .train import HELP, TRAIN_ONLY, add_settings, resolve_config, run_config
 
@@ -69,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if method not in RECIPES:
         raise ValueError("give --method mae or --method dino" + (f" (the checkpoint's run is a {method} run)"
                                                                  if method else ""))
+    other = {"mae": DINO_FIELDS, "dino": MAE_FIELDS}[method]
+    unused = [f"--{k.replace('_', '-')}" for k in other if getattr(args, k, None) is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: {'DINO' if method == 'mae' else 'MAE'} setting(s), which "
+                         f"--method {method} does not use")
     cfg = resolve_config(args, RECIPES[method])
     if cfg.method != method:
         raise ValueError(f"--method {method} does not match the settings' method {cfg.method!r}")

@@ -42,7 +42,8 @@ HELP: dict[str, str] = {
     "patch_size": "patch size for a model built from a name or config; for a checkpoint, the patch kernel is "
                   "resized to it (FlexiViT)",
     "model_overrides": "ViTConfig fields for a model built from a name or config, as KEY=VALUE[,KEY=VALUE...], "
-                       "e.g. width=64,depth=4,heads=4",
+                       "e.g. width=64,depth=4,heads=4; when fine-tuning a checkpoint, only pooling (cls, gap) "
+                       "and fc_norm: e.g. pooling=gap, as MAE fine-tunes its encoder",
     "init": "start from this checkpoint's weights (anything vitkit.load reads: a pre-trained run, a hub id, a "
             "timm file...); with --model NAME, the checkpoint must be of that architecture",
     "heads": "attention heads of a checkpoint that does not store them (a bare timm state dict whose width "

@@ -622,7 +622,7 @@ class Trainer:
         bar, plain = self._progress_bar()
         self._bar = bar  # closed by fit() also when the run stops early
         t0, images_done, start_step = time.time(), 0, self.global_step
-        last_val: dict[str, Any] = {}
+        last_val: dict[str, Any] = dict(self.last_val)  # a resumed run that is already complete keeps its numbers
         line_loss, epoch_loss = [], []  # losses since the last plain line / in this epoch
         self.model.train()
         while self.global_step < self.total_steps:
@@ -753,6 +753,13 @@ class Trainer:
         state, which = self.task.final_state(self, last_val)  # collective under FSDP
         best = self.best["score"]
         summary = {"steps": self.global_step, "epochs": self.epoch, "seconds": round(elapsed, 1)}
+        if self.global_step == start_step and start_step > 0:  # resumed when already complete: nothing trained
+            self._log(f"vitkit {self.command}: the run was already complete ({self.global_step} steps); its final "
+                      "model and summary are written again from the last checkpoint")
+            try:
+                summary["seconds"] = json.loads((self.run_dir / "summary.json").read_text())["seconds"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
         if self.task.name in ("classify", "distill"):
             summary.update(val_top1=last_val.get("top1"), val_top5=last_val.get("top5"),
                            ema_top1=last_val.get("ema_top1"), best_top1=-1.0 if best is None else best)

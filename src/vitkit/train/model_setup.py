@@ -5,7 +5,6 @@ checkpoint's preprocessing kept)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from ..weights.api import is_checkpoint
 from ..weights.checks import check_state
 
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+HEAD_SIDE = ("pooling", "fc_norm")  # ViTConfig fields a fine-tune may change: how the head reads the tokens
 BYTES_PER_TRAINED_PARAM = 16  # fp32 weights + gradients + AdamW's two moments
 
 
@@ -70,27 +70,36 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
 
     from ..weights.api import load
 
-    if overrides:
-        raise ValueError(f"model overrides {sorted(overrides)} apply to models built from a name or config, "
-                         f"not to the checkpoint {model}")
+    if overrides:  # --model CHECKPOINT --model-set ...: as with --init, only the head side can change
+        architecture_overrides = {**overrides, **(architecture_overrides or {})}
     # a new --patch-size resizes the checkpoint's patch kernel (FlexiViT's pseudo-inverse, layers/flexi.py)
     src = load(model, image_size=image_size, patch_size=patch_size, dtype=torch.float32, **(load_options or {}))
     old_cfg, where = src.cfg, src.load_info.get("source", model)
     notes.append(f"fine-tuning from {where} ({src.load_info['format']})")
+    head_side = {k: v for k, v in (architecture_overrides or {}).items() if k in HEAD_SIDE}
     if architecture is not None:
         want = resolve_config(architecture, **(architecture_overrides or {}))
         ignore = {"num_classes", "labels", "dynamic_img_size", "dynamic_img_pad", "image_size"}  # size: resampled
-        diff = [d for d in architecture_diff(want.to_dict(), old_cfg.to_dict()) if d.split(":")[0] not in ignore]
+        diff = [d for d in architecture_diff(want.to_dict(), old_cfg.to_dict())
+                if d.split(":")[0] not in ignore and d.split(":")[0] not in head_side]
         if diff:
             raise ValueError(f"--init {model}: the checkpoint is not a {architecture!r} ({'; '.join(diff)}); "
                              "drop --model to train the checkpoint's own architecture")
+    elif set(architecture_overrides or {}) - set(head_side):
+        other = sorted(set(architecture_overrides or {}) - set(head_side))
+        raise ValueError(f"--model-set {', '.join(other)}: a checkpoint's architecture is its own; only "
+                         f"{', '.join(sorted(HEAD_SIDE))} (how the head reads the tokens) can change when "
+                         f"fine-tuning from {model}")
     notes += src.load_info.get("notes", [])
     if old_cfg.channels != data_channels and not (data_channels == 1 and old_cfg.channels == 3):
         raise ValueError(f"the checkpoint {where} takes {old_cfg.channels}-channel images, the data has "
                          f"{data_channels} channel(s)")
     cfg = old_cfg.replace(num_classes=n, labels=list(classes), drop_path=drop_path, dynamic_img_size=False)
-    check_trainable(cfg, where)
     state = {k: v for k, v in src.state_dict().items()}
+    if head_side and any(head_side[k] != getattr(old_cfg, k) for k in head_side):
+        cfg, moved = repool(cfg, state, head_side)
+        notes.append(moved)
+    check_trainable(cfg, where)
     new_head = old_cfg.num_classes != n or (old_cfg.labels is not None and list(old_cfg.labels) != list(classes))
     if new_head:
         for k in HEAD_KEYS:
@@ -106,6 +115,26 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
     m.preprocess_cfg = pre
     notes.append(f"preprocessing kept from the checkpoint: {describe_preprocess(pre)}")
     return m, notes
+
+
+def repool(cfg: ViTConfig, state: dict[str, torch.Tensor], change: dict[str, Any]) -> tuple[ViTConfig, str]:
+    """``cfg`` with a new pooling / fc_norm (as MAE fine-tunes its encoder with mean pooling), and ``state``
+    adapted in place: the final norm's weights move between ``norm.`` (before pooling) and ``fc_norm.`` (after
+    it), so no trained weight is dropped; the encoder is unchanged."""
+    if change.get("pooling", cfg.pooling) == "map" and cfg.pooling != "map":
+        raise ValueError("pooling=map adds an attention-pooling head that the checkpoint does not have; fine-tune "
+                         "with pooling=cls or pooling=gap")
+    if cfg.pooling == "map" and change.get("pooling", "map") != "map":
+        raise ValueError("the checkpoint pools with its attention-pooling head (map); dropping it would lose "
+                         "trained weights, so its pooling cannot change")
+    new = cfg.replace(**change)  # ViTConfig refuses pooling=cls without a class token
+    was, now = ("fc_norm." if cfg.use_fc_norm else "norm."), ("fc_norm." if new.use_fc_norm else "norm.")
+    if was != now:
+        for k in [k for k in state if k.startswith(was)]:
+            state[now + k[len(was):]] = state.pop(k)
+    what = {"cls": "the [CLS] token", "gap": "the mean of the patch tokens"}
+    return new, (f"pooling: {what[cfg.pooling]} -> {what[new.pooling]}"
+                 + (f"; the final norm moved from {was[:-1]} to {now[:-1]}" if was != now else ""))
 
 
 def describe_preprocess(pre: PreprocessConfig) -> str:

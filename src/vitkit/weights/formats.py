@@ -151,7 +151,6 @@ def detect(path: str | os.PathLike) -> Format:
     for fmt in FORMATS:
         if fmt.sniff(path):
             return fmt
-    what = "folder" if path.is_dir() else "file"
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         why = f"its {CONFIG_NAME} has none of the fields 'format': 'vitkit', 'model_type', 'architecture'"
     elif path.is_dir():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..config import ViTConfig
 from ..data.preprocess import PreprocessConfig
