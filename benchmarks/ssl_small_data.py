@@ -69,6 +69,10 @@ def main() -> None:
     ap.add_argument("--ft-pooling", choices=["cls", "gap"], default=None,
                     help="pooling of the fine-tune (mae: --model-set pooling=P on the pre-trained encoder) and of "
                          "scratch (its model built with it); default: the model's, [CLS]")
+    ap.add_argument("--lp-ft", type=float, default=None, metavar="LR",
+                    help="mae: LP-FT (Kumar et al. 2022): first train only the head on the frozen encoder "
+                         "(vitkit train --linear-probe, --ft-epochs), then fine-tune everything from there at "
+                         "this peak lr for --ft-epochs")
     ap.add_argument("--pretrain", default=None, help="mae: fine-tune this earlier pre-training run folder instead "
                                                    "of pre-training again (its record's CPU time is counted)")
     a = ap.parse_args()
@@ -100,6 +104,13 @@ def main() -> None:
                                     log))
         rec["pretrain"] = summary(pre)
         if a.job == "mae":
+            if a.lp_ft is not None:  # the head first, on the frozen encoder; then everything, gently
+                rec["steps"].append(run(["vitkit", "train", "--init", str(pre), *ft_pool, "--linear-probe",
+                                         "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
+                                         "--out", str(root / "probe")], log))
+                rec["probe"] = summary(root / "probe")
+                pre, ft_pool = root / "probe", []
+                a.ft_extra += f" --lr {a.lp_ft}"
             rec["steps"].append(run(["vitkit", "train", "--init", str(pre), *ft_pool, "--data", a.data, "--epochs",
                                      str(a.ft_epochs), *seed, *a.ft_extra.split(), "--out", str(root / "finetune")],
                                     log))

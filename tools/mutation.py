@@ -64,7 +64,8 @@ MODULE_TESTS: dict[str, list[str]] = {
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check",
-          -11: "segfault", -9: "segfault", None: "not checked"}
+          -11: "segfault", -9: "segfault", None: "not checked",
+          -6: "killed", 134: "killed"}  # SIGABRT: the mutant aborts the test process (a C++ terminate), a failure
 
 
 def module_of(key: str) -> str:
