@@ -82,9 +82,15 @@ def test_fine_tune_may_change_only_the_head_side(tmp_path):
         build_model(str(tmp_path / "cls"), ["a", "b"], 3, architecture_overrides={"width": 64, "pooling": "gap"})
     with pytest.raises(ValueError, match="attention-pooling head that the checkpoint does not have"):
         build_model(str(tmp_path / "cls"), ["a", "b"], 3, architecture_overrides={"pooling": "map"})
-    # the same pooling as the checkpoint's changes nothing
-    m, notes = build_model(str(tmp_path / "cls"), ["a", "b"], 3, architecture_overrides={"pooling": "cls"})
+    # the same pooling as the checkpoint's changes nothing; the checkpoint's own width is no change either
+    m, notes = build_model(str(tmp_path / "cls"), ["a", "b"], 3, architecture_overrides={"pooling": "cls",
+                                                                                        "width": 32})
     assert m.cfg.pooling == "cls" and not any("pooling:" in n for n in notes)
+    # fc_norm alone: the norm moves, the pooling is said to stay
+    m, notes = build_model(str(tmp_path / "cls"), ["a", "b"], 3, architecture_overrides={"fc_norm": True})
+    assert m.cfg.pooling == "cls" and m.cfg.use_fc_norm
+    assert "the final norm moved from norm to fc_norm" in notes and not any("pooling:" in n for n in notes)
+    assert "head replaced: 3 -> 2 classes (a, b)" in notes
 
 
 def test_train_init_with_model_set_pooling_gap_through_the_cli(tmp_path, capsys):
@@ -125,4 +131,12 @@ def test_pretrain_refuses_the_other_methods_settings(tmp_path, capsys, method, f
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{flag}: " in err and f"--method {method} does not use" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_pretrain_refuses_the_other_methods_settings_in_a_config_file(tmp_path, capsys):
+    (tmp_path / "k.yaml").write_text("koleo: 0.1\nlr: 1.0e-3\n")
+    assert main(["pretrain", "--method", "mae", "--config", str(tmp_path / "k.yaml"), *TINY, "--data", "digits",
+                 "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    assert f"koleo (in {tmp_path / 'k.yaml'}): DINO setting(s), which --method mae does not use" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -115,7 +115,7 @@ def test_pretrain_cli_on_a_plain_folder_then_fine_tune_from_the_run(tmp_path, ca
                "--no-progress", "--out", str(ft)])
     assert rc == 0
     text = "".join(capsys.readouterr())
-    assert "fine-tuning from" in text and "head replaced: 0 -> 10 classes" in text
+    assert "fine-tuning from" in text and "head added: 10 classes" in text
     m = vitkit.load(ft)
     assert m.cfg.num_classes == 10 and m.cfg.width == 32
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import DINO_FIELDS, MAE_FIELDS
+from ..train.config import DINO_FIELDS, MAE_FIELDS, read_config_file
 from ..train.config import PRETRAIN_RECIPES as RECIPES
 from .train import HELP, TRAIN_ONLY, add_settings, resolve_config, run_config
 
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                                                                  if method else ""))
     other = {"mae": DINO_FIELDS, "dino": MAE_FIELDS}[method]
     unused = [f"--{k.replace('_', '-')}" for k in other if getattr(args, k, None) is not None]
+    if args.config:  # the same settings in a --config file
+        unused += [f"{k} (in {args.config})" for k in read_config_file(args.config) if k in other]
     if unused:
         raise ValueError(f"{', '.join(unused)}: {'DINO' if method == 'mae' else 'MAE'} setting(s), which "
                          f"--method {method} does not use")

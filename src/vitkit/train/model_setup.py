@@ -85,8 +85,10 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
         if diff:
             raise ValueError(f"--init {model}: the checkpoint is not a {architecture!r} ({'; '.join(diff)}); "
                              "drop --model to train the checkpoint's own architecture")
-    elif set(architecture_overrides or {}) - set(head_side):
-        other = sorted(set(architecture_overrides or {}) - set(head_side))
+    elif [k for k, v in (architecture_overrides or {}).items()
+          if k not in head_side and getattr(old_cfg, k, object()) != v]:  # the checkpoint's own values pass
+        other = sorted(k for k, v in (architecture_overrides or {}).items()
+                       if k not in head_side and getattr(old_cfg, k, object()) != v)
         raise ValueError(f"--model-set {', '.join(other)}: a checkpoint's architecture is its own; only "
                          f"{', '.join(sorted(HEAD_SIDE))} (how the head reads the tokens) can change when "
                          f"fine-tuning from {model}")
@@ -104,8 +106,9 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
     if new_head:
         for k in HEAD_KEYS:
             state.pop(k, None)
-        notes.append(f"head replaced: {old_cfg.num_classes} -> {n} classes ({', '.join(classes[:5])}"
-                     f"{', ...' if n > 5 else ''})")
+        notes.append((f"head added: {n} classes" if not old_cfg.num_classes else
+                      f"head replaced: {old_cfg.num_classes} -> {n} classes")
+                     + f" ({', '.join(classes[:5])}{', ...' if n > 5 else ''})")
     m = VisionTransformer(cfg)
     if new_head:  # a replaced head starts at zero, as the paper fine-tunes (and as reset_classifier does)
         state.update({k: torch.zeros_like(v) for k, v in m.state_dict().items() if k in HEAD_KEYS})
@@ -133,8 +136,10 @@ def repool(cfg: ViTConfig, state: dict[str, torch.Tensor], change: dict[str, Any
         for k in [k for k in state if k.startswith(was)]:
             state[now + k[len(was):]] = state.pop(k)
     what = {"cls": "the [CLS] token", "gap": "the mean of the patch tokens"}
-    return new, (f"pooling: {what[cfg.pooling]} -> {what[new.pooling]}"
-                 + (f"; the final norm moved from {was[:-1]} to {now[:-1]}" if was != now else ""))
+    said = [f"pooling: {what[cfg.pooling]} -> {what[new.pooling]}"] if new.pooling != cfg.pooling else []
+    if was != now:
+        said.append(f"the final norm moved from {was[:-1]} to {now[:-1]}")
+    return new, "; ".join(said) or f"pooling: {what[new.pooling]}, unchanged"
 
 
 def describe_preprocess(pre: PreprocessConfig) -> str:
