@@ -140,3 +140,11 @@ def test_pretrain_refuses_the_other_methods_settings_in_a_config_file(tmp_path, 
                  "--steps", "1", "--out", str(tmp_path / "r")]) == 2
     assert f"koleo (in {tmp_path / 'k.yaml'}): DINO setting(s), which --method mae does not use" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_larger_than_the_data_says_which_setting_to_change(tmp_path, capsys):
+    data = _folder(tmp_path / "d", n=3)  # 6 training images, the default batch is 64
+    assert main(["pretrain", "--method", "mae", *TINY, "--data", str(data), "--epochs", "1",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "batch size 64 is larger than the training set (6 images); give a smaller --batch-size" in \
+        capsys.readouterr().err

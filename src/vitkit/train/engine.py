@@ -257,7 +257,8 @@ class Trainer:
             raise ValueError(f"batch size {G} must be divisible by processes x accumulation steps = {W} x {A}")
         self.steps_per_epoch = len(train_ds) // G
         if self.steps_per_epoch < 1:
-            raise ValueError(f"batch size {G} is larger than the training set ({len(train_ds)} images)")
+            raise ValueError(f"batch size {G} is larger than the training set ({len(train_ds)} images); give a "
+                             f"smaller --batch-size")
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
