@@ -4,16 +4,16 @@ pre-training method."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
 from vitkit.config import ViTConfig
 from vitkit.models.vit import VisionTransformer
 from vitkit.train.model_setup import build_model
+
+from test_train_cli import _folder as _class_folder
 
 TINY = ["--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=2,heads=4", "--no-progress",
         "--threads", "1", "--workers", "0"]
@@ -31,14 +31,7 @@ def _saved_cls_model(path, pooling="cls"):
 
 
 def _folder(root, n=4):
-    rng = np.random.default_rng(0)
-    for c, base in (("dark", 40), ("light", 200)):
-        for split, k in (("train", n), ("val", 2)):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(k):
-                a = np.clip(base + rng.integers(-20, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(a).save(d / f"{i}.png")
+    _class_folder(root, n)  # dark / light 10x10 images, train/ and val/
     return root
 
 
