@@ -104,15 +104,15 @@ def main() -> None:
                                     log))
         rec["pretrain"] = summary(pre)
         if a.job == "mae":
+            lr = []
             if a.lp_ft is not None:  # the head first, on the frozen encoder; then everything, gently
                 rec["steps"].append(run(["vitkit", "train", "--init", str(pre), *ft_pool, "--linear-probe",
                                          "--data", a.data, "--epochs", str(a.ft_epochs), *seed,
                                          "--out", str(root / "probe")], log))
                 rec["probe"] = summary(root / "probe")
-                pre, ft_pool = root / "probe", []
-                a.ft_extra += f" --lr {a.lp_ft}"
+                pre, ft_pool, lr = root / "probe", [], ["--lr", str(a.lp_ft)]  # the probe run holds the pooling
             rec["steps"].append(run(["vitkit", "train", "--init", str(pre), *ft_pool, "--data", a.data, "--epochs",
-                                     str(a.ft_epochs), *seed, *a.ft_extra.split(), "--out", str(root / "finetune")],
+                                     str(a.ft_epochs), *seed, *a.ft_extra.split(), *lr, "--out", str(root / "finetune")],
                                     log))
             s = summary(root / "finetune")
             rec["result"] = {"val_top1": s["ema_top1"] if s["model_weights"] == "ema" else s["val_top1"],

@@ -77,6 +77,8 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
     old_cfg, where = src.cfg, src.load_info.get("source", model)
     notes.append(f"fine-tuning from {where} ({src.load_info['format']})")
     head_side = {k: v for k, v in (architecture_overrides or {}).items() if k in HEAD_SIDE}
+    other = sorted(k for k, v in (architecture_overrides or {}).items()  # the checkpoint's own values pass
+                   if k not in head_side and getattr(old_cfg, k, object()) != v)
     if architecture is not None:
         want = resolve_config(architecture, **(architecture_overrides or {}))
         ignore = {"num_classes", "labels", "dynamic_img_size", "dynamic_img_pad", "image_size"}  # size: resampled
@@ -85,10 +87,7 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
         if diff:
             raise ValueError(f"--init {model}: the checkpoint is not a {architecture!r} ({'; '.join(diff)}); "
                              "drop --model to train the checkpoint's own architecture")
-    elif [k for k, v in (architecture_overrides or {}).items()
-          if k not in head_side and getattr(old_cfg, k, object()) != v]:  # the checkpoint's own values pass
-        other = sorted(k for k, v in (architecture_overrides or {}).items()
-                       if k not in head_side and getattr(old_cfg, k, object()) != v)
+    elif other:
         raise ValueError(f"--model-set {', '.join(other)}: a checkpoint's architecture is its own; only "
                          f"{', '.join(sorted(HEAD_SIDE))} (how the head reads the tokens) can change when "
                          f"fine-tuning from {model}")
@@ -98,7 +97,7 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
                          f"{data_channels} channel(s)")
     cfg = old_cfg.replace(num_classes=n, labels=list(classes), drop_path=drop_path, dynamic_img_size=False)
     state = {k: v for k, v in src.state_dict().items()}
-    if head_side and any(head_side[k] != getattr(old_cfg, k) for k in head_side):
+    if any(v != getattr(old_cfg, k) for k, v in head_side.items()):
         cfg, moved = repool(cfg, state, head_side)
         notes.append(moved)
     check_trainable(cfg, where)
