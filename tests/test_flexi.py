@@ -42,6 +42,66 @@ def test_resized_input_gives_the_same_patch_embedding(old, new):
     assert max_diff(a, b) < 1e-9
 
 
+@pytest.mark.parametrize("old,new", [((3, 5), (4, 7)), ((6, 4), (3, 2))])
+def test_resize_matrix_is_the_image_resize_on_non_square_patches(old, new):
+    """B·x == resize(x) for every x, with the height and the width each its own (not the one for both)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, *old, dtype=torch.float64)
+    want = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False)
+    b = resize_matrix(old, new)
+    assert b.shape == (new[0] * new[1], old[0] * old[1])
+    assert max_diff((b @ x.reshape(4, -1).T).T.reshape(4, 1, *new), want) < 1e-12
+
+
+def test_resize_matrix_antialiases_by_default():
+    """timm's default: a patch shrunk 8 -> 3 is antialiased unless asked not to be."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    aa = F.interpolate(x, size=(3, 3), mode="bicubic", antialias=True, align_corners=False).flatten()
+    plain = F.interpolate(x, size=(3, 3), mode="bicubic", antialias=False, align_corners=False).flatten()
+    assert max_diff(resize_matrix((8, 8), (3, 3)) @ x.flatten(), aa) < 1e-12
+    assert max_diff(resize_matrix((8, 8), (3, 3), antialias=False) @ x.flatten(), plain) < 1e-12
+    assert max_diff(aa, plain) > 1e-3
+
+
+def test_resize_patch_kernel_passes_antialias_on():
+    w = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    plain = resize_patch_kernel(w, 4, antialias=False)
+    want = (w.reshape(4, 3, -1) @ torch.linalg.pinv(resize_matrix((8, 8), (4, 4), antialias=False))).reshape(4, 3, 4, 4)
+    assert max_diff(plain, want) < 1e-12
+    assert max_diff(plain, resize_patch_kernel(w, 4)) > 1e-3
+
+
+@pytest.mark.parametrize("old,new", [((4, 6), (8, 12)), ((4, 4), (6, 10)), ((5, 3), (5, 6))])
+def test_non_square_kernels_and_sizes_keep_the_patch_embedding(old, new):
+    """A kernel (D, C, h, w) resized to a (h', w') tuple: the shape asked for, and <x, w> == <resize(x), ŵ>."""
+    torch.manual_seed(0)
+    w = torch.randn(7, 3, *old, dtype=torch.float64)
+    x = torch.randn(10, 3, *old, dtype=torch.float64)
+    out = resize_patch_kernel(w, new)
+    assert out.shape == (7, 3, *new)
+    x_big = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False)
+    assert max_diff(F.conv2d(x, w, stride=old), F.conv2d(x_big, out, stride=new)) < 1e-9
+
+
+def test_a_kernel_resized_to_patch_size_1():
+    """Side 1 is a patch size (a 1x1 kernel: the least-squares average of the patch); 0 is refused."""
+    w = torch.randn(5, 3, 4, 4)
+    out = resize_patch_kernel(w, 1)
+    assert out.shape == (5, 3, 1, 1) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="patch size must be positive"):
+        resize_patch_kernel(w, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_resized_kernel_keeps_the_dtype(dtype):
+    w = torch.randn(5, 3, 8, 8).to(dtype)
+    out = resize_patch_kernel(w, 16)
+    assert out.dtype == dtype and out.device == w.device
+    want = resize_patch_kernel(w.double(), 16).to(dtype)  # computed in float64 either way
+    assert torch.equal(out, want)
+
+
 def _tiny_file(tmp_path, **kw):
     torch.manual_seed(0)
     m = randomise(vitkit.create_model(tiny_cfg(image_size=32, patch_size=8, **kw)))
