@@ -120,6 +120,54 @@ def test_pretrain_cli_on_a_plain_folder_then_fine_tune_from_the_run(tmp_path, ca
     assert m.cfg.num_classes == 10 and m.cfg.width == 32
 
 
+def test_mae_on_plain_folders_validates_on_the_unlabelled_val_folder(tmp_path, capsys):
+    """Unlabelled validation images (label -1) are scored, not dropped as padding: a finite reconstruction
+    loss every epoch, and best.pt the epoch with the lowest."""
+    from vitkit.cli.main import main
+
+    train, val = _plain_folder(tmp_path / "unlabelled"), _plain_folder(tmp_path / "unlabelled_val", n=11)
+    run = tmp_path / "mae"
+    rc = main(["pretrain", "--method", "mae", "--model", "vit_tiny_patch4_16", "--model-set", "width=32,depth=1,heads=2",
+               "--data", str(train), "--val-data", str(val), "--epochs", "2", "--batch-size", "8", "--threads", "1",
+               "--no-progress", "--decoder-width", "32", "--decoder-depth", "1", "--decoder-heads", "2",
+               "--out", str(run)])
+    assert rc == 0, capsys.readouterr().err
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in vals if r["kind"] == "val"]
+    assert len(vals) == 2 and all(0 < r["val_loss"] < 10 for r in vals)
+    json.loads((run / "summary.json").read_text(), parse_constant=pytest.fail)  # no NaN in it
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_knn_k_above_the_memory_bank_is_said_once(tmp_path):
+    logs = []
+    Trainer(TrainConfig(**{**MAE, "knn_k": 500}, epochs=2, out=str(tmp_path / "mae")), *_small_data(),
+            log=logs.append).fit()
+    said = [m for m in logs if "--knn-k 500" in m]
+    assert len(said) == 1 and "96 training images" in said[0] and "k = 96" in said[0]
+
+
+def test_pretrain_resume_of_a_folder_without_checkpoints_says_so(tmp_path, capsys):
+    from vitkit.cli.main import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["pretrain", "--resume", "--out", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--method" not in err
+
+
+def test_pretrain_data_errors_name_the_plain_folder(tmp_path, capsys):
+    from vitkit.cli.main import main
+
+    (tmp_path / "notes.txt").write_text("not images")
+    args = ["pretrain", "--method", "mae", "--model", "vit_tiny_patch4_16", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert main([*args, "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in (err := capsys.readouterr().err) and "a plain folder of images" in err
+    assert main([*args, "--data", str(tmp_path / "notes.txt")]) == 2
+    assert "expected a folder of images, a folder of class folders or a .csv file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_pretrain_resume_from_the_cli_needs_no_method(tmp_path, capsys):
     from vitkit.cli.main import main
 

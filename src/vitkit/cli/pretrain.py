@@ -34,7 +34,10 @@ Examples:
 """
 
 HELPS = {"lr": "peak learning rate after warm-up (default: MAE 1.5e-3, DINO 2.5e-4)",
-         "warmup_epochs": "linear warm-up in epochs (default 10; capped at the run's length)",
+         "data": "training data: a plain folder of images (no labels), or any source of vitkit train: digits, "
+                 "lfw-faces, a folder (train/<class>/*, val/<class>/*) or a .csv with header path,label (the labels "
+                 "only feed the k-NN monitor)",
+         "warmup_epochs": "linear warm-up in epochs (default 10; at most a quarter of the run's steps)",
          "min_lr": "learning rate at the end of the cosine (default: MAE 1e-5, DINO 1e-6)",
          "weight_decay": "weight decay (default: MAE 0.05, DINO 0.04)",
          "betas": "AdamW betas (default: MAE 0.9 0.95, DINO 0.9 0.999)",
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         from ..train.checkpoint import latest_checkpoint, load_checkpoint
 
         src = args.resume if args.resume != "auto" else (latest_checkpoint(args.out) if args.out else None)
+        if src is None and args.out:  # the engine's own message, not a request for --method
+            raise FileNotFoundError(f"nothing to resume: {args.out} holds no checkpoint (checkpoints/step_*.pt)")
         method = (load_checkpoint(src).get("train_config") or {}).get("method") if src else None
     if method not in RECIPES:
         raise ValueError("give --method mae or --method dino" + (f" (the checkpoint's run is a {method} run)"

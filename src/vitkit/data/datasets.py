@@ -281,12 +281,14 @@ def _file_items(source: str, classes: list[str] | None = None) -> tuple[list[str
     raise ValueError(f"data source {source!r}: expected a folder of class folders or a .csv file")
 
 
-def _check_exists(source: str) -> None:
+def _check_exists(source: str, plain: bool = False) -> None:
+    """``plain``: the caller (pre-training) also reads a plain folder of images, and the message says so."""
     if source in BUILTIN:
         return
     if not os.path.exists(source):
         raise FileNotFoundError(f"data source {source!r} does not exist (built-in sets: {', '.join(BUILTIN)}; "
-                                "or a folder train/<class>/..., val/<class>/..., or a CSV of path,label)")
+                                "or a folder train/<class>/..., val/<class>/..., or a CSV of path,label"
+                                + ("; or a plain folder of images)" if plain else ")"))
 
 
 def has_validation_part(source: str) -> bool:

@@ -18,6 +18,7 @@ Unreadable files are skipped and reported as in every vitkit data set.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .builtin import BUILTIN
@@ -73,6 +74,14 @@ def _plain_dataset(paths: list[str], spec: DataSpec, name: str) -> UnlabelledIma
     return UnlabelledImageDataset(paths, spec.image_size, spec.channels, name, spec.strict, spec.preprocess)
 
 
+def check_pretrain_source(source: str) -> None:
+    """A source pre-training can read exists and is of a kind it reads (the messages name the plain folder)."""
+    _check_exists(source, plain=True)
+    if source not in BUILTIN and os.path.isfile(source) and not source.lower().endswith(".csv"):
+        raise ValueError(f"data source {source!r}: expected a folder of images, a folder of class folders or a "
+                         ".csv file")
+
+
 def load_pretrain_source(source: str, spec: DataSpec,
                          val_source: str | None = None) -> tuple[ImageDataset, ImageDataset | None, bool]:
     """(train data set, validation data set or None, labelled) for pre-training.
@@ -83,9 +92,9 @@ def load_pretrain_source(source: str, spec: DataSpec,
     with ``val_source`` that part is read from there: a plain folder (unlabelled), or anything ``vitkit eval``
     reads (a built-in's validation split, a class folder, a layout's ``val/``, a CSV).
     """
-    _check_exists(source)
+    check_pretrain_source(source)
     if val_source:
-        _check_exists(val_source)
+        _check_exists(val_source, plain=True)
     paths = plain_folder_images(source) if source not in BUILTIN else None
     if paths is None:
         train, val = load_source(source, spec, val_source)

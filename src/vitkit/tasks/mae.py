@@ -70,7 +70,7 @@ class MAETask(PretrainTask):
             trainer.note_skipped(skipped)
             if x is None:
                 continue
-            keep = y >= 0  # padding of the last batches under torchrun
+            keep = y != D.PAD_LABEL  # padding of the last batches under torchrun (unlabelled images are -1)
             if not keep.any():
                 continue
             x = x[keep].to(trainer.info.device)

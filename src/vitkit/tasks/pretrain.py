@@ -23,8 +23,9 @@ class PretrainTask(Task):
         """A plain folder of images has none; every source of ``vitkit train`` has its classes."""
         import os
 
-        from ..data.unlabelled import plain_folder_images
+        from ..data.unlabelled import check_pretrain_source, plain_folder_images
 
+        check_pretrain_source(source)
         if os.path.isdir(source) and plain_folder_images(source) is not None:
             return []
         return super().data_classes(source)
@@ -55,8 +56,12 @@ class PretrainTask(Task):
         (ft, yt), (fv, yv) = (extract_features(enc, ds, trainer.eval_transform, batch_size=max(64, trainer.cfg.batch_size),
                                                device=trainer.info.device, autocast=trainer.autocast())
                               for ds in (trainer.train_ds, trainer.val_ds))
-        res = knn_accuracy(ft, yt, fv, yv, len(trainer.classes), k=min(self.cfg.knn_k, len(ft)),
-                           temperature=self.cfg.knn_temperature)
+        k = min(self.cfg.knn_k, len(ft))
+        if k < self.cfg.knn_k and not getattr(self, "_said_knn_k", False):  # said once, not every epoch
+            trainer.log(f"k-NN monitor: --knn-k {self.cfg.knn_k} is more than the {len(ft)} training images "
+                        f"(the memory bank); it votes with k = {k}")
+            self._said_knn_k = True
+        res = knn_accuracy(ft, yt, fv, yv, len(trainer.classes), k=k, temperature=self.cfg.knn_temperature)
         return {"knn_top1": res["top1"]}
 
     def score(self, val: dict[str, Any]) -> float | None:

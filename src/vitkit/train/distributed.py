@@ -15,6 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# The label of the padding items that even out the validation batches across processes (Trainer.val_batches):
+# below every class label (>= 0) and below the -1 of an unlabelled image (data/unlabelled.py), so a task can
+# drop the padding and keep unlabelled images.
+PAD_LABEL = -2
+
 
 @dataclass
 class DistInfo:

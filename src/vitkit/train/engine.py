@@ -494,7 +494,7 @@ class Trainer:
 
     def val_batches(self, ds: ImageDataset | None = None) -> Any:
         """This process's share of a data set (the validation set by default) as normalised, unaugmented
-        ``(x, y, skipped)`` batches, padded with label -1 so every process runs as many batches."""
+        ``(x, y, skipped)`` batches, padded with label D.PAD_LABEL so every process runs as many batches."""
         ds = self.val_ds if ds is None else ds
         W, r = self.info.world_size, self.info.rank
         n = len(ds)
@@ -793,7 +793,7 @@ class Trainer:
 
 
 class _EvalView(torch.utils.data.Dataset):
-    """Validation items ``(index, real)``: normalised image and label, label -1 for padding."""
+    """Validation items ``(index, real)``: normalised image and label, label D.PAD_LABEL for padding."""
 
     def __init__(self, base: ImageDataset, transform: EvalTransform):
         self.base, self.transform = base, transform
@@ -806,7 +806,7 @@ class _EvalView(torch.utils.data.Dataset):
         x, y = self.base[i]
         if x is None:
             return (None, y) if real else (None, "")
-        return self.transform(x), (y if real else -1)
+        return self.transform(x), (y if real else D.PAD_LABEL)
 
 
 def train_ds_channels(ds: ImageDataset) -> int:
