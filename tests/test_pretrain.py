@@ -24,9 +24,10 @@ DINO = dict(BASE, method="dino", out_dim=64, head_hidden=64, head_bottleneck=32,
 
 @pytest.mark.parametrize("cfg", [MAE, DINO], ids=["mae", "dino"])
 def test_pretraining_resumes_exactly(tmp_path, cfg):
-    """Stopped mid-epoch after step 7, resumed from its step-6 checkpoint: the same loss at every step, the same
-    student and (DINO) the same teacher and centre as the uninterrupted run."""
-    a, b = resume_matches_uninterrupted(tmp_path, dict(cfg, steps=9), _small_data, stop_at=7, ckpt_every=3)
+    """Stopped after step 5, resumed from its step-4 checkpoint, in the middle of the first epoch (6 steps): the
+    same loss at every step, the same epoch lines (the resumed epoch's train loss too), the same student and
+    (DINO) the same teacher and centre as the uninterrupted run."""
+    a, b = resume_matches_uninterrupted(tmp_path, dict(cfg, steps=9), _small_data, stop_at=5, ckpt_every=4)
     assert a["task"]["name"] == cfg["method"]
     if cfg["method"] == "dino":
         ta, tb = a["task"]["state"], b["task"]["state"]

@@ -2,6 +2,7 @@
 (its loss against its definition, the frozen teacher, exact resume), and what each task stores in a checkpoint."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,8 @@ def resume_matches_uninterrupted(tmp_path, cfg: dict, data, stop_at: int, ckpt_e
     engine.plot_curves = lambda *a, **kw: None
     try:
         full = tmp_path / "full"
-        Trainer(TrainConfig(**cfg, save_every_steps=ckpt_every, out=str(full)), *data(), log=lambda m: None).fit()
+        full_log, resumed_log = [], []
+        Trainer(TrainConfig(**cfg, save_every_steps=ckpt_every, out=str(full)), *data(), log=full_log.append).fit()
 
         def stop(event, trainer, **info):
             if event == "step" and info["step"] == stop_at:
@@ -154,10 +156,13 @@ def resume_matches_uninterrupted(tmp_path, cfg: dict, data, stop_at: int, ckpt_e
             Trainer(TrainConfig(**cfg, save_every_steps=ckpt_every, out=str(run)), *data(), hooks=[stop],
                     log=lambda m: None).fit()
         Trainer(TrainConfig(**cfg, save_every_steps=ckpt_every, out=str(run), resume="auto"), *data(),
-                log=lambda m: None).fit()
+                log=resumed_log.append).fit()
     finally:
         engine.plot_curves = engine_plot
     assert _losses(run) == _losses(full)
+    # the epoch lines after the resume, the resumed epoch's train loss included, are the uninterrupted run's
+    epochs = lambda log: [re.sub(r" \(\d+ s\)$", "", m) for m in log if re.match(r"epoch \d+/\d+: ", m)]
+    assert epochs(resumed_log) and epochs(resumed_log) == epochs(full_log)[-len(epochs(resumed_log)):]
     a, b = (load_checkpoint(step_checkpoints(r)[-1][1]) for r in (full, run))
     assert a["progress"] == b["progress"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -161,3 +161,46 @@ def test_npz_refuses_beit_blocks(tmp_path):
     with pytest.raises(ValueError, match="npz layout cannot express this model: missing qkv/patch biases; a relative"):
         vitkit.save(vitkit.create_model(tiny_cfg(rel_pos="shared", qkv_bias="qv")), tmp_path / "b.npz", format="npz")
     assert not (tmp_path / "b.npz").exists()
+
+
+# --- the relative-position pieces on what the models above do not reach: non-square grids, dtypes, devices
+
+
+@pytest.mark.parametrize("old,new", [((3, 4), (5, 6)), ((4, 2), (6, 3)), ((2, 5), (4, 5))])
+def test_non_square_rel_pos_tables_resize_as_timm_does(old, new):
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
+
+    from vitkit.layers import resize_rel_pos_table
+
+    torch.manual_seed(0)
+    rows = lambda g: (2 * g[0] - 1) * (2 * g[1] - 1) + 3
+    table = torch.randn(rows(old), 3)
+    ours = resize_rel_pos_table(table, new, old)
+    theirs = resize_rel_pos_bias_table(table, new, (rows(new), 3), old_window_size=old)
+    assert ours.shape == (rows(new), 3) and max_diff(ours, theirs) < 1e-5
+    assert torch.equal(ours[-3:], table[-3:])  # the [CLS] rows are kept
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_resized_rel_pos_table_keeps_the_dtype(dtype):
+    from vitkit.layers import resize_rel_pos_table
+
+    table = torch.randn(7 * 7 + 3, 2).to(dtype)
+    out = resize_rel_pos_table(table, (6, 6), (4, 4))
+    assert out.dtype == dtype
+    assert torch.equal(out, resize_rel_pos_table(table.float(), (6, 6), (4, 4)).to(dtype))
+
+
+def test_rel_pos_pieces_stay_on_the_device_asked_for():
+    """On the meta device (the only other device a CPU build has): the index, a resized table, and the
+    index rebuilt by init_buffers are made where they are asked to be, not on the CPU."""
+    from vitkit.layers import RelPosBias, rel_pos_index, resize_rel_pos_table
+
+    assert rel_pos_index((2, 3), device="meta").device.type == "meta"
+    assert torch.equal(rel_pos_index((2, 3), device="cpu"), rel_pos_index((2, 3)))
+    assert resize_rel_pos_table(torch.randn(5 * 5 + 3, 2, device="meta"), (4, 4), (3, 3)).device.type == "meta"
+    bias = RelPosBias(tiny_cfg(image_size=32, patch_size=8, rel_pos="shared"))
+    bias.init_buffers("meta")
+    assert bias.relative_position_index.device.type == "meta"
+    bias.init_buffers()  # default: where the index is
+    assert bias.relative_position_index.device.type == "meta"

@@ -156,3 +156,52 @@ def test_hybrid_loaded_at_another_size_follows_the_stems_grid(tmp_path):
         assert max_diff(ours(x), big(x)) <= 1e-4
     with pytest.raises(ValueError, match="not divisible by the token stride 4"):
         vitkit.load(tmp_path / "h.pth", heads=2, image_size=66)
+
+
+# --- the stem's pieces against their definitions (and timm's), on shapes the models above do not reach
+
+
+@pytest.mark.parametrize("hw", [(7, 8), (9, 6), (5, 5)])
+@pytest.mark.parametrize("value", [0.0, float("-inf")])
+def test_pad_same_is_tensorflows_same_padding_per_side(hw, value):
+    from timm.layers.padding import pad_same as timm_pad_same
+
+    from vitkit.layers.hybrid_stem import pad_same
+
+    x = torch.randn(1, 2, *hw)
+    for kernel, stride in ((3, 2), (7, 2), (1, 2), (3, 1)):
+        ours = pad_same(x, kernel, stride, value=value)
+        theirs = timm_pad_same(x, [kernel, kernel], [stride, stride], value=value)
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs), (hw, kernel, stride)
+    if value == float("-inf"):  # the max pool's padding really is -inf, not 0
+        assert pad_same(x, 3, 2, value=value).isneginf().any()
+
+
+def test_std_conv_standardises_each_kernel_with_the_biased_variance():
+    from timm.layers.std_conv import StdConv2dSame as TimmStdConv
+
+    from vitkit.layers.hybrid_stem import WS_EPS, StdConv2dSame
+
+    torch.manual_seed(0)
+    ours, theirs = StdConv2dSame(3, 4, 3, stride=2), TimmStdConv(3, 4, 3, stride=2, eps=WS_EPS)
+    theirs.weight.data.copy_(ours.weight.data)
+    x = torch.randn(2, 3, 9, 10)
+    w = ours.weight
+    std = (w - w.mean((1, 2, 3), keepdim=True)) / torch.sqrt(w.var((1, 2, 3), unbiased=False, keepdim=True) + WS_EPS)
+    from vitkit.layers.hybrid_stem import pad_same
+
+    want = torch.nn.functional.conv2d(pad_same(x, 3, 2), std, None, 2)
+    assert max_diff(ours(x), want) < 1e-5 and max_diff(ours(x), theirs(x)) < 1e-5
+    # a constant kernel (variance 0) standardises to zero, not NaN: eps is added, never subtracted
+    ours.weight.data.fill_(0.3)
+    out = ours(x)
+    assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+def test_hybrid_embed_without_patch_bias_and_on_a_non_square_image():
+    cfg = ViTConfig(image_size=(32, 64), patch_size=1, width=32, depth=1, heads=2, num_classes=3, stem="hybrid",
+                    hybrid_layers=(), hybrid_width=32, patch_bias=False)
+    m = create_model(cfg).eval()
+    assert m.patch_embed.proj.bias is None
+    tokens, grid = m.patch_embed(torch.randn(1, 3, 32, 64))
+    assert grid == (8, 16) and tokens.shape == (1, 8 * 16, 32)

@@ -294,6 +294,7 @@ class Trainer:
         # --- progress
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best = {"score": None, "epoch": None, "step": None}
+        self.epoch_losses: list[float] = []  # the losses of this epoch's steps so far (its "train loss")
         self.last_val: dict[str, Any] = {}  # the numbers of the last validation (top1 / ema_top1: which weights infer)
         _seed_all(cfg.seed + 1000003 * info.rank)  # dropout / stochastic depth differ per process
         if resume is not None:
@@ -386,7 +387,7 @@ class Trainer:
                          "inference": self.task.inference_source()},
                 "progress": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                              "global_step": self.global_step, "best": dict(self.best),
-                             "last_val": dict(self.last_val)},
+                             "last_val": dict(self.last_val), "epoch_losses": list(self.epoch_losses)},
                 "rng": rngs, "world_size": self.info.world_size}
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -425,6 +426,7 @@ class Trainer:
             best["score"] = None if best["score"] is None or best["score"] < 0 else best["score"]
         self.best = best
         self.last_val = dict(p.get("last_val") or {})
+        self.epoch_losses = [float(v) for v in p.get("epoch_losses") or []]  # older checkpoints: none
         rngs = st.get("rng") or []
         if len(rngs) == self.info.world_size:
             ckpt.set_rng_state(rngs[self.info.rank])
@@ -624,7 +626,7 @@ class Trainer:
         self._bar = bar  # closed by fit() also when the run stops early
         t0, images_done, start_step = time.time(), 0, self.global_step
         last_val: dict[str, Any] = dict(self.last_val)  # a resumed run that is already complete keeps its numbers
-        line_loss, epoch_loss = [], []  # losses since the last plain line / in this epoch
+        line_loss = []  # losses since the last plain line
         self.model.train()
         while self.global_step < self.total_steps:
             order = self.epoch_order(self.epoch)
@@ -637,7 +639,9 @@ class Trainer:
                                 for mb in _micro_batches(order, s, G, A, info.rank, info.world_size)]
             it = iter(self._loader(view, micro_lists, self.epoch))
             t_step = time.time()
-            epoch_loss = []
+            if self.batch_in_epoch == 0:  # a resumed epoch keeps the losses of its steps before the checkpoint
+                self.epoch_losses = []
+            epoch_loss = self.epoch_losses
             while self.batch_in_epoch < steps_here:
                 micro = [next(it) for _ in range(A)]
                 loss = self._train_step(micro)
