@@ -169,6 +169,34 @@ def test_pretrain_data_errors_name_the_plain_folder(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_preview_images_are_spread_over_a_class_sorted_validation_set():
+    """A class folder lists its images class by class: the PNG's fixed images come from every class, and an
+    unreadable image is replaced by the next readable one."""
+    from types import SimpleNamespace
+
+    from vitkit.data.datasets import TensorImageDataset
+    from vitkit.tasks.pretrain import PretrainTask
+
+    labels = [c for c in range(3) for _ in range(10)]  # sorted by class, as a folder is read
+    images = torch.arange(30, dtype=torch.float32).view(30, 1, 1, 1).expand(30, 1, 4, 4).contiguous()
+    ds = TensorImageDataset(images, labels, ["a", "b", "c"], (4, 4), 1, "sorted")
+    trainer = SimpleNamespace(val_ds=ds, train_ds=None, eval_transform=lambda x: x)
+    task = PretrainTask.__new__(PretrainTask)
+    picked = [int(x[0, 0, 0]) for x in task.preview_images(trainer, 4)]
+    assert len(picked) == 4 and len(set(picked)) == 4 and {labels[i] for i in picked} == {0, 1, 2}
+
+    class Holes(torch.utils.data.Dataset):
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, i):
+            return (None, "unreadable") if i % 2 == 0 else ds[i]
+
+    trainer.val_ds = Holes()
+    picked = [int(x[0, 0, 0]) for x in task.preview_images(trainer, 4)]
+    assert len(picked) == 4 and all(i % 2 == 1 for i in picked) and len(set(picked)) == 4
+
+
 def test_pretrain_resume_from_the_cli_needs_no_method(tmp_path, capsys):
     from vitkit.cli.main import main
 

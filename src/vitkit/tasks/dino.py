@@ -151,9 +151,7 @@ class DINOTask(PretrainTask):
             return
         from ..ssl.dino import save_cls_attention_png
 
-        ds = trainer.val_ds if trainer.val_ds is not None else trainer.train_ds
-        imgs = [trainer.eval_transform(x) for x, _ in (ds[i] for i in range(min(len(ds), 4 * PNG_IMAGES)))
-                if x is not None][:PNG_IMAGES]
+        imgs = self.preview_images(trainer, PNG_IMAGES)
         if imgs:
             pre = trainer.raw.preprocess_cfg
             save_cls_attention_png(self.teacher.backbone, torch.stack(imgs).to(trainer.info.device),

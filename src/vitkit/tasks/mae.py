@@ -102,14 +102,7 @@ class MAETask(PretrainTask):
             return
         from ..ssl.mae import save_reconstruction_png
 
-        ds = trainer.val_ds if trainer.val_ds is not None else trainer.train_ds
-        imgs = []
-        for i in range(len(ds)):
-            x, _ = ds[i]
-            if x is not None:
-                imgs.append(trainer.eval_transform(x))
-            if len(imgs) == PNG_IMAGES:
-                break
+        imgs = self.preview_images(trainer, PNG_IMAGES)
         if imgs:
             pre = trainer.raw.preprocess_cfg
             save_reconstruction_png(self.mae, torch.stack(imgs).to(trainer.info.device),

@@ -64,5 +64,23 @@ class PretrainTask(Task):
         res = knn_accuracy(ft, yt, fv, yv, len(trainer.classes), k=k, temperature=self.cfg.knn_temperature)
         return {"knn_top1": res["top1"]}
 
+    def preview_images(self, trainer: "Trainer", n: int) -> list[torch.Tensor]:
+        """Up to ``n`` fixed images for the run's PNG, normalised: spread evenly over the validation set (else
+        the training set), so that a class folder sorted by class shows more than its first class; an unreadable
+        one is replaced by the next readable image."""
+        ds = trainer.val_ds if trainer.val_ds is not None else trainer.train_ds
+        picked: list[torch.Tensor] = []
+        taken: set[int] = set()
+        for start in (round(j * len(ds) / n) for j in range(n)):
+            for i in range(start, len(ds)):
+                if i in taken:
+                    continue
+                taken.add(i)
+                x, _ = ds[i]
+                if x is not None:
+                    picked.append(trainer.eval_transform(x))
+                    break
+        return picked
+
     def score(self, val: dict[str, Any]) -> float | None:
         return val.get("knn_top1")
