@@ -528,3 +528,132 @@ def test_resample_pos_embed_other_interpolation_modes():
     bilinear = resample_pos_embed(pe, (6, 6), interpolation="bilinear")
     ref = F.interpolate(grid, size=(6, 6), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(bilinear[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 36, 8), atol=1e-6)
+
+
+# --- the model's options one by one (what the mutation run of models/vit.py showed untested)
+
+
+def test_every_layer_norm_takes_the_configured_eps():
+    m = create_model(tiny_cfg(norm_eps=1e-3, norm_pre=True, pooling="gap", fc_norm=True))
+    norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 2  # two per block, norm_pre and fc_norm (the final norm moves to fc_norm)
+    assert isinstance(m.norm_pre, torch.nn.LayerNorm) and isinstance(m.fc_norm, torch.nn.LayerNorm)
+    assert all(n.eps == 1e-3 for n in norms)
+
+
+def test_grad_checkpointing_is_off_by_default_and_runs_only_when_asked(monkeypatch):
+    import vitkit.models.vit as vit_module
+
+    m = create_model(tiny_cfg(depth=2)).train()
+    assert m.grad_checkpointing is False
+    calls = []
+    real = vit_module.checkpoint
+
+    def counting(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vit_module, "checkpoint", counting)
+    x = torch.randn(2, 3, 32, 32)
+    m(x).sum().backward()
+    assert calls == []  # off: the blocks run plainly
+    m.set_grad_checkpointing()
+    assert m.grad_checkpointing is True
+    m(x).sum().backward()
+    assert len(calls) == 2 and all(kw == {"use_reentrant": False} for kw in calls)
+    with torch.no_grad():  # nothing to recompute for: no checkpoint
+        m(x)
+    assert len(calls) == 2
+    m.set_grad_checkpointing(False)
+    m(x).sum().backward()
+    assert len(calls) == 2
+
+
+def test_reset_classifier_heads_and_their_dtype_and_device():
+    m = create_model(tiny_cfg(num_classes=5))
+    m.reset_classifier(0)  # headless: the head is the identity, no head_dist appears
+    assert isinstance(m.head, torch.nn.Identity) and not any(k.startswith("head_dist") for k in m.state_dict())
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+    d = create_model(tiny_cfg(num_classes=5, distilled=True)).to(torch.bfloat16)
+    d.reset_classifier(3)
+    for head in (d.head, d.head_dist):
+        assert head.weight.dtype == torch.bfloat16 and head.weight.shape == (3, 32) and not head.weight.any()
+    with torch.device("meta"):
+        meta = create_model(tiny_cfg(num_classes=5))
+    meta.reset_classifier(4)
+    assert meta.head.weight.device.type == "meta"
+    d.reset_classifier(0)
+    assert isinstance(d.head, torch.nn.Identity) and isinstance(d.head_dist, torch.nn.Identity)
+
+
+def test_a_headless_distilled_model_has_no_distillation_head():
+    m = create_model(tiny_cfg(num_classes=0, distilled=True))
+    assert isinstance(m.head_dist, torch.nn.Identity)
+
+
+def test_init_buffers_follows_the_parameters_device_and_dtype():
+    m = create_model(tiny_cfg(pos_embed="sincos2d", rel_pos="shared")).to(torch.bfloat16)
+    m.init_buffers()
+    assert m.pos_embed.dtype == torch.bfloat16
+    want = create_model(tiny_cfg(pos_embed="sincos2d")).pos_embed.to(torch.bfloat16)
+    assert torch.equal(m.pos_embed, want)
+    with torch.device("meta"):
+        meta = create_model(tiny_cfg(pos_embed="sincos2d", rel_pos="shared"))
+    meta.init_buffers()  # default: where the parameters are
+    assert meta.pos_embed.device.type == "meta"
+    assert meta.rel_pos_bias.relative_position_index.device.type == "meta"
+    meta.init_buffers("meta")
+    assert meta.pos_embed.device.type == "meta"
+
+
+def test_sincos_embedding_at_another_grid_keeps_its_dtype_and_formula():
+    from vitkit.layers import sincos_2d_pos_embed
+
+    m = create_model(tiny_cfg(pos_embed="sincos2d", dynamic_img_size=True)).to(torch.bfloat16)
+    pos = m._pos_embed_for((3, 5))
+    assert pos.dtype == torch.bfloat16
+    assert torch.equal(pos, sincos_2d_pos_embed((3, 5), 32).to(torch.bfloat16))
+
+
+def test_learned_embedding_of_a_non_square_grid_resamples_from_that_grid():
+    """A model built at 32x48 (grid 4x6) asked for a 6x4 grid resamples from 4x6, not from a guessed square."""
+    m = create_model(tiny_cfg(image_size=(32, 48), dynamic_img_size=True))
+    want = resample_pos_embed(m.pos_embed, (6, 4), (4, 6), m.pos_prefix)
+    assert torch.equal(m._pos_embed_for((6, 4)), want)
+    m.set_image_size((48, 32))
+    assert m.pos_embed.shape == want.shape
+    torch.testing.assert_close(m.pos_embed.data, want.data)
+
+
+def test_forward_intermediates_bounds_defaults_and_relative_positions():
+    m = create_model(tiny_cfg(depth=3, rel_pos="per_block", pos_embed="none", pooling="gap")).eval()
+    with torch.no_grad():
+        nn_ = [torch.randn_like(b.attn.relative_position_bias_table) for b in m.blocks]
+        for b, t in zip(m.blocks, nn_):
+            b.attn.relative_position_bias_table.copy_(t)
+        x = torch.randn(1, 3, 32, 32)
+        plain = m.forward_intermediates(x)  # norm off by default
+        tokens, grid = m._embed(x)
+        want = []
+        for blk in m.blocks:
+            tokens, _ = blk(tokens, "fused", None, m.attn_bias(blk, grid))
+            want.append(tokens)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, want))
+        assert torch.allclose(m.forward_intermediates(x, norm=True)[-1], m.norm(want[-1]), atol=1e-6)
+        assert len(m.forward_intermediates(x, indices=1)) == 1 and len(m.forward_intermediates(x, indices=3)) == 3
+        assert len(m.forward_intermediates(x, indices=[-3, 2])) == 2
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="last 1..3 blocks"):
+            m.forward_intermediates(x, indices=bad)
+    for bad in ([-4], [3]):
+        with pytest.raises(ValueError, match="out of range"):
+            m.forward_intermediates(x, indices=bad)
+
+
+def test_no_weight_decay_names_every_token_and_embedding_parameter():
+    m = create_model(tiny_cfg(distilled=True, reg_tokens=2))
+    names = {n for n, _ in m.named_parameters()}
+    assert {"pos_embed", "cls_token", "dist_token", "reg_token"} <= names & m.no_weight_decay()
+    beit = create_model(tiny_cfg(rel_pos="per_block"))
+    tables = {n for n, _ in beit.named_parameters() if n.endswith("relative_position_bias_table")}
+    assert len(tables) == 2 and tables <= beit.no_weight_decay()

@@ -46,6 +46,12 @@ VERDICTS = ROOT / "tools" / "mutation_verdicts.json"
 MODULE_TESTS: dict[str, list[str]] = {
     "vitkit.config": ["test_config.py", "test_model.py"],
     "vitkit.models": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
+    # the model's options (stems, pooling, position embeddings, distillation token, MAE's masking) are tested where
+    # the models that use them are: a mutant in models/vit.py runs those files too
+    "vitkit.models.vit": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py",
+                          "test_weights_towers.py", "test_weights_hybrid.py", "test_weights_beit.py", "test_flexi.py",
+                          "test_mae.py", "test_weights_families.py", "test_train_units.py", "test_tasks.py",
+                          "test_features.py", "test_predict.py"],
     "vitkit.layers": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
     "vitkit.layers.flexi": ["test_flexi.py", "test_model.py"],
     "vitkit.layers.attention_pool": ["test_weights_towers.py", "test_model.py"],
