@@ -571,6 +571,8 @@ def test_grad_checkpointing_is_off_by_default_and_runs_only_when_asked(monkeypat
 
 def test_reset_classifier_heads_and_their_dtype_and_device():
     m = create_model(tiny_cfg(num_classes=5))
+    m.reset_classifier(3)  # a model without the distillation token gets no distillation head
+    assert m.head.weight.shape == (3, 32) and not any(k.startswith("head_dist") for k in m.state_dict())
     m.reset_classifier(0)  # headless: the head is the identity, no head_dist appears
     assert isinstance(m.head, torch.nn.Identity) and not any(k.startswith("head_dist") for k in m.state_dict())
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 32)
@@ -613,6 +615,10 @@ def test_sincos_embedding_at_another_grid_keeps_its_dtype_and_formula():
     pos = m._pos_embed_for((3, 5))
     assert pos.dtype == torch.bfloat16
     assert torch.equal(pos, sincos_2d_pos_embed((3, 5), 32).to(torch.bfloat16))
+    with torch.device("meta"):
+        meta = create_model(tiny_cfg(pos_embed="sincos2d", dynamic_img_size=True))
+    meta.init_buffers("meta")
+    assert meta._pos_embed_for((3, 5)).device.type == "meta"  # made where the built one is
 
 
 def test_learned_embedding_of_a_non_square_grid_resamples_from_that_grid():
@@ -626,7 +632,8 @@ def test_learned_embedding_of_a_non_square_grid_resamples_from_that_grid():
 
 
 def test_forward_intermediates_bounds_defaults_and_relative_positions():
-    m = create_model(tiny_cfg(depth=3, rel_pos="per_block", pos_embed="none", pooling="gap")).eval()
+    m = create_model(tiny_cfg(depth=3, rel_pos="per_block", pos_embed="none")).eval()
+    assert isinstance(m.norm, torch.nn.LayerNorm)
     with torch.no_grad():
         nn_ = [torch.randn_like(b.attn.relative_position_bias_table) for b in m.blocks]
         for b, t in zip(m.blocks, nn_):
@@ -639,6 +646,12 @@ def test_forward_intermediates_bounds_defaults_and_relative_positions():
             tokens, _ = blk(tokens, "fused", None, m.attn_bias(blk, grid))
             want.append(tokens)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, want))
+        assert not torch.allclose(plain[-1], m.norm(plain[-1]), atol=1e-3)  # so the norm's default shows
+        tokens, _ = m._embed(x)
+        bias = m.attn_bias(m.blocks[0], grid)
+        for impl in ("fused", "plain"):  # a block adds the bias it is given
+            with_bias, without = (m.blocks[0](tokens, impl, None, b)[0] for b in (bias, torch.zeros_like(bias)))
+            assert not torch.allclose(with_bias, without, atol=1e-4)
         assert torch.allclose(m.forward_intermediates(x, norm=True)[-1], m.norm(want[-1]), atol=1e-6)
         assert len(m.forward_intermediates(x, indices=1)) == 1 and len(m.forward_intermediates(x, indices=3)) == 3
         assert len(m.forward_intermediates(x, indices=[-3, 2])) == 2
@@ -657,3 +670,29 @@ def test_no_weight_decay_names_every_token_and_embedding_parameter():
     beit = create_model(tiny_cfg(rel_pos="per_block"))
     tables = {n for n, _ in beit.named_parameters() if n.endswith("relative_position_bias_table")}
     assert len(tables) == 2 and tables <= beit.no_weight_decay()
+
+
+def test_attention_pool_query_is_initialised_at_width_to_the_minus_half():
+    m = create_model(tiny_cfg(width=256, heads=4, pooling="map", class_token=False))
+    std = float(m.attn_pool.latent.detach().std())
+    assert 0.8 * 256 ** -0.5 < std < 1.2 * 256 ** -0.5  # timm: truncated normal, std latent_dim^-0.5
+
+
+def test_embed_is_the_tokens_with_prefix_and_positions():
+    m = create_model(tiny_cfg(reg_tokens=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = m.embed(x)
+        assert tokens.shape == (2, 1 + 2 + 16, 32)
+        assert torch.equal(tokens, m.join_prefix(m.embed_patches(x)[0]))
+
+
+def test_model_predict_passes_its_options_on():
+    from PIL import Image
+
+    m = create_model(tiny_cfg(num_classes=7)).eval()
+    img = Image.new("RGB", (40, 40), (120, 30, 200))
+    assert len(m.predict(img)) == 5  # the top 5 of 7 classes by default
+    assert len(m.predict(img, topk=2)) == 2
+    with pytest.raises(Exception, match="pixel"):
+        m.predict(img, max_pixels=100)  # the decoder's pixel limit reaches open_image
