@@ -534,9 +534,10 @@ def test_resample_pos_embed_other_interpolation_modes():
 
 
 def test_every_layer_norm_takes_the_configured_eps():
-    m = create_model(tiny_cfg(norm_eps=1e-3, norm_pre=True, pooling="gap", fc_norm=True))
+    m = create_model(tiny_cfg(norm_eps=1e-3, norm_pre=True, pooling="gap", fc_norm=True, qk_norm=True))
     norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.LayerNorm)]
-    assert len(norms) == 2 * 2 + 2  # two per block, norm_pre and fc_norm (the final norm moves to fc_norm)
+    # per block norm1, norm2, q_norm, k_norm; then norm_pre and fc_norm (the final norm moves to fc_norm)
+    assert len(norms) == 4 * 2 + 2
     assert isinstance(m.norm_pre, torch.nn.LayerNorm) and isinstance(m.fc_norm, torch.nn.LayerNorm)
     assert all(n.eps == 1e-3 for n in norms)
 
@@ -696,3 +697,16 @@ def test_model_predict_passes_its_options_on():
     assert len(m.predict(img, topk=2)) == 2
     with pytest.raises(Exception, match="pixel"):
         m.predict(img, max_pixels=100)  # the decoder's pixel limit reaches open_image
+
+
+@pytest.mark.parametrize("impl", ["fused", "plain"])
+def test_beit_under_autocast_adds_its_bias_in_the_attentions_dtype(impl):
+    m = create_model(tiny_cfg(rel_pos="per_block", pos_embed="none")).eval()
+    with torch.no_grad():
+        for b in m.blocks:
+            b.attn.relative_position_bias_table.normal_()
+        x = torch.randn(2, 3, 32, 32)
+        want = m(x, attn_impl=impl)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # q and k in bfloat16, the float32 table's bias cast
+            got = m(x, attn_impl=impl)
+    assert torch.allclose(got.float(), want, atol=0.1)
