@@ -401,3 +401,48 @@ def test_rng_state_types_and_an_os_error_without_text(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.os, "replace", odd)
     with pytest.raises(ckpt.CheckpointError, match=r"could not write .*x.pt: odd failure$"):
         ckpt.write_bytes_atomic(tmp_path / "x.pt", b"data")
+
+
+# --- which weights a checkpoint infers with (checkpoint.prefers_ema / inference_weights), rule by rule
+
+
+@pytest.mark.parametrize("last_val,has_ema,want", [
+    ({"top1": 0.5, "ema_top1": 0.6}, True, True),     # the EMA validated higher
+    ({"top1": 0.6, "ema_top1": 0.6}, True, False),    # a tie keeps the raw weights
+    ({"top1": 0.6, "ema_top1": 0.5}, True, False),
+    ({"top1": 0.5, "ema_top1": 0.6}, False, False),   # no EMA kept
+    ({"ema_top1": 0.0}, True, False),                 # an EMA score of 0 counts as none
+    ({"top1": 0.0}, True, False),                     # EMA never validated
+    ({"top1": 0.0, "ema_top1": 0.0}, True, False),
+    ({"top1": None, "ema_top1": 0.3}, True, True),
+    ({}, True, False), (None, True, False), (None, False, False),
+])
+def test_prefers_ema_follows_the_last_validation(last_val, has_ema, want):
+    from vitkit.train.checkpoint import prefers_ema
+
+    assert prefers_ema(last_val, has_ema) is want
+
+
+def test_inference_weights_of_each_kind_of_checkpoint():
+    from vitkit.train.checkpoint import inference_weights
+
+    raw, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    better_ema = {"top1": 0.4, "ema_top1": 0.5}
+    assert inference_weights({"model": raw}) == ("model", raw)
+    assert inference_weights({"model": raw, "ema": {"model": ema}, "progress": {"last_val": better_ema}}) == ("ema", ema)
+    assert inference_weights({"model": raw, "ema": {"model": ema},
+                              "progress": {"last_val": {"top1": 0.6, "ema_top1": 0.5}}}) == ("model", raw)
+    assert inference_weights({"model": raw, "ema": None, "progress": {"last_val": better_ema}}) == ("model", raw)
+    # a pre-training task names where its ViT is: a dotted key and a prefix (MAE's encoder, DINO's teacher)
+    mae = {"model": {"encoder.a": torch.zeros(1), "decoder.b": torch.ones(1)},
+           "task": {"inference": {"key": "model", "prefix": "encoder.", "which": "encoder"}}}
+    which, sd = inference_weights(mae)
+    assert which == "encoder" and list(sd) == ["a"]
+    dino = {"model": {}, "task": {"state": {"teacher": {"backbone.x": torch.ones(1), "head.y": torch.ones(1)}},
+                                  "inference": {"key": "task.state.teacher", "prefix": "backbone."}}}
+    which, sd = inference_weights(dino)
+    assert which == "model" and list(sd) == ["x"]  # "which" defaults to model
+    with pytest.raises(ValueError, match="holds no task.state.teacher state dict"):
+        inference_weights({"_path": "c.pt", "task": {"inference": {"key": "task.state.teacher", "prefix": ""}}})
+    with pytest.raises(ValueError, match="c.pt: holds no model state dict"):
+        inference_weights({"_path": "c.pt", "model": None})
