@@ -43,16 +43,16 @@ RECORD_JSON = ROOT / "benchmarks" / "mutation.json"
 VERDICTS = ROOT / "tools" / "mutation_verdicts.json"
 
 # module (dotted prefix) -> the test files that test it; the longest matching prefix wins
+MODEL_TESTS = ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"]
 MODULE_TESTS: dict[str, list[str]] = {
     "vitkit.config": ["test_config.py", "test_model.py"],
-    "vitkit.models": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
+    "vitkit.models": MODEL_TESTS,
     # the model's options (stems, pooling, position embeddings, distillation token, MAE's masking) are tested where
     # the models that use them are: a mutant in models/vit.py runs those files too
-    "vitkit.models.vit": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py",
-                          "test_weights_towers.py", "test_weights_hybrid.py", "test_weights_beit.py", "test_flexi.py",
-                          "test_mae.py", "test_weights_families.py", "test_train_units.py", "test_tasks.py",
-                          "test_features.py", "test_predict.py"],
-    "vitkit.layers": ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"],
+    "vitkit.models.vit": MODEL_TESTS + ["test_weights_towers.py", "test_weights_hybrid.py", "test_weights_beit.py",
+                                        "test_flexi.py", "test_mae.py", "test_weights_families.py",
+                                        "test_train_units.py", "test_tasks.py", "test_features.py", "test_predict.py"],
+    "vitkit.layers": MODEL_TESTS,
     "vitkit.layers.flexi": ["test_flexi.py", "test_model.py"],
     "vitkit.layers.attention_pool": ["test_weights_towers.py", "test_model.py"],
     "vitkit.layers.hybrid_stem": ["test_weights_hybrid.py", "test_model.py", "test_config.py"],

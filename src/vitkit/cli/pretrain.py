@@ -66,11 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     method = args.method
     if method is None and args.resume:
-        from ..train.checkpoint import latest_checkpoint, load_checkpoint
+        from ..train.checkpoint import checkpoint_to_resume, load_checkpoint
 
-        src = args.resume if args.resume != "auto" else (latest_checkpoint(args.out) if args.out else None)
-        if src is None and args.out:  # the engine's own message, not a request for --method
-            raise FileNotFoundError(f"nothing to resume: {args.out} holds no checkpoint (checkpoints/step_*.pt)")
+        src = args.resume if args.resume != "auto" else (checkpoint_to_resume(args.out) if args.out else None)
         method = (load_checkpoint(src).get("train_config") or {}).get("method") if src else None
     if method not in RECIPES:
         raise ValueError("give --method mae or --method dino" + (f" (the checkpoint's run is a {method} run)"

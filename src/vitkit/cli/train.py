@@ -211,14 +211,12 @@ def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = N
     base.update(defaults or {})
     resume = given.get("resume")
     if resume:
-        from ..train.checkpoint import latest_checkpoint, load_checkpoint
+        from ..train.checkpoint import checkpoint_to_resume, load_checkpoint
 
         if resume == "auto":
             if "out" not in given:
                 raise ValueError("--resume without a path needs --out RUN (the run folder to continue)")
-            resume = latest_checkpoint(given["out"])
-            if resume is None:
-                raise FileNotFoundError(f"nothing to resume: {given['out']} holds no checkpoint")
+            resume = checkpoint_to_resume(given["out"])
         ck = load_checkpoint(resume)
         saved = dict(ck.get("train_config") or {})
         saved.pop("resume", None)

@@ -18,6 +18,7 @@ class PretrainTask(Task):
 
     needs_labels = False
     keeps_ema = False
+    _said_knn_k = False  # the k-NN monitor's note on a --knn-k above the memory bank, said once
 
     def data_classes(self, source: str) -> list[str]:
         """A plain folder of images has none; every source of ``vitkit train`` has its classes."""
@@ -57,7 +58,7 @@ class PretrainTask(Task):
                                                device=trainer.info.device, autocast=trainer.autocast())
                               for ds in (trainer.train_ds, trainer.val_ds))
         k = min(self.cfg.knn_k, len(ft))
-        if k < self.cfg.knn_k and not getattr(self, "_said_knn_k", False):  # said once, not every epoch
+        if k < self.cfg.knn_k and not self._said_knn_k:
             trainer.log(f"k-NN monitor: --knn-k {self.cfg.knn_k} is more than the {len(ft)} training images "
                         f"(the memory bank); it votes with k = {k}")
             self._said_knn_k = True
@@ -70,13 +71,12 @@ class PretrainTask(Task):
         one is replaced by the next readable image."""
         ds = trainer.val_ds if trainer.val_ds is not None else trainer.train_ds
         picked: list[torch.Tensor] = []
-        taken: set[int] = set()
+        i = 0  # the next index not read yet
         for start in (round(j * len(ds) / n) for j in range(n)):
-            for i in range(start, len(ds)):
-                if i in taken:
-                    continue
-                taken.add(i)
+            i = max(i, start)
+            while i < len(ds):
                 x, _ = ds[i]
+                i += 1
                 if x is not None:
                     picked.append(trainer.eval_transform(x))
                     break

@@ -147,6 +147,15 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def checkpoint_to_resume(run_dir: str | os.PathLike) -> Path:
+    """The newest step checkpoint of a run folder (``--resume`` without a path), or a FileNotFoundError saying
+    there is none."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"nothing to resume: {run_dir} holds no checkpoint (checkpoints/step_*.pt)")
+    return latest
+
+
 def prune(run_dir: str | os.PathLike, keep_last: int) -> None:
     """Delete step checkpoints beyond the newest ``keep_last`` (after the new one is in place)."""
     for _, p in step_checkpoints(run_dir)[:-keep_last]:

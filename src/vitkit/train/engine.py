@@ -156,10 +156,7 @@ class Trainer:
         if not cfg.resume:
             return None
         if cfg.resume == "auto":
-            latest = ckpt.latest_checkpoint(cfg.out)
-            if latest is None:
-                raise FileNotFoundError(f"nothing to resume: {cfg.out} holds no checkpoint (checkpoints/step_*.pt)")
-            return ckpt.load_checkpoint(latest)
+            return ckpt.load_checkpoint(ckpt.checkpoint_to_resume(cfg.out))
         state = ckpt.load_checkpoint(cfg.resume)
         # RELIABILITY item 37: a run continues in its own folder; resuming run A with --out B would
         # mix A's checkpoints into B (and B's metrics and model with A's)
@@ -641,7 +638,6 @@ class Trainer:
             t_step = time.time()
             if self.batch_in_epoch == 0:  # a resumed epoch keeps the losses of its steps before the checkpoint
                 self.epoch_losses = []
-            epoch_loss = self.epoch_losses
             while self.batch_in_epoch < steps_here:
                 micro = [next(it) for _ in range(A)]
                 loss = self._train_step(micro)
@@ -656,7 +652,7 @@ class Trainer:
                 ips = G / max(now - t_step, 1e-9)
                 t_step = now
                 line_loss.append(loss)
-                epoch_loss.append(loss)
+                self.epoch_losses.append(loss)
                 if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
                     self._record({"kind": "train", "step": self.global_step, "epoch": self.epoch + 1,
                                   "loss": loss, "lr": lr, "images_per_s": round(ips, 1), **self.task.step_logs()})
@@ -694,11 +690,11 @@ class Trainer:
                     self.best = {"score": score, "epoch": shown, "step": self.global_step}
                 self._record({"kind": "val", "step": self.global_step, "epoch": shown, **self.last_val})
                 line = (f"epoch {shown}/{self.total_epochs}: {self.task.describe(last_val)}"
-                        + f", train loss {sum(epoch_loss) / max(len(epoch_loss), 1):.4f}"
+                        + f", train loss {sum(self.epoch_losses) / max(len(self.epoch_losses), 1):.4f}"
                         + f" ({time.time() - t0:.0f} s)")
             elif plain:  # an epoch summary in logs also when this epoch is not validated
                 line = (f"epoch {shown}/{self.total_epochs}: train loss "
-                        f"{sum(epoch_loss) / max(len(epoch_loss), 1):.4f} ({time.time() - t0:.0f} s)")
+                        f"{sum(self.epoch_losses) / max(len(self.epoch_losses), 1):.4f} ({time.time() - t0:.0f} s)")
             if line is not None:
                 if bar is not None:
                     bar.write(line)
