@@ -112,3 +112,22 @@ def test_config_round_trip_and_unknown_fields():
         ViTConfig.from_dict({**cfg.to_dict(), "hidden_size": 3})
     with pytest.raises(ValueError, match="unknown ViTConfig field"):
         cfg.replace(embed_dim=3)
+
+
+def test_list_models_names_every_published_model_once_and_each_parses():
+    # the public catalogue, spelled out: a name dropped, renamed or mis-cased is a user's lookup that fails
+    sizes = ["tiny", "small", "base", "large", "huge"]
+    expected = [f"vit_{s}_patch{p}_224" for s in sizes for p in (8, 14, 16, 32)]
+    expected += ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit_small_patch16_224",
+                 "deit_small_distilled_patch16_224", "deit_base_patch16_224", "deit_base_distilled_patch16_224",
+                 "beit_base_patch16_224", "beit_large_patch16_224", "beitv2_base_patch16_224", "beitv2_large_patch16_224",
+                 "vit_base_patch16_clip_224", "vit_large_patch16_clip_224",
+                 "vit_base_patch16_siglip_224", "vit_large_patch16_siglip_224",
+                 "vit_tiny_r_s16_p8_224", "vit_small_r26_s32_224", "vit_base_r26_s32_224", "vit_base_r50_s16_224",
+                 "vit_large_r50_s32_224"]
+    names = vitkit.config.list_models()
+    assert names == expected
+    for name in names:
+        cfg = parse_model_name(name)
+        assert cfg.image_hw == (224, 224), name
+        assert cfg.distilled == ("distilled" in name), name
