@@ -131,3 +131,40 @@ def test_list_models_names_every_published_model_once_and_each_parses():
         cfg = parse_model_name(name)
         assert cfg.image_hw == (224, 224), name
         assert cfg.distilled == ("distilled" in name), name
+
+
+_EDGE_BASE = dict(image_size=32, patch_size=4, width=64, depth=2, heads=2, num_classes=10)
+
+
+@pytest.mark.parametrize("over", [
+    dict(patch_size=4096, image_size=4096), dict(channels=4096), dict(width=4096, heads=4096),
+    dict(image_size=1, patch_size=1), dict(image_size=4096, patch_size=4),  # 1024 patches a side: the limit
+    dict(num_classes=0), dict(num_classes=1_000_000), dict(mlp_ratio=0.5), dict(mlp_ratio=64),
+    dict(reg_tokens=0), dict(reg_tokens=1024), dict(width=66, heads=2),  # learned positions: any width
+    dict(pos_embed="sincos2d", width=68, heads=2), dict(rel_pos="per_block", image_size=512),  # 128² patches
+    dict(dropout=0.999), dict(attn_dropout=0.0), dict(drop_path=0.5), dict(norm_eps=0.5),
+    dict(representation_size=1), dict(representation_size=16384),
+], ids=repr)
+def test_validate_accepts_each_limit(over):
+    ViTConfig(**{**_EDGE_BASE, **over})
+
+
+@pytest.mark.parametrize("over, field", [
+    (dict(patch_size=4097, image_size=4097), "patch_size"), (dict(channels=4097), "channels"),
+    (dict(width=16385, heads=1), "width"), (dict(heads=4097, width=4097 * 2), "heads"),
+    (dict(patch_size=True), "patch_size"), (dict(depth=False), "depth"),
+    (dict(image_size=(0, 32)), "image_size"), (dict(image_size=(32, 0)), "image_size"),
+    (dict(image_size=4100, patch_size=4), "image_size"), (dict(image_size=(32, 30)), "divisible"),
+    (dict(image_size=(30, 32)), "divisible"),
+    (dict(num_classes=-1), "num_classes"), (dict(num_classes=1_000_001), "num_classes"),
+    (dict(mlp_ratio=0), "mlp_ratio"), (dict(mlp_ratio=64.5), "mlp_ratio"), (dict(mlp_ratio="4"), "mlp_ratio"),
+    (dict(reg_tokens=-1), "reg_tokens"), (dict(reg_tokens=1025), "reg_tokens"),
+    (dict(pos_embed="sincos2d", width=66, heads=2), "sincos2d"),
+    (dict(rel_pos="per_block", image_size=516), "rel_pos"),
+    (dict(dropout=1.0), "dropout"), (dict(attn_dropout=-0.1), "attn_dropout"),
+    (dict(norm_eps=0), "norm_eps"), (dict(norm_eps=1), "norm_eps"), (dict(norm_eps=1.5), "norm_eps"),
+    (dict(representation_size=0), "representation_size"), (dict(representation_size=16385), "representation_size"),
+], ids=repr)
+def test_validate_refuses_one_past_each_limit(over, field):
+    with pytest.raises(ValueError, match=field):
+        ViTConfig(**{**_EDGE_BASE, **over})
