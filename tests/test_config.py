@@ -1,3 +1,4 @@
+import re
 import pytest
 
 import vitkit
@@ -168,3 +169,28 @@ def test_validate_accepts_each_limit(over):
 def test_validate_refuses_one_past_each_limit(over, field):
     with pytest.raises(ValueError, match=field):
         ViTConfig(**{**_EDGE_BASE, **over})
+
+
+def test_parse_model_name_reads_each_part_of_the_name():
+    assert parse_model_name("B/16@224x160").image_hw == (224, 160)
+    assert parse_model_name("B/16@96").image_hw == (96, 96)
+    tagged = parse_model_name("vit_base_patch16_224.augreg2.in21k_ft_in1k")  # a timm tag with dots: ignored whole
+    assert (tagged.width, tagged.patch_size, tagged.image_hw) == (768, 16, (224, 224))
+    assert parse_model_name("vit_b_patch16_224").width == 768  # the short size names
+    assert parse_model_name("vit_s_r26_s32_224").width == 384  # ... in hybrid names too
+    reg = parse_model_name("vit_base_patch16_reg4_224")  # timm's register models: no position on the prefix
+    assert (reg.reg_tokens, reg.pos_embed_prefix) == (4, False)
+    assert parse_model_name("vit_base_patch16_224").pos_embed_prefix is True
+
+
+@pytest.mark.parametrize("name, message", [
+    ("B/16@30", "'B/16@30'"),  # not divisible: the name the user gave is in the message
+    ("vit_base_patch16_30", "'vit_base_patch16_30'"),
+    ("vit_base_r50_s16_30", "'vit_base_r50_s16_30'"),
+    ("vit_giant_r50_s16_224", "unknown hybrid"),
+    ("vit_base", "unknown model name"), ("foo_base_patch16_224", "unknown model name"),
+    ("deit_large_patch16_224", "DeiT comes in"), ("deit_huge_patch16_224", "DeiT comes in"),
+])
+def test_parse_model_name_refuses_with_the_name_given(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_model_name(name)
