@@ -44,6 +44,8 @@ VERDICTS = ROOT / "tools" / "mutation_verdicts.json"
 
 # module (dotted prefix) -> the test files that test it; the longest matching prefix wins
 MODEL_TESTS = ["test_model.py", "test_config.py", "test_timm_parity.py", "test_weights_timm.py"]
+# the families a converter reads besides the plain ViT, each tested in its own file (no BEiT in the npz format)
+FAMILY_TESTS = ["test_weights_families.py", "test_weights_beit.py", "test_weights_hybrid.py", "test_weights_towers.py"]
 MODULE_TESTS: dict[str, list[str]] = {
     # the config's stem, BEiT, pooling and flexible-patch options are tested with the models that use them
     "vitkit.config": ["test_config.py", "test_model.py", "test_weights_hybrid.py", "test_weights_beit.py",
@@ -59,18 +61,15 @@ MODULE_TESTS: dict[str, list[str]] = {
     "vitkit.layers.attention_pool": ["test_weights_towers.py", "test_model.py"],
     "vitkit.layers.hybrid_stem": ["test_weights_hybrid.py", "test_model.py", "test_config.py"],
     "vitkit.layers.rel_pos": ["test_weights_beit.py", "test_model.py", "test_timm_parity.py"],
-    # the converters' families (BEiT, hybrid, the towers, MAE's decoder) are tested in their own files
     "vitkit.weights.convert_hf": ["test_weights_hf.py", "test_cli_convert.py", "test_weights_reliability.py",
-                                  "test_preprocess_parity.py", "test_weights_families.py", "test_weights_beit.py",
-                                  "test_weights_hybrid.py", "test_weights_towers.py"],
+                                  "test_preprocess_parity.py"] + FAMILY_TESTS,
     "vitkit.weights.convert_hf_mae": ["test_mae.py", "test_cli_convert.py", "test_weights_reliability.py",
                                       "test_weights_hf.py"],
     "vitkit.weights.convert_npz": ["test_weights_npz.py", "test_cli_convert.py", "test_weights_reliability.py",
                                    "test_weights_hybrid.py", "test_weights_families.py", "test_weights_towers.py"],
     "vitkit.weights.convert_timm": ["test_weights_timm.py", "test_timm_parity.py", "test_weights_pretrained.py",
                                     "test_cli_convert.py", "test_weights_reliability.py", "test_preprocess_parity.py",
-                                    "test_weights_families.py", "test_weights_beit.py", "test_weights_hybrid.py",
-                                    "test_weights_towers.py", "test_flexi.py"],
+                                    "test_flexi.py"] + FAMILY_TESTS,
     "vitkit.data.preprocess": ["test_preprocess_parity.py", "test_preprocess_strips.py", "test_decode.py", "test_weights_hf.py",
                                "test_weights_timm.py", "test_weights_vitkit.py"],
     "vitkit.data.decode": ["test_decode.py", "test_data_datasets.py"],
