@@ -1,6 +1,8 @@
 import re
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
 from vitkit import ViTConfig, parse_model_name
@@ -170,6 +172,81 @@ def test_validate_accepts_each_limit(over):
 def test_validate_refuses_one_past_each_limit(over, field):
     with pytest.raises(ValueError, match=field):
         ViTConfig(**{**_EDGE_BASE, **over})
+
+
+_HYBRID_BASE = dict(image_size=32, patch_size=1, width=32, depth=1, heads=2, num_classes=10, stem="hybrid")
+
+
+@pytest.mark.parametrize("over", [dict(hybrid_layers=(64,)), dict(hybrid_layers=(1, 1, 1, 1)),
+                                  dict(hybrid_layers=()), dict(hybrid_width=32), dict(hybrid_width=4096)], ids=repr)
+def test_validate_accepts_each_limit_of_the_hybrid_stem(over):
+    assert ViTConfig(**{**_HYBRID_BASE, **over}).stem == "hybrid"
+
+
+@pytest.mark.parametrize("over, field", [
+    (dict(hybrid_layers=(0,)), "hybrid_layers"), (dict(hybrid_layers=(65,)), "hybrid_layers"),
+    (dict(hybrid_layers=(1, 1, 1, 1, 1)), "hybrid_layers"), (dict(hybrid_layers=(True,)), "hybrid_layers"),
+    (dict(hybrid_layers=(2.0,)), "hybrid_layers"),
+    (dict(hybrid_width=0), "hybrid_width"), (dict(hybrid_width=4128), "hybrid_width"),
+    (dict(hybrid_width=64.0), "hybrid_width"), (dict(hybrid_width=True), "hybrid_width"),
+    (dict(hybrid_width=48), "hybrid_width"), (dict(dynamic_img_pad=True), "dynamic_img_pad"),
+], ids=repr)
+def test_validate_refuses_one_past_each_limit_of_the_hybrid_stem(over, field):
+    with pytest.raises(ValueError, match=field):
+        ViTConfig(**{**_HYBRID_BASE, **over})
+
+
+@pytest.mark.parametrize("size", [(), (32,), [32], (32, 32, 32), (32.5, 32), (32, 32.0), (True, 32), (32, False),
+                                  "32", {32, 16}, None], ids=repr)
+def test_image_size_must_be_an_int_or_a_pair_of_ints(size):
+    with pytest.raises(ValueError, match="image_size must be an int or a pair"):
+        ViTConfig(**{**_EDGE_BASE, "image_size": size})
+
+
+def test_image_size_pairs_and_lists_read_as_height_width():
+    assert ViTConfig(**{**_EDGE_BASE, "image_size": [32, 16]}).image_hw == (32, 16)
+    assert ViTConfig(**{**_EDGE_BASE, "image_size": (16, 32)}).image_hw == (16, 32)
+    assert ViTConfig(**{**_EDGE_BASE, "image_size": (32, 32)}).image_size == 32  # a square is written as one int
+
+
+def test_validate_accepts_exactly_the_parameter_limit(monkeypatch):
+    """MAX_PARAMS is the largest accepted count (ViT-22B's order), checked with the limit set to a small model's."""
+    n = ViTConfig(**_EDGE_BASE).num_params()
+    monkeypatch.setattr(vitkit.config, "MAX_PARAMS", n)
+    ViTConfig(**_EDGE_BASE)
+    monkeypatch.setattr(vitkit.config, "MAX_PARAMS", n - 1)
+    with pytest.raises(ValueError, match="parameters"):
+        ViTConfig(**_EDGE_BASE)
+
+
+def _plain_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, **kw):
+    """Attention as two matrix products, which torch's FlopCounterMode counts (it does not see the CPU SDPA kernel)."""
+    a = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if attn_mask is not None:
+        a = a + attn_mask
+    return a.softmax(-1) @ v
+
+
+_FLOPS_BASE = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, mlp_ratio=1.5, num_classes=5)
+
+
+@pytest.mark.parametrize("over", [
+    dict(), dict(pooling="map", class_token=False), dict(representation_size=24), dict(distilled=True),
+    dict(channels=1), dict(patch_size=4, image_size=(24, 16)), dict(pooling="gap", num_classes=0),
+    dict(reg_tokens=2, num_classes=7),
+    dict(stem="hybrid", hybrid_layers=(1, 2), hybrid_width=32, patch_size=1, image_size=(64, 48)),
+    dict(stem="hybrid", hybrid_layers=(), hybrid_width=32, patch_size=2, image_size=32, channels=1),
+], ids=repr)
+def test_flops_are_what_the_forward_computes(over, monkeypatch):
+    """ViTConfig.flops() = 2 x the multiply-adds torch counts in the model's full forward (every token through
+    every block, as forward_features computes it), for each option that changes the count."""
+    cfg = ViTConfig(**{**_FLOPS_BASE, **over})
+    model = vitkit.create_model(cfg).eval()
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", _plain_sdpa)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.forward_head(model.forward_features(torch.randn(1, cfg.channels, *cfg.image_hw)))
+    assert cfg.flops() == fc.get_total_flops()
+    assert (cfg.stem_macs() == 0) == (cfg.stem == "patch")
 
 
 def test_parse_model_name_reads_each_part_of_the_name():
