@@ -60,29 +60,31 @@ def config_from_hf(cfg: dict[str, Any], file: str) -> tuple[ViTConfig, list[str]
     mt = cfg.get("model_type")
     if mt not in MODEL_TYPES:
         raise ValueError(f"{file}: model_type {mt!r} is not one vitkit reads; accepted: {MODEL_TYPES}")
+    # a field config.json leaves out takes the value transformers' config class gives it (DINOv2's differ)
+    dino = mt == "dinov2"
     width = _int_field(cfg, "hidden_size", 1, MAX_WIDTH, file, 768)
     depth = _int_field(cfg, "num_hidden_layers", 1, MAX_DEPTH, file, 12)
     heads = _int_field(cfg, "num_attention_heads", 1, width, file, 12)
-    patch = _int_field(cfg, "patch_size", 1, 4096, file, 16)
+    patch = _int_field(cfg, "patch_size", 1, 4096, file, 14 if dino else 16)
     channels = _int_field(cfg, "num_channels", 1, 4096, file, 3)
     size = cfg.get("image_size", 224)
     hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else None
     if hw is None or len(hw) != 2 or not all(isinstance(s, int) and 1 <= s <= MAX_TOKENS_SIDE * patch for s in hw):
         raise ValueError(f"{file}: field 'image_size' must be an int or [H, W] of at most "
                          f"{MAX_TOKENS_SIDE} patches a side, got {size!r}")
-    if mt == "dinov2":
+    if dino:
         if cfg.get("use_swiglu_ffn"):
             raise ValueError(f"{file}: DINOv2 with a SwiGLU MLP (use_swiglu_ffn) is not a plain ViT; not supported")
         ratio = cfg.get("mlp_ratio", 4)
         if not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
             raise ValueError(f"{file}: field 'mlp_ratio' must be in (0, 64], got {ratio!r}")
     else:
-        mlp = _int_field(cfg, "intermediate_size", 1, 64 * width, file, 4 * width)
+        mlp = _int_field(cfg, "intermediate_size", 1, 64 * width, file, 3072)
         ratio = mlp / width
     act = cfg.get("hidden_act", "gelu")
     if act not in ACTS:
         raise ValueError(f"{file}: hidden_act {act!r} is not supported; accepted: {sorted(ACTS)}")
-    eps = cfg.get("layer_norm_eps", 1e-12)
+    eps = cfg.get("layer_norm_eps", 1e-6 if dino else 1e-12)
     if not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise ValueError(f"{file}: field 'layer_norm_eps' must be in (0, 1), got {eps!r}")
     labels = None
@@ -96,7 +98,7 @@ def config_from_hf(cfg: dict[str, Any], file: str) -> tuple[ViTConfig, list[str]
         labels = [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(by_index))) else None
     parts = _beit_parts(cfg, file) if mt == "beit" else dict(
         qkv_bias=bool(cfg.get("qkv_bias", True)), distilled=mt == "deit",
-        layer_scale_init=float(cfg.get("layerscale_value", 1.0)) if mt == "dinov2" else None)
+        layer_scale_init=float(cfg.get("layerscale_value", 1.0)) if dino else None)
     try:
         return ViTConfig(image_size=hw, patch_size=patch, channels=channels, width=width, depth=depth, heads=heads,
                          mlp_ratio=ratio, norm_eps=float(eps), act=ACTS[act], num_classes=0, labels=None,
@@ -203,6 +205,9 @@ def hf_to_vitkit(state: dict[str, torch.Tensor], hf_cfg: dict[str, Any], file: s
             cfg = cfg.replace(labels=labels)
     elif "pooler.dense.weight" in src and mt in ("vit", "deit"):
         # ViTModel's pooler: tanh(Linear([CLS] after the final norm)) == vitkit's pre-logits layer
+        if hf_cfg.get("pooler_act", "tanh") != "tanh":
+            raise ValueError(f"{file}: a pooler with pooler_act {hf_cfg['pooler_act']!r}; vitkit's pre-logits layer "
+                             "(what a ViTModel's pooler becomes) is Linear + tanh only")
         out["pre_logits.fc.weight"], out["pre_logits.fc.bias"] = take("pooler.dense.weight"), take("pooler.dense.bias")
         cfg = cfg.replace(representation_size=out["pre_logits.fc.weight"].shape[0])
     # transformers' classifiers never read the pooler; a file holding both keeps it unused
