@@ -112,10 +112,11 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], file: str, hints: dict[str, Any
     else:
         prefix_rows = 1 if cls and has_pos and square_side(rows) is None else 0
         if has_pos:
-            size = hints.get("image_size")
+            size = hints.get("image_size")  # the checkpoint's own size: settles the grid and the [CLS] row
             req = hints.get("requested_size")  # the size the caller loads at: settles non-square grids
-            if size is None and req is not None and not (prefix_rows and square_side(rows - 1)):
-                rh, rw = (req, req) if isinstance(req, int) else tuple(req)
+            given = size if size is not None else req
+            if given is not None and (size is not None or not (prefix_rows and square_side(rows - 1))):
+                rh, rw = (given, given) if isinstance(given, int) else tuple(given)
                 n = (rh // s) * (rw // s)
                 if rows == n or (cls and rows == n + 1):  # e.g. 4*6 + 1 = 25 rows, also a 5x5 grid
                     size, prefix_rows = (rh, rw), rows - n
