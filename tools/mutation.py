@@ -74,7 +74,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "vitkit.data.preprocess": ["test_preprocess_parity.py", "test_preprocess_strips.py", "test_decode.py", "test_weights_hf.py",
                                "test_weights_timm.py", "test_weights_vitkit.py"],
     "vitkit.data.decode": ["test_decode.py", "test_data_datasets.py"],
-    "vitkit.train.engine": ["test_train_engine.py"],
+    "vitkit.train.engine": ["test_train_engine.py", "test_engine_units.py"],
     "vitkit.train.optim": ["test_train_units.py", "test_train_engine.py"],
     "vitkit.train.ema": ["test_train_units.py", "test_train_engine.py"],
     "vitkit.train.checkpoint": ["test_train_units.py", "test_train_engine.py"],

@@ -1,0 +1,699 @@
+"""The training engine's smaller pieces, each pinned by a test a mutation would fail (issue 15):
+run_folder_of, the input channels of a data source, train()'s keyword arguments, the Ctrl-C agreement
+of several processes (_stop_now) and what a resume restores (_load_resume: the grad scaler, EMA, task
+state, best score, last validation and the epoch's losses)."""
+
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitkit.data.datasets import TensorImageDataset
+from vitkit.train import ResumeError, TrainConfig, Trainer, engine, train
+from vitkit.train import checkpoint as ckpt
+from vitkit.train import distributed as D
+
+# width 16, depth 1 at 16x16 grey: every run here takes well under a second of compute
+TINY = dict(model="vit_tiny_patch4_16", model_overrides=dict(width=16, depth=1, heads=2), data="digits",
+            progress=False, workers=0)
+
+
+def _data(n_train=32, n_val=16):
+    """In-memory grey 16x16 images of 10 classes (the digits' shape), the same on every call."""
+    g = torch.Generator().manual_seed(3)
+    make = lambda n, name: TensorImageDataset(torch.rand(n, 1, 16, 16, generator=g), [i % 10 for i in range(n)],
+                                              [str(i) for i in range(10)], (16, 16), 1, name)
+    return make(n_train, "tiny/train"), make(n_val, "tiny/val")
+
+
+def _quiet(*a, **kw):
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch):
+    monkeypatch.setattr(engine, "plot_curves", _quiet)  # the PNGs are not what is tested here
+
+
+# ---------------------------------------------------------------- run_folder_of
+
+def test_run_folder_of_finds_the_run_from_the_run_its_checkpoints_folder_or_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    step = run / "checkpoints" / "step_00000004.pt"
+    step.write_bytes(b"")
+    assert engine.run_folder_of(run) == run
+    assert engine.run_folder_of(run / "checkpoints") == run
+    assert engine.run_folder_of(step) == run
+    assert engine.run_folder_of(run / "checkpoints" / "best.pt") == run
+    # a checkpoint file elsewhere belongs to the folder that holds it; a folder with no checkpoints/ is its own
+    loose = tmp_path / "saved" / "mine.pt"
+    loose.parent.mkdir()
+    loose.write_bytes(b"")
+    assert engine.run_folder_of(loose) == tmp_path / "saved"
+    assert engine.run_folder_of(tmp_path / "saved") == tmp_path / "saved"
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    assert engine.run_folder_of(empty) == empty
+
+
+def test_run_folder_of_a_run_named_checkpoints(tmp_path):
+    """--out checkpoints: the run folder is called checkpoints and holds its own checkpoints/ folder; it is
+    the run (not its parent), and its checkpoints/ folder leads back to it."""
+    run = tmp_path / "checkpoints"
+    (run / "checkpoints").mkdir(parents=True)
+    assert engine.run_folder_of(run) == run
+    assert engine.run_folder_of(run / "checkpoints") == run
+    assert engine.run_folder_of(run / "checkpoints" / "step_00000001.pt") == run
+
+
+# ---------------------------------------------------------------- channels of the data
+
+def test_native_channels_builtins_are_grey_files_rgb():
+    assert engine._native_channels("digits") == 1
+    assert engine._native_channels("lfw-faces") == 1
+    assert engine._native_channels("/data/photos") == 3
+    assert engine._native_channels("labels.csv") == 3
+
+
+class _Items:
+    """A minimal data set: its items as given."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_train_ds_channels_reads_the_first_image():
+    one = TensorImageDataset(torch.rand(1, 2, 8, 8), [0], ["a"], (8, 8), 2, "one")  # a single image is enough
+    assert engine.train_ds_channels(one) == 2
+    grey = _Items([(torch.zeros(1, 8, 8), 0), (torch.zeros(3, 8, 8), 0)])
+    assert engine.train_ds_channels(grey) == 1
+    unreadable_first = _Items([(None, 0), (torch.zeros(1, 8, 8), 0)])  # an unreadable file: RGB assumed
+    assert engine.train_ds_channels(unreadable_first) == 3
+
+
+# ---------------------------------------------------------------- train()
+
+def test_train_passes_data_sets_and_hooks_to_the_trainer(tmp_path):
+    tr_ds, val_ds = _data(16, 8)
+    events = []
+    summary = train(TrainConfig(**TINY, steps=1, batch_size=16, ema=None, out=str(tmp_path / "run")),
+                    train_data=tr_ds, val_data=val_ds, hooks=[lambda event, trainer, **info: events.append(event)],
+                    log=_quiet)
+    assert events == ["step", "epoch"]
+    assert summary["steps"] == 1 and summary["val_top1"] is not None
+
+
+# ---------------------------------------------------------------- Ctrl-C under several processes
+
+def _stopper(monkeypatch, device, requested, others, seen):
+    """A Trainer of rank 0 of 2 processes on ``device`` whose Ctrl-C flag is ``requested``; the all-reduce
+    adds ``others`` (the flags of the other process). ``seen`` gets the device of the flag tensor."""
+    tr = Trainer(TrainConfig(**TINY, steps=1, out="unused"))
+    tr.info = D.DistInfo(rank=0, world_size=2, device=device)
+    tr._stop_requested = requested
+
+    def all_reduce_sum(t, info):
+        assert info is tr.info and info.enabled
+        return t + others
+
+    def tensor(data, device=None):
+        seen.append(device)
+        return torch.tensor(data)  # on the CPU whatever was asked: no CUDA needed to test the choice
+
+    monkeypatch.setattr(D, "all_reduce_sum", all_reduce_sum)
+    monkeypatch.setattr(engine, "torch", types.SimpleNamespace(tensor=tensor, device=torch.device))
+    return tr
+
+
+@pytest.mark.parametrize("requested,others,stop", [(False, 0.0, False), (True, 0.0, True), (False, 1.0, True),
+                                                    (True, 1.0, True)])
+def test_stop_now_is_agreed_by_every_process(monkeypatch, requested, others, stop):
+    """A Ctrl-C seen by any process stops them all (the checkpoint is collective); none: all go on."""
+    seen = []
+    tr = _stopper(monkeypatch, torch.device("cpu"), requested, others, seen)
+    assert tr._stop_now() is stop
+    assert seen == [torch.device("cpu")]
+
+
+def test_stop_now_reduces_on_the_cuda_device_under_nccl_else_the_cpu(monkeypatch):
+    """NCCL reduces CUDA tensors only, gloo CPU ones: the flag goes to the process's CUDA device, and to the
+    CPU for any other device (e.g. mps)."""
+    seen = []
+    assert _stopper(monkeypatch, torch.device("cuda", 1), True, 1.0, seen)._stop_now() is True
+    assert seen == [torch.device("cuda", 1)]
+    seen.clear()
+    assert _stopper(monkeypatch, torch.device("mps"), False, 0.0, seen)._stop_now() is False
+    assert seen == [torch.device("cpu")]
+
+
+def test_stop_now_one_process_reads_its_own_flag():
+    tr = Trainer(TrainConfig(**TINY, steps=1, out="unused"))
+    tr.info = D.DistInfo()
+    assert tr._stop_now() is False
+    tr._stop_requested = True
+    assert tr._stop_now() is True
+
+
+# ---------------------------------------------------------------- resume
+
+# 2 steps per epoch; checkpoints at steps 2 (end of epoch 1, validated), 3 (mid-epoch 2) and 4 (the end)
+RUN_CFG = dict(TINY, steps=4, batch_size=16, save_every_steps=3, keep_last=3, log_every=1, ema=0.9, warmup_epochs=0)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine-units") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engine, "plot_curves", _quiet)
+    try:
+        Trainer(TrainConfig(**RUN_CFG, out=str(out)), *_data(), log=_quiet).fit()
+    finally:
+        mp.undo()
+    assert [s for s, _ in ckpt.step_checkpoints(out)] == [2, 3, 4]
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def _step3(run):
+    return run / "checkpoints" / "step_00000003.pt"
+
+
+def _resumed(run, checkpoint, **overrides):
+    tr = Trainer(TrainConfig(**dict(RUN_CFG, **overrides), out=str(run), resume=str(checkpoint)), *_data(),
+                 log=_quiet).setup()
+    tr.close()
+    return tr
+
+
+def test_resume_mid_epoch_restores_progress_last_validation_and_the_epochs_losses(run_copy):
+    saved = ckpt.load_checkpoint(_step3(run_copy))
+    p = saved["progress"]
+    assert p["last_val"] and len(p["epoch_losses"]) == 1  # epoch 1 was validated; step 3 is epoch 2's first
+    tr = _resumed(run_copy, _step3(run_copy))
+    assert (tr.global_step, tr.epoch, tr.batch_in_epoch) == (3, 1, 1)
+    assert tr.last_val == p["last_val"] and "top1" in tr.last_val
+    assert tr.epoch_losses == p["epoch_losses"]  # epoch 2's train loss includes step 3
+    assert tr.best == p["best"] and tr.best["epoch"] == 1
+    assert tr.ema.updates == 3
+    assert all(torch.equal(v, saved["ema"]["model"][k]) for k, v in tr.ema.module.state_dict().items())
+
+
+def test_resume_without_ema_from_a_run_with_ema(run_copy):
+    """--ema none on resume: the checkpoint's EMA is left out, the rest resumes."""
+    tr = _resumed(run_copy, _step3(run_copy), ema=None)
+    assert tr.ema is None and tr.global_step == 3
+    saved = ckpt.load_checkpoint(_step3(run_copy))["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in tr.raw.state_dict().items())
+
+
+def _rewrite(path, change):
+    st = ckpt.load_checkpoint(path)
+    st.pop("_path")
+    change(st)
+    ckpt.save_checkpoint(st, path)
+
+
+def test_resume_on_the_cpu_of_an_fp16_checkpoint_ignores_its_grad_scaler(run_copy):
+    """A checkpoint of a CUDA fp16 run holds the grad scaler's state; resumed without fp16 (no scaler) it is
+    not needed and not an error."""
+    scaler = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 7}
+    _rewrite(_step3(run_copy), lambda st: st.update(scaler=scaler))
+    tr = _resumed(run_copy, _step3(run_copy))
+    assert tr.scaler is None and tr.global_step == 3
+
+
+def _trainer(run):
+    """A set-up Trainer of RUN_CFG (a fresh run into ``run``), its run folder released."""
+    tr = Trainer(TrainConfig(**RUN_CFG, out=str(run), overwrite=True), *_data(), log=_quiet).setup()
+    tr.close()
+    return tr
+
+
+def test_resume_restores_the_grad_scalers_loss_scale(tmp_path):
+    """fp16 (CUDA) keeps a grad scaler whose loss scale and growth tracker continue from the checkpoint."""
+    tr = _trainer(tmp_path / "run")
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)  # the CPU twin of fp16's CUDA scaler
+    st = tr._state()
+    other = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    other.load_state_dict({"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                           "_growth_tracker": 5})
+    st["scaler"] = other.state_dict()
+    tr._load_resume(st)
+    assert tr.scaler.get_scale() == 512.0
+    assert tr.scaler.state_dict() == other.state_dict()
+
+
+@pytest.mark.parametrize("top1,score", [(0.4, 0.4), (0.0, 0.0), (1.0, 1.0), (-1.0, None), (None, None)])
+def test_resume_of_a_checkpoint_from_before_the_tasks_reads_its_best_top1(tmp_path, top1, score):
+    """Checkpoints written before the tasks keep the best top-1 as progress.best.top1 (-1 for none): it is
+    the classification score of the resumed run."""
+    tr = _trainer(tmp_path / "run")
+    st = tr._state()
+    st["progress"]["best"] = {"top1": top1, "epoch": 3, "step": 6}
+    tr._load_resume(st)
+    assert tr.best == {"score": score, "epoch": 3, "step": 6}
+
+
+def test_resume_keeps_the_best_score_of_a_current_checkpoint(tmp_path):
+    tr = _trainer(tmp_path / "run")
+    st = tr._state()
+    st["progress"]["best"] = {"score": -0.5, "epoch": 2, "step": 4}  # a score may be negative (e.g. -MSE)
+    tr._load_resume(st)
+    assert tr.best == {"score": -0.5, "epoch": 2, "step": 4}
+
+
+def test_resume_of_an_older_checkpoint_without_last_val_or_epoch_losses(tmp_path):
+    tr = _trainer(tmp_path / "run")
+    st = tr._state()
+    tr.last_val, tr.epoch_losses = {"top1": 0.9}, [5.0]
+    for key in ("last_val", "epoch_losses"):
+        st["progress"].pop(key)
+    st.pop("task")
+    tr._load_resume(st)
+    assert tr.last_val == {} and tr.epoch_losses == []
+
+
+DINO = dict(TINY, steps=2, batch_size=8, out_dim=32, head_hidden=32, head_bottleneck=16, local_crops=2,
+            save_every_steps=1)
+
+
+def test_resume_restores_the_dino_teacher_and_center(tmp_path):
+    """The DINO task's state (the teacher, an EMA of the student, and the loss center) comes back from the
+    checkpoint, not from a fresh set-up."""
+    out = tmp_path / "dino"
+    tr_ds, _ = _data(16, 8)
+    Trainer(TrainConfig.pretraining("dino", **DINO, out=str(out)), tr_ds, None, log=_quiet).fit()
+    saved = ckpt.load_checkpoint(out / "checkpoints" / "step_00000001.pt")["task"]["state"]
+    assert saved["center"].abs().sum() > 0
+    tr = Trainer(TrainConfig.pretraining("dino", **DINO, out=str(out), resume=str(out / "checkpoints" /
+                                                                                  "step_00000001.pt")),
+                 tr_ds, None, log=_quiet).setup()
+    tr.close()
+    assert torch.equal(tr.task.loss_fn.center, saved["center"])
+    teacher = tr.task.teacher.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in saved["teacher"].items())
+    fresh = Trainer(TrainConfig.pretraining("dino", **DINO, out=str(tmp_path / "fresh")), tr_ds, None,
+                    log=_quiet).setup()
+    fresh.close()
+    assert not torch.equal(fresh.task.loss_fn.center, saved["center"])  # the test bites
+    assert not all(torch.equal(fresh.task.teacher.state_dict()[k], v) for k, v in saved["teacher"].items())
+
+
+def test_resume_refuses_a_checkpoint_of_another_objective(run_copy):
+    tr_ds, val_ds = _data()
+    with pytest.raises(ResumeError, match=r"it is a classification \(vitkit train\) run, these settings ask for "
+                                          r"DINO pre-training"):
+        Trainer(TrainConfig.pretraining("dino", **dict(DINO, steps=4), out=str(run_copy), resume=str(_step3(run_copy))),
+                tr_ds, val_ds, log=_quiet).setup()
+
+
+# ---------------------------------------------------------------- validation batches of each process
+
+def _val_trainer(tmp_path, n_val, batch_size, world=1, rank=0):
+    tr = Trainer(TrainConfig(**dict(TINY, steps=1, batch_size=batch_size, ema=None), out=str(tmp_path / "run")),
+                 *_data(32, n_val), log=_quiet).setup()
+    tr.close()
+    tr.info = D.DistInfo(rank=rank, world_size=world)  # this process's share of a run of ``world`` processes
+    return tr
+
+
+def _val_labels(tr, ds=None):
+    """The labels of each batch of this process's validation share."""
+    return [y.tolist() for _, y, _ in tr.val_batches(ds)]
+
+
+def test_val_batches_split_the_validation_set_over_the_processes_with_padding(tmp_path):
+    """5 images over 2 processes, per-process batch 4 // 2 = 2: process r takes images r, r + 2, ...; the
+    shorter share is padded (label PAD) so both run as many batches of the same sizes; the real items are
+    each image once."""
+    pad = D.PAD_LABEL
+    shares = []
+    for rank in (0, 1):
+        tr = _val_trainer(tmp_path / str(rank), 5, 4, world=2, rank=rank)
+        labels = [l for _, l in (tr.val_ds[i] for i in range(5))]
+        shares.append(_val_labels(tr))
+    assert shares[0] == [[labels[0], labels[2]], [labels[4]]]
+    assert shares[1] == [[labels[1], labels[3]], [pad]]
+
+
+def test_val_batches_of_one_process_are_the_set_in_order(tmp_path):
+    tr = _val_trainer(tmp_path, 7, 3)
+    labels = [tr.val_ds[i][1] for i in range(7)]
+    assert _val_labels(tr) == [labels[0:3], labels[3:6], labels[6:7]]
+    xs = torch.cat([x for x, _, _ in tr.val_batches()])
+    assert torch.equal(xs, torch.stack([tr.eval_transform(tr.val_ds[i][0]) for i in range(7)]))
+
+
+def test_val_batches_of_another_data_set(tmp_path):
+    """val_batches(ds) batches ``ds`` (e.g. the training set as a k-NN memory), not the validation set."""
+    tr = _val_trainer(tmp_path, 4, 8)
+    assert _val_labels(tr, tr.train_ds) == [[i % 10 for i in range(j, j + 8)] for j in range(0, 32, 8)]
+
+
+def test_val_batches_per_process_batch_of_one(tmp_path):
+    """batch size 2 on 2 processes: batches of one image each."""
+    tr = _val_trainer(tmp_path, 4, 2, world=2, rank=1)
+    assert [len(b) for b in _val_labels(tr)] == [1, 1]
+
+
+def test_val_batches_of_one_image_on_two_processes(tmp_path):
+    """A validation set smaller than the processes: the second process runs one padding item (image 0)."""
+    tr = _val_trainer(tmp_path, 1, 2, world=2, rank=1)
+    assert _val_labels(tr) == [[D.PAD_LABEL]]
+
+
+# ---------------------------------------------------------------- RUN/model written as a whole
+
+def _model(seed):
+    import vitkit
+
+    torch.manual_seed(seed)
+    return vitkit.create_model(vitkit.ViTConfig(image_size=16, patch_size=8, channels=1, num_classes=3, width=16,
+                                                depth=1, heads=2))
+
+
+def _saver(tmp_path):
+    tr = Trainer(TrainConfig(**TINY, steps=1, out=str(tmp_path)))
+    tr.run_dir = tmp_path
+    return tr
+
+
+def _weights(folder):
+    import vitkit
+
+    return vitkit.load(folder).state_dict()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_final_model_replaces_the_previous_model_and_leaves_nothing_behind(tmp_path):
+    import os
+
+    tr = _saver(tmp_path)
+    first, second = _model(1), _model(2)
+    assert tr._save_final_model(first) == tmp_path / "model"
+    assert _same(_weights(tmp_path / "model"), first.state_dict())
+    stale = tmp_path / f".model.tmp-{os.getpid()}"  # left by an earlier write of this process id
+    stale.mkdir()
+    (stale / "stale.txt").write_text("old")
+    tr._save_final_model(second)
+    assert _same(_weights(tmp_path / "model"), second.state_dict())
+    assert not (tmp_path / "model" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def _fail_save(monkeypatch, partial):
+    import errno
+
+    real = engine.save_model
+
+    def save(model, path):
+        if partial:
+            real(model, path)  # the bytes are written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine, "save_model", save)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_save_final_model_full_disk_on_the_first_save(tmp_path, monkeypatch, partial):
+    tr = _saver(tmp_path)
+    _fail_save(monkeypatch, partial)
+    with pytest.raises(ckpt.CheckpointError, match=r"could not write .*model: the disk is full; the trained "
+                                                   r"weights are in the checkpoint None") as e:
+        tr._save_final_model(_model(1))
+    assert "previous model" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_final_model_failure_names_the_last_checkpoint(tmp_path, monkeypatch):
+    tr = _saver(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    ckpt.save_checkpoint({"progress": {"global_step": 4}}, tmp_path / "checkpoints" / "step_00000004.pt")
+    _fail_save(monkeypatch, False)
+    with pytest.raises(ckpt.CheckpointError, match=r"the trained weights are in the checkpoint .*step_00000004\.pt"):
+        tr._save_final_model(_model(1))
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_save_final_model_full_disk_keeps_the_previous_model(tmp_path, monkeypatch, partial):
+    tr = _saver(tmp_path)
+    first = _model(1)
+    tr._save_final_model(first)
+    _fail_save(monkeypatch, partial)
+    with pytest.raises(ckpt.CheckpointError, match="the previous model is kept"):
+        tr._save_final_model(_model(2))
+    assert _same(_weights(tmp_path / "model"), first.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_save_final_model_failed_swap_puts_the_previous_model_back(tmp_path, monkeypatch):
+    """The new model is written but moving it into place fails: the previous RUN/model (already moved
+    aside) comes back."""
+    import errno
+    import os
+
+    tr = _saver(tmp_path)
+    first = _model(1)
+    tr._save_final_model(first)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".model.tmp-"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(src, dst)
+
+    monkeypatch.setattr(engine.os, "replace", replace)
+    with pytest.raises(ckpt.CheckpointError, match="model: the file system is read-only; the previous model is kept"):
+        tr._save_final_model(_model(2))
+    assert _same(_weights(tmp_path / "model"), first.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# ---------------------------------------------------------------- small helpers of the loop
+
+def test_seed_all_seeds_python_numpy_and_torch_also_for_seeds_beyond_32_bits():
+    import random
+
+    import numpy as np
+
+    seed = 2 ** 32 + 7  # cfg.seed + 1000003 * rank may pass 2**32; NumPy takes it modulo 2**32
+    engine._seed_all(seed)
+    got = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(seed)
+    np.random.seed(7)
+    torch.manual_seed(seed)
+    assert got == (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+
+def test_micro_batches_give_each_process_its_part_of_each_chunk():
+    order = list(range(100, 140))
+    # step 1 of global batch 8, 2 accumulation chunks of 4, 2 processes: rank r takes part r (2 items) of each
+    assert engine._micro_batches(order, 1, 8, 2, 0, 2) == [[108, 109], [112, 113]]
+    assert engine._micro_batches(order, 1, 8, 2, 1, 2) == [[110, 111], [114, 115]]
+    assert engine._micro_batches(order, 4, 8, 1, 0, 1) == [order[32:40]]
+
+
+def test_eval_view_reports_unreadable_images_once_and_pads_with_the_pad_label():
+    base = _Items([(None, "bad.png: cannot identify image file"), (torch.ones(1, 4, 4), 3)])
+    view = engine._EvalView(base, lambda x: x * 2)
+    assert view[(0, True)] == (None, "bad.png: cannot identify image file")
+    assert view[(0, False)] == (None, "")  # padding: not reported a second time
+    x, y = view[(1, False)]
+    assert y == D.PAD_LABEL and torch.equal(x, torch.full((1, 4, 4), 2.0))
+    assert view[(1, True)][1] == 3
+
+
+def test_close_releases_the_tensorboard_writer_and_the_run_folder(tmp_path):
+    tr = Trainer(TrainConfig(**dict(TINY, steps=1, batch_size=16, ema=None), out=str(tmp_path / "run")), *_data(),
+                 log=_quiet).setup()
+    assert tr.tb is not None and tr.lock is not None and tr.lock.held
+    with pytest.raises(Exception, match="lock|busy|another"):  # a second run into the held folder
+        Trainer(TrainConfig(**dict(TINY, steps=1, batch_size=16, ema=None), out=str(tmp_path / "run"),
+                            overwrite=True), *_data(), log=_quiet).setup()
+    tr.close()
+    assert tr.tb is None and not tr.lock.held
+
+
+def test_ctrl_c_after_the_first_step_writes_its_checkpoint(tmp_path):
+    """The first Ctrl-C stops at the next step boundary with that step's checkpoint, also at step 1."""
+    def hook(event, trainer, **info):
+        if event == "step":
+            trainer._stop_requested = True  # what the SIGINT handler sets
+
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None), out=str(tmp_path / "run")), *_data(),
+                 hooks=[hook], log=_quiet)
+    with pytest.raises(engine.TrainingInterrupted) as e:
+        tr.fit()
+    assert e.value.step == 1 and e.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000001.pt"
+    assert [s for s, _ in ckpt.step_checkpoints(tmp_path / "run")] == [1]
+
+
+# ---------------------------------------------------------------- the summary and RUN/model at the end
+
+def _finisher(tmp_path, ema=0.9, logs=None, **cfg):
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=ema, **cfg), out=str(tmp_path / "run")),
+                 *_data(), log=(logs.append if logs is not None else _quiet)).setup()
+    tr.close()
+    tr.global_step, tr.epoch = 4, 2
+    if logs is not None:
+        logs.clear()
+    return tr
+
+
+def _summary_file(tr):
+    import json
+
+    text = (tr.run_dir / "summary.json").read_text()
+    return json.loads(text), text
+
+
+@pytest.mark.parametrize("ema_top1,which", [(0.125, "model"), (0.875, "ema")])
+def test_finish_writes_the_summary_the_model_and_the_done_line(tmp_path, ema_top1, which):
+    import json
+
+    import vitkit
+
+    logs = []
+    tr = _finisher(tmp_path, logs=logs)
+    tr.raw.preprocess_cfg = vitkit.PreprocessConfig(size=(16, 16), mode="L", mean=(0.25,), std=(0.5,))
+    tr.best = {"score": 0.5, "epoch": 2, "step": 4}
+    tr.skipped = {"a.png": "a.png: unreadable"}
+    last_val = {"top1": 0.25, "top5": 0.75, "ema_top1": ema_top1, "loss": 1.5}
+    summary = tr._finish(last_val, 3.14159, 1)
+    run = tmp_path / "run"
+    assert summary == {"steps": 4, "epochs": 2, "seconds": 3.1, "val_top1": 0.25, "val_top5": 0.75,
+                       "ema_top1": ema_top1, "best_top1": 0.5, "best_epoch": 2, "model_weights": which,
+                       "model_dir": str(run / "model"), "skipped_files": 1}
+    data, text = _summary_file(tr)
+    assert data == summary and text == json.dumps(summary, indent=2)
+    top1 = f"{100 * ema_top1:.2f} % (EMA weights)" if which == "ema" else "25.00 %"
+    assert logs == [f"vitkit train: done: 3 steps in 3.1 s, val top-1 {top1}, best 50.00 % at epoch 2; model saved "
+                    f"to {run / 'model'}; 1 unreadable file(s) skipped"]
+    saved = vitkit.load(run / "model")
+    assert saved.preprocess_cfg.mean == (0.25,) and saved.preprocess_cfg.std == (0.5,)
+    want = (tr.ema.module if which == "ema" else tr.raw).state_dict()
+    assert _same(saved.state_dict(), {k: v.cpu() for k, v in want.items()})
+    assert saved.preprocess_cfg.to_dict() == tr.raw.preprocess_cfg.to_dict()
+
+
+def test_finish_without_validation_or_best(tmp_path):
+    logs = []
+    tr = _finisher(tmp_path, ema=None, logs=logs)
+    summary = tr._finish({}, 2.0, 0)
+    assert summary["val_top1"] is None and summary["val_top5"] is None and summary["ema_top1"] is None
+    assert summary["best_top1"] == -1.0 and summary["best_epoch"] is None and summary["model_weights"] == "model"
+    assert summary["skipped_files"] == 0
+    assert logs == [f"vitkit train: done: 4 steps in 2.0 s, no validation, best 0.00 % at epoch None; model saved "
+                    f"to {tmp_path / 'run' / 'model'}"]
+
+
+def test_finish_of_a_run_resumed_when_already_complete_keeps_its_seconds(tmp_path):
+    logs = []
+    tr = _finisher(tmp_path, logs=logs)
+    (tmp_path / "run" / "summary.json").write_text('{"seconds": 42.5}')
+    summary = tr._finish({"top1": 0.5}, 0.01, 4)  # nothing trained: start step = last step
+    assert summary["seconds"] == 42.5 and _summary_file(tr)[0]["seconds"] == 42.5
+    assert logs[0] == ("vitkit train: the run was already complete (4 steps); its final model and summary are "
+                       "written again from the last checkpoint")
+    assert logs[1].startswith("vitkit train: done: 0 steps in 0.0 s, val top-1 50.00 %")
+    # a fresh run that trained from step 0 keeps its own time, whatever summary.json held
+    tr2 = _finisher(tmp_path / "b")
+    (tmp_path / "b" / "run" / "summary.json").write_text('{"seconds": 42.5}')
+    tr2.global_step = 0
+    assert tr2._finish({}, 1.25, 0)["seconds"] == 1.2
+    # trained in this session (resumed at step 1): its own time
+    tr3 = _finisher(tmp_path / "c")
+    (tmp_path / "c" / "run" / "summary.json").write_text('{"seconds": 42.5}')
+    tr3.global_step = 1
+    assert tr3._finish({}, 7.0, 1)["seconds"] == 42.5  # resumed at 1 and already complete at 1
+    tr3.global_step = 4
+    assert tr3._finish({}, 7.0, 1)["seconds"] == 7.0
+
+
+def test_finish_of_a_pretraining_run(tmp_path):
+    logs = []
+    tr = Trainer(TrainConfig.pretraining("dino", **dict(DINO, steps=2), out=str(tmp_path / "run")), _data(16, 8)[0],
+                 None, log=logs.append).setup()
+    tr.close()
+    tr.global_step, tr.epoch = 2, 1
+    tr.best = {"score": 0.3, "epoch": 1, "step": 2}
+    logs.clear()
+    summary = tr._finish({"knn_top1": 0.3, "note": "text"}, 1.0, 0)
+    assert summary == {"steps": 2, "epochs": 1, "seconds": 1.0, "objective": "dino", "val": {"knn_top1": 0.3},
+                       "best_score": 0.3, "best_epoch": 1, "model_weights": "teacher",
+                       "model_dir": str(tmp_path / "run" / "model"), "skipped_files": 0}
+    assert logs == [f"vitkit pretrain: done: 2 steps in 1.0 s, {tr.task.describe({'knn_top1': 0.3, 'note': 'text'})}"
+                    f" (teacher weights); model saved to {tmp_path / 'run' / 'model'}"]
+    logs.clear()
+    tr._finish({}, 1.0, 0)
+    assert "no validation (teacher weights)" in logs[0]
+
+
+# ---------------------------------------------------------------- set-up checks
+
+def test_resume_of_a_checkpoint_from_before_the_tasks_is_a_classification_run(run_copy):
+    _rewrite(_step3(run_copy), lambda st: st.pop("task"))
+    tr = _resumed(run_copy, _step3(run_copy))
+    assert tr.task.name == "classify" and tr.global_step == 3
+
+
+def test_resume_refuses_a_pretraining_checkpoint_as_a_classification_run(tmp_path):
+    out = tmp_path / "dino"
+    tr_ds, val_ds = _data(16, 8)
+    Trainer(TrainConfig.pretraining("dino", **dict(DINO, steps=1), out=str(out)), tr_ds, None, log=_quiet).fit()
+    with pytest.raises(ResumeError, match=r"it is a DINO pre-training \(vitkit pretrain --method dino\) run, these "
+                                          r"settings ask for classification"):
+        Trainer(TrainConfig(**dict(TINY, steps=2, batch_size=8), out=str(out), resume="auto"), tr_ds, val_ds,
+                log=_quiet).setup()
+
+
+def test_a_run_folder_with_checkpoints_is_not_overwritten_without_overwrite(run_copy):
+    with pytest.raises(ValueError, match="already holds the checkpoints of a run"):
+        Trainer(TrainConfig(**RUN_CFG, out=str(run_copy)), *_data(), log=_quiet).setup()
+    assert [s for s, _ in ckpt.step_checkpoints(run_copy)] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("epochs,steps,total,total_epochs", [(3, None, 6, 3), (None, 3, 3, 2), (2, 5, 5, 3)])
+def test_run_length_from_epochs_or_steps(tmp_path, epochs, steps, total, total_epochs):
+    tr = Trainer(TrainConfig(**dict(TINY, epochs=epochs, steps=steps, batch_size=16, ema=None), out=str(tmp_path)),
+                 *_data(), log=_quiet).setup()  # 32 images, batch 16: 2 steps per epoch
+    tr.close()
+    assert (tr.steps_per_epoch, tr.total_steps, tr.total_epochs) == (2, total, total_epochs)
+
+
+def test_setup_from_a_builtin_source_uses_its_grey_images_and_the_size_and_patch_asked(tmp_path):
+    tr = Trainer(TrainConfig(**dict(TINY, steps=1, batch_size=16, ema=None, image_size=8, patch_size=2,
+                               ), out=str(tmp_path)), log=_quiet).setup()
+    tr.close()
+    c = tr.raw.cfg
+    assert (c.channels, c.image_size, c.patch_size, c.width, c.num_classes) == (1, 8, 2, 16, 10)
+    assert tr.train_ds[0][0].shape == (1, 8, 8) and len(tr.val_ds) == 360  # digits' own split
+
+
+def test_setup_with_given_data_sets_takes_their_channels(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    rgb = TensorImageDataset(torch.rand(16, 3, 16, 16, generator=g), [i % 2 for i in range(16)], ["a", "b"],
+                             (16, 16), 3, "rgb")
+    tr = Trainer(TrainConfig(**dict(TINY, steps=1, batch_size=16, ema=None), out=str(tmp_path)), rgb, None,
+                 log=_quiet).setup()  # cfg.data names the grey digits, but the given images are RGB
+    tr.close()
+    assert tr.raw.cfg.channels == 3 and tr.classes == ["a", "b"]
