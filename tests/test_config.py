@@ -148,6 +148,7 @@ _EDGE_BASE = dict(image_size=32, patch_size=4, width=64, depth=2, heads=2, num_c
     dict(pos_embed="sincos2d", width=68, heads=2), dict(rel_pos="per_block", image_size=512),  # 128² patches
     dict(dropout=0.999), dict(attn_dropout=0.0), dict(drop_path=0.5), dict(norm_eps=0.5),
     dict(representation_size=1), dict(representation_size=16384),
+    dict(mlp_ratio=1 / 64),  # width 64: one hidden unit
 ], ids=repr)
 def test_validate_accepts_each_limit(over):
     ViTConfig(**{**_EDGE_BASE, **over})
@@ -162,6 +163,7 @@ def test_validate_accepts_each_limit(over):
     (dict(image_size=(30, 32)), "divisible"),
     (dict(num_classes=-1), "num_classes"), (dict(num_classes=1_000_001), "num_classes"),
     (dict(mlp_ratio=0), "mlp_ratio"), (dict(mlp_ratio=64.5), "mlp_ratio"), (dict(mlp_ratio="4"), "mlp_ratio"),
+    (dict(mlp_ratio=0.007), "no hidden unit"),  # width 64: 0.448 rounds to 0
     (dict(reg_tokens=-1), "reg_tokens"), (dict(reg_tokens=1025), "reg_tokens"),
     (dict(pos_embed="sincos2d", width=66, heads=2), "sincos2d"),
     (dict(rel_pos="per_block", image_size=516), "rel_pos"),

@@ -300,7 +300,10 @@ def test_what_transformers_vitmae_cannot_express_is_refused_saying_what(tmp_path
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
-def test_an_encoder_config_transformers_cannot_hold_is_refused_naming_the_writer():
-    """An MLP rounded to no hidden unit: the written config would not read back (intermediate_size 0)."""
-    with pytest.raises(ValueError, match="^vitkit_mae_to_hf: field 'intermediate_size' must be an integer"):
-        vitkit_mae_to_hf(_mae(dict(mlp_ratio=0.01)))
+def test_an_mlp_of_no_hidden_unit_is_refused_before_anything_is_written():
+    """An MLP that rounds to no hidden unit, in the encoder or the decoder, would be written as intermediate_size 0,
+    which no reader (vitkit's or transformers') reads back: the model is refused when it is built."""
+    with pytest.raises(ValueError, match="no hidden unit"):
+        _mae(dict(mlp_ratio=0.01))
+    with pytest.raises(ValueError, match="MAE decoder .*no hidden unit"):
+        _mae(decoder_mlp_ratio=0.01)

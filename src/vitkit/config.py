@@ -221,6 +221,9 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.width {self.width} is not divisible by heads {self.heads}")
         if not (isinstance(self.mlp_ratio, (int, float)) and 0 < self.mlp_ratio <= 64):
             raise ValueError(f"ViTConfig.mlp_ratio must be in (0, 64], got {self.mlp_ratio!r}")
+        if self.mlp_dim < 1:  # a file written with it would not read back (intermediate_size 0)
+            raise ValueError(f"ViTConfig.mlp_ratio {self.mlp_ratio!r} at width {self.width} gives an MLP of no hidden "
+                             f"unit (round(width * mlp_ratio) = 0)")
         if self.pooling not in POOLINGS:
             raise ValueError(f"ViTConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "cls" and not self.class_token:
