@@ -162,7 +162,7 @@ def test_validate_accepts_each_limit(over):
     (dict(image_size=4100, patch_size=4), "image_size"), (dict(image_size=(32, 30)), "divisible"),
     (dict(image_size=(30, 32)), "divisible"),
     (dict(num_classes=-1), "num_classes"), (dict(num_classes=1_000_001), "num_classes"),
-    (dict(mlp_ratio=0), "mlp_ratio"), (dict(mlp_ratio=64.5), "mlp_ratio"), (dict(mlp_ratio="4"), "mlp_ratio"),
+    (dict(mlp_ratio=0), "mlp_ratio must be in"), (dict(mlp_ratio=64.5), "mlp_ratio"), (dict(mlp_ratio="4"), "mlp_ratio"),
     (dict(mlp_ratio=0.007), "no hidden unit"),  # width 64: 0.448 rounds to 0
     (dict(reg_tokens=-1), "reg_tokens"), (dict(reg_tokens=1025), "reg_tokens"),
     (dict(pos_embed="sincos2d", width=66, heads=2), "sincos2d"),
