@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 import transformers
-from safetensors.torch import save_file
 
 import vitkit
 from vitkit.config import MAX_DEPTH, MAX_TOKENS_SIDE, MAX_WIDTH
@@ -209,7 +208,7 @@ def _vit_state(tmp_path):
 def test_hf_to_vitkit_names_the_weights_file_in_each_refusal(tmp_path, spoil, message):
     cfg, state = _vit_state(tmp_path)
     spoil(cfg, state)
-    with pytest.raises(ValueError, match=re.escape(f"the/model.safetensors: ") + ".*" + re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape("the/model.safetensors: ") + ".*" + re.escape(message)):
         hf_to_vitkit(state, cfg, "the/model.safetensors")
 
 

@@ -17,7 +17,7 @@ from vitkit.ssl import MAE, mae_sincos_pos_embed, read_hf_mae, write_hf_mae
 from vitkit.weights.convert_hf_mae import hf_mae_to_vitkit, mae_settings_from_hf, vitkit_mae_to_hf
 
 from helpers import tiny_cfg
-from weights_helpers import max_diff, randomise
+from weights_helpers import mae_same_outputs, randomise
 
 HF_SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
                 patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
@@ -56,15 +56,6 @@ def _hf_mae(folder, **kw):
         theirs.decoder.decoder_pos_embed.copy_(mae_sincos_pos_embed((grid, grid), c.decoder_hidden_size, 1))
     theirs.save_pretrained(folder)
     return theirs
-
-
-def _same_outputs(ours, theirs, x, noise, atol=1e-5):
-    with torch.no_grad():
-        ref = theirs(pixel_values=x, noise=noise)
-        loss, pred, mask = ours(x, noise=noise)
-    assert torch.equal(mask, ref.mask)
-    assert max_diff(pred, ref.logits) <= atol
-    assert abs(loss.item() - ref.loss.item()) <= atol
 
 
 def _edit_weights(folder, edit):
@@ -164,7 +155,7 @@ def test_reads_each_option_of_a_transformers_vitmae_with_parity(tmp_path, kw):
                [ours.decoder_norm, *(m for b in ours.decoder_blocks for m in (b.norm1, b.norm2))])
     c = theirs.config.num_channels
     for seed in (0, 1):
-        _same_outputs(ours, theirs, _x(seed, c), _noise(seed))
+        mae_same_outputs(ours, theirs, _x(seed, c), _noise(seed))
 
 
 def test_reads_the_hubs_decoder_layout_as_transformers_5s(tmp_path):
@@ -172,7 +163,7 @@ def test_reads_the_hubs_decoder_layout_as_transformers_5s(tmp_path):
     theirs = _hf_mae(tmp_path / "hf", decoder_num_hidden_layers=2)
     _edit_weights(tmp_path / "hf", lambda s: s.update(
         {k.replace("decoder.decoder_encoder.layer.", "decoder.decoder_layers."): s.pop(k) for k in list(s)}))
-    _same_outputs(read_hf_mae(tmp_path / "hf"), theirs, _x(2), _noise(2))
+    mae_same_outputs(read_hf_mae(tmp_path / "hf"), theirs, _x(2), _noise(2))
 
 
 def _state_and_cfg(folder):
@@ -273,7 +264,7 @@ def test_writes_each_option_so_that_transformers_reads_the_same_config_and_outpu
     assert got == {k: v for k, v in want.to_dict().items() if k not in skip}
     assert theirs.config.architectures == ["ViTMAEForPreTraining"]
     for seed in (3, 4):
-        _same_outputs(ours, theirs, _x(seed, e.channels), _noise(seed))
+        mae_same_outputs(ours, theirs, _x(seed, e.channels), _noise(seed))
     back = read_hf_mae(tmp_path / "w")
     sa, sb = ours.state_dict(), back.state_dict()
     sa = {k: v for k, v in sa.items() if not k.startswith("encoder.head.")}
@@ -285,7 +276,7 @@ def test_an_mae_held_in_bfloat16_is_loaded_by_transformers_in_float32(tmp_path):
     write_hf_mae(ours.to(torch.bfloat16), tmp_path / "w")
     theirs = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "w").eval()
     assert {p.dtype for p in theirs.parameters()} == {torch.float32}
-    _same_outputs(ours.float(), theirs, _x(7), _noise(7))
+    mae_same_outputs(ours.float(), theirs, _x(7), _noise(7))
 
 
 @pytest.mark.parametrize("enc_kw,why", [

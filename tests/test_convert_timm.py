@@ -17,7 +17,6 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer_hybrid import _create_vision_transformer_hybrid, _resnetv2
 
 import vitkit
-from vitkit import ViTConfig
 from vitkit.weights.convert_timm import infer_config, timm_model_args, timm_to_vitkit, unwrap, vitkit_to_timm
 
 from helpers import tiny_cfg

@@ -15,7 +15,7 @@ import vitkit
 from vitkit.ssl import MAE, mae_sincos_pos_embed, random_masking, read_hf_mae, save_reconstruction_png, write_hf_mae
 
 from helpers import tiny_cfg
-from weights_helpers import max_diff
+from weights_helpers import mae_same_outputs, max_diff
 
 HF_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
                 patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
@@ -258,15 +258,6 @@ def _hf_mae(tmp_path, sincos=True, **kw):
     return theirs
 
 
-def _same_outputs(ours, theirs, x, noise, atol=1e-5):
-    with torch.no_grad():
-        ref = theirs(pixel_values=x, noise=noise)
-        loss, pred, mask = ours(x, noise=noise)
-    assert torch.equal(mask, ref.mask)
-    assert max_diff(pred, ref.logits) <= atol
-    assert abs(loss.item() - ref.loss.item()) <= atol
-
-
 @pytest.mark.parametrize("kw", [{}, dict(norm_pix_loss=True, mask_ratio=0.5, layer_norm_eps=1e-6)])
 def test_reads_transformers_vitmae_with_parity(tmp_path, kw):
     theirs = _hf_mae(tmp_path, **kw)
@@ -275,7 +266,7 @@ def test_reads_transformers_vitmae_with_parity(tmp_path, kw):
     assert ours.decoder_norm.eps == theirs.config.layer_norm_eps and ours.load_info["notes"] == []
     assert not ours.encoder.pos_embed.requires_grad  # fixed, as transformers has it
     for seed in (0, 1):
-        _same_outputs(ours, theirs, _x(seed), _noise(seed))
+        mae_same_outputs(ours, theirs, _x(seed), _noise(seed))
     with torch.no_grad():  # the encoder on the visible tokens is ViTMAEModel's
         latent = ours.forward_encoder(_x(), noise=_noise())[0]
         assert max_diff(latent, theirs.vit(pixel_values=_x(), noise=_noise()).last_hidden_state) <= 1e-5
@@ -287,10 +278,10 @@ def test_decoder_positions_that_are_not_sincos_are_kept_as_stored_and_noted(tmp_
     ours = read_hf_mae(tmp_path / "hf")
     assert any("not MAE's sin-cos" in n for n in ours.load_info["notes"])
     assert torch.equal(ours.decoder_pos_embed, theirs.decoder.decoder_pos_embed.data)
-    _same_outputs(ours, theirs, _x(), _noise())
+    mae_same_outputs(ours, theirs, _x(), _noise())
 
 
-def test_writes_vitmae_that_transformers_reads_back_with_the_same_outputs(tmp_path):
+def test_writes_vitmae_that_transformers_reads_back_with_themae_same_outputs(tmp_path):
     theirs = _hf_mae(tmp_path)
     ours = read_hf_mae(tmp_path / "hf")
     write_hf_mae(ours, tmp_path / "back")
@@ -298,8 +289,8 @@ def test_writes_vitmae_that_transformers_reads_back_with_the_same_outputs(tmp_pa
     assert cfg["model_type"] == "vit_mae" and cfg["architectures"] == ["ViTMAEForPreTraining"]
     assert cfg["decoder_intermediate_size"] == 32 and cfg["layer_norm_eps"] == 1e-12
     again = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "back").eval()
-    _same_outputs(ours, again, _x(5), _noise(5))
-    _same_outputs(ours, theirs, _x(5), _noise(5))
+    mae_same_outputs(ours, again, _x(5), _noise(5))
+    mae_same_outputs(ours, theirs, _x(5), _noise(5))
     # the hub's decoder layout, written by us, reads back into the same MAE
     assert any(k.startswith("decoder.decoder_layers.0.") for k in load_file(tmp_path / "back" / "model.safetensors"))
     back = read_hf_mae(tmp_path / "back")
@@ -311,7 +302,7 @@ def test_a_vitkit_mae_is_written_for_transformers(tmp_path):
     ours = _mae(norm_eps=1e-6, decoder_width=16, norm_pix_loss=True).eval()
     write_hf_mae(ours, tmp_path / "w")
     theirs = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "w").eval()
-    _same_outputs(ours, theirs, _x(6), _noise(6))
+    mae_same_outputs(ours, theirs, _x(6), _noise(6))
 
 
 def test_vitkit_load_of_a_vitmae_folder_is_the_encoder(tmp_path):

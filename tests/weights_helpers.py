@@ -20,3 +20,14 @@ def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
+
+
+def mae_same_outputs(ours, theirs, x, noise, atol=1e-5):
+    """vitkit's MAE and transformers' ViTMAEForPreTraining on the same pixels and noise: same mask, same
+    reconstruction and loss within ``atol``."""
+    with torch.no_grad():
+        ref = theirs(pixel_values=x, noise=noise)
+        loss, pred, mask = ours(x, noise=noise)
+    assert torch.equal(mask, ref.mask)
+    assert max_diff(pred, ref.logits) <= atol
+    assert abs(loss.item() - ref.loss.item()) <= atol
