@@ -25,11 +25,6 @@ PEER_CONFIGS = {"vit": transformers.ViTConfig, "deit": transformers.DeiTConfig, 
 FILE = "some/folder/config.json"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _x(cfg, seed=0):
     h, w = cfg.image_hw
     return torch.randn(2, cfg.channels, h, w, generator=torch.Generator().manual_seed(seed))

@@ -25,11 +25,6 @@ HF_SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, inte
 DEC = dict(decoder_width=16, decoder_depth=1, decoder_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _x(seed=0, c=3):
     return torch.randn(2, c, 32, 32, generator=torch.Generator().manual_seed(seed))
 

@@ -26,11 +26,6 @@ TOL = 1e-4  # fp32 on random tiny peers; these reach ~1e-6
 VIT = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3, mlp_ratio=2.0)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _x(hw=(32, 32), channels=3, seed=0):
     return torch.randn(2, channels, *hw, generator=torch.Generator().manual_seed(seed))
 

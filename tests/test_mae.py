@@ -23,11 +23,6 @@ HF_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inte
 DEC = dict(decoder_width=16, decoder_depth=1, decoder_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _x(seed=0, b=2, c=3, size=32):
     return torch.randn(b, c, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -22,11 +22,6 @@ def _x(seed=0, size=32):
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_timm_beit_base_layout_loads_with_timms_logits_and_saves_back(tmp_path, suffix):
     theirs = randomise(timm.create_model("beit_base_patch16_224", **TINY_TIMM)).eval()

@@ -16,11 +16,6 @@ SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interme
              patch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _x(seed=0):
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
