@@ -697,3 +697,218 @@ def test_setup_with_given_data_sets_takes_their_channels(tmp_path):
                  log=_quiet).setup()  # cfg.data names the grey digits, but the given images are RGB
     tr.close()
     assert tr.raw.cfg.channels == 3 and tr.classes == ["a", "b"]
+
+
+# ---------------------------------------------------------------- set-up: where each setting goes
+
+def _setup(tmp_path, given=True, **kw):
+    cfg = TrainConfig(**{**TINY, "steps": 4, "batch_size": 16, "ema": None, **kw}, out=str(tmp_path / "run"))
+    logs = []
+    tr = Trainer(cfg, *(_data() if given else ()), log=logs.append).setup()
+    tr.close()
+    return tr, logs
+
+
+def test_setup_log_names_the_data_the_model_the_notes_and_the_schedule(tmp_path):
+    tr, logs = _setup(tmp_path, lr=2e-3, min_lr=1e-4, warmup_epochs=1, ema=0.99, linear_probe=True)
+    n = sum(p.numel() for p in tr.raw.parameters())
+    assert logs == [
+        "vitkit train: tiny/train: 32 images, 10 classes; validation tiny/val: 16 images, 10 classes",
+        f"  model: 16x16x1 input, patch 4, width 16, depth 1, heads 2, {n / 1e6:.2f}M parameters; 1 process(es) on "
+        f"cpu, {torch.get_num_threads()} thread(s) each",
+        "  linear probe: backbone frozen, only the head trains",
+        "  4 steps (2 per epoch, batch 16), adamw lr 0.002, warm-up 1 steps, cosine to 0.0001, EMA 0.99"]
+    tr2, logs2 = _setup(tmp_path / "mae", method="mae", optimizer="sgd", lr=0.5, warmup_epochs=0)
+    assert logs2[1] == "  objective: mae"
+    assert logs2[-1] == "  4 steps (2 per epoch, batch 16), sgd lr 0.5, warm-up 0 steps, cosine to 1e-05"
+
+
+def test_setup_gives_the_optimizer_its_settings(tmp_path):
+    tr, _ = _setup(tmp_path, betas=(0.8, 0.95), weight_decay=0.07, lr=0.01, warmup_epochs=0)
+    groups = tr.optimizer.param_groups
+    assert isinstance(tr.optimizer, torch.optim.AdamW)
+    assert all(g["betas"] == (0.8, 0.95) for g in groups)
+    assert sorted({g["weight_decay"] for g in groups}) == [0.0, 0.07]
+    assert all(g["lr"] == 0.01 for g in groups)  # no warm-up: the peak at step 0
+    tr, _ = _setup(tmp_path / "sgd", optimizer="sgd", momentum=0.5, warmup_epochs=0, layer_decay=0.5)
+    groups = tr.optimizer.param_groups
+    assert isinstance(tr.optimizer, torch.optim.SGD) and all(g["momentum"] == 0.5 for g in groups)
+    assert len({g["lr"] for g in groups}) > 1  # layer decay: the layers nearer the input learn slower
+
+
+@pytest.mark.parametrize("warmup_epochs,steps,warmup", [(1.8, 100, 4), (3, 10, 2), (3, 9, 2), (0, 10, 0)])
+def test_warmup_is_the_rounded_epochs_at_most_a_quarter_of_the_run(tmp_path, warmup_epochs, steps, warmup):
+    tr, logs = _setup(tmp_path, warmup_epochs=warmup_epochs, steps=steps)  # 2 steps per epoch
+    assert tr.schedule.warmup == warmup and isinstance(tr.schedule.warmup, int)
+    assert tr.schedule.total == steps and f"warm-up {warmup} steps" in logs[-1]
+
+
+def test_linear_probe_trains_without_stochastic_depth(tmp_path):
+    tr, _ = _setup(tmp_path, drop_path=0.2)
+    assert tr.raw.cfg.drop_path == 0.2
+    tr, _ = _setup(tmp_path / "probe", drop_path=0.2, linear_probe=True)
+    assert tr.raw.cfg.drop_path == 0.0
+
+
+def test_linear_probe_of_a_distilled_model_trains_both_heads(tmp_path):
+    tr, _ = _setup(tmp_path, linear_probe=True, model_overrides=dict(width=16, depth=1, heads=2, distilled=True))
+    trained = sorted(n for n, p in tr.raw.named_parameters() if p.requires_grad)
+    assert trained == ["head.bias", "head.weight", "head_dist.bias", "head_dist.weight"]
+
+
+def test_threads_setting_reaches_torch(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    _setup(tmp_path)
+    assert calls == []  # unset: torch's own choice
+    _setup(tmp_path / "one", threads=1)
+    assert calls == [1]
+
+
+def test_compile_wraps_the_model_and_the_optimizer_trains_the_model_inside(tmp_path, monkeypatch):
+    compiled = []
+
+    def compile(m):
+        compiled.append(m)
+        return types.SimpleNamespace(_orig_mod=m)  # what D.unwrap looks through
+
+    monkeypatch.setattr(torch, "compile", compile)
+    tr, _ = _setup(tmp_path)
+    assert compiled == [] and tr.model is tr.raw
+    tr, _ = _setup(tmp_path / "compiled", compile=True)
+    assert compiled == [tr.raw] and tr.model._orig_mod is tr.raw
+    params = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert params == {id(p) for p in tr.raw.parameters()}
+
+
+@pytest.mark.parametrize("cpus,workers", [(8, 4), (3, 2), (1, 1), (None, 1)])
+def test_workers_default_to_the_cpus_but_one_at_most_four_for_files(tmp_path, monkeypatch, cpus, workers):
+    _image_folder(tmp_path / "imgs", 2, 8)
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: cpus)
+    tr, _ = _setup(tmp_path, given=False, data=str(tmp_path / "imgs"), batch_size=4, workers=None)
+    assert tr.workers == workers
+    tr, _ = _setup(tmp_path / "given", workers=None)
+    assert tr.workers == 0  # in-memory images: loaded in this process
+    tr, _ = _setup(tmp_path / "asked", given=False, data=str(tmp_path / "imgs"), batch_size=4, workers=3)
+    assert tr.workers == 3
+
+
+def _image_folder(root, classes, per_class):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(11)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            px = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(px).save(root / f"c{c}" / f"{i}.png")
+
+
+def test_setup_reads_a_folder_with_the_models_size_channels_split_and_strictness(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "imgs", 2, 8)
+    from vitkit.tasks.base import Task
+
+    specs = []
+    real = Task.load_data
+
+    def load_data(self, source, spec, val_source):
+        specs.append(spec)
+        return real(self, source, spec, val_source)
+
+    monkeypatch.setattr(Task, "load_data", load_data)
+    tr, _ = _setup(tmp_path, given=False, data=str(tmp_path / "imgs"), val_fraction=0.25, strict_data=True,
+                   image_size=8, patch_size=2, batch_size=4)
+    (spec,) = specs
+    assert (spec.image_size, spec.channels, spec.val_fraction, spec.strict) == ((8, 8), 3, 0.25, True)
+    assert spec.preprocess is tr.raw.preprocess_cfg
+    assert len(tr.train_ds) == 12 and len(tr.val_ds) == 4 and tr.classes == ["c0", "c1"]
+    assert tr.train_ds[0][0].shape == (3, 8, 8)
+
+
+def _two_processes(monkeypatch, rank):
+    """Set-up as process ``rank`` of 2 (the process group, DDP and barriers faked); the seeds it sets."""
+    seeds = []
+    real_seed = engine._seed_all
+    monkeypatch.setattr(D, "setup", lambda device=None: D.DistInfo(rank=rank, world_size=2))
+    monkeypatch.setattr(D, "wrap", lambda model, info, fsdp: model)
+    monkeypatch.setattr(D, "barrier", lambda info: None)
+    monkeypatch.setattr(engine, "_seed_all", lambda seed: (seeds.append(seed), real_seed(seed)))
+    return seeds
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_process_starts_from_the_same_weights_and_draws_its_own_randomness(tmp_path, monkeypatch, rank):
+    seeds = _two_processes(monkeypatch, rank)
+    tr, logs = _setup(tmp_path, seed=7)
+    assert seeds == [7, 7 + 1000003 * rank]
+    assert (tr.run_dir / "config.yaml").exists() == (rank == 0)  # the run folder is rank 0's
+    assert bool(logs) == (rank == 0)
+    if rank == 0:
+        assert "2 process(es) on cpu (DDP)" in logs[1]
+
+
+def test_fsdp_keeps_no_ema_and_says_so(tmp_path, monkeypatch):
+    _two_processes(monkeypatch, 0)
+    tr, logs = _setup(tmp_path, ema=0.9, fsdp=True)
+    assert tr.ema is None and "(FSDP)" in logs[1]
+    assert "  EMA is not kept under FSDP (the weights are sharded); train without it" in logs
+    assert "EMA" not in logs[-1]
+    tr, logs = _setup(tmp_path / "ddp", ema=0.9)
+    assert tr.ema is not None and tr.ema.decay == 0.9 and logs[-1].endswith(", EMA 0.9")
+
+
+@pytest.mark.parametrize("batch,accum,ok", [(12, 4, False), (16, 4, True), (10, 2, False), (8, 4, True)])
+def test_the_batch_divides_over_the_processes_and_the_accumulation_steps(tmp_path, monkeypatch, batch, accum, ok):
+    _two_processes(monkeypatch, 0)
+    if ok:
+        tr, _ = _setup(tmp_path, batch_size=batch, accum_steps=accum)
+        assert tr.steps_per_epoch == 32 // batch
+    else:
+        with pytest.raises(ValueError, match=f"batch size {batch} must be divisible by processes x accumulation "
+                                             f"steps = 2 x {accum}"):
+            _setup(tmp_path, batch_size=batch, accum_steps=accum)
+
+
+def _tiny_checkpoint(path, mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3)):
+    """A vitkit model folder of the TINY architecture (grey, 10 classes) with its own normalisation."""
+    import vitkit
+    from vitkit.data.preprocess import PreprocessConfig
+    from vitkit.models.factory import resolve_config
+
+    torch.manual_seed(21)
+    m = vitkit.VisionTransformer(resolve_config("vit_tiny_patch4_16", width=16, depth=1, heads=2, channels=1,
+                                                num_classes=10))
+    m.preprocess_cfg = PreprocessConfig(size=(16, 16), mean=mean, std=std)
+    return m, vitkit.save(m, path)
+
+
+def test_init_fine_tunes_the_checkpoints_weights_with_its_normalisation(tmp_path):
+    m, path = _tiny_checkpoint(tmp_path / "ck")
+    tr, logs = _setup(tmp_path, init=str(path))  # --model (TINY's) beside --init: the architecture it must be
+    want = {k: v for k, v in m.state_dict().items() if not k.startswith("head.")}
+    got = tr.raw.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert f"  fine-tuning from {path} (vitkit)" in logs
+    assert (tr.eval_transform.mean, tr.eval_transform.std) == ((0.3, 0.4, 0.5), (0.2, 0.25, 0.3))
+    assert tr.raw.cfg.drop_path == 0.1  # the run's stochastic depth, not the checkpoint's 0
+    tr, _ = _setup(tmp_path / "own", init=str(path), model=None, model_overrides=None)
+    assert tr.raw.cfg.width == 16 and torch.equal(tr.raw.state_dict()["cls_token"], m.state_dict()["cls_token"])
+
+
+def test_init_checks_the_checkpoint_is_the_model_asked(tmp_path):
+    """The architecture but not the input channels (the data's: a grey checkpoint fine-tunes on grey images
+    with --model naming its architecture, whose default is RGB) nor the size (resampled)."""
+    _, path = _tiny_checkpoint(tmp_path / "ck")
+    with pytest.raises(ValueError, match=r"the checkpoint is not a 'vit_tiny_patch4_16' \(width: 32 != 16\)"):
+        _setup(tmp_path, init=str(path), model_overrides=dict(width=32, depth=1, heads=2))
+    with pytest.raises(ValueError, match="is not a 'vit_small_patch4_16'"):
+        _setup(tmp_path / "small", init=str(path), model="vit_small_patch4_16", model_overrides=None)
+
+
+def test_init_passes_the_loading_options_for_a_file_that_does_not_say_them(tmp_path):
+    m, _ = _tiny_checkpoint(tmp_path / "ck")
+    torch.save(m.state_dict(), tmp_path / "bare.pt")  # a timm-style state dict: no heads, no pooling
+    tr, _ = _setup(tmp_path, init=str(tmp_path / "bare.pt"), model=None, model_overrides=None, heads=2)
+    assert tr.raw.cfg.heads == 2
+    with pytest.raises(Exception, match="pass heads=N"):
+        _setup(tmp_path / "no-heads", init=str(tmp_path / "bare.pt"), model=None, model_overrides=None)

@@ -81,7 +81,8 @@ def build_model(model: str, classes: list[str], data_channels: int, image_size: 
                    if k not in head_side and getattr(old_cfg, k, object()) != v)
     if architecture is not None:
         want = resolve_config(architecture, **(architecture_overrides or {}))
-        ignore = {"num_classes", "labels", "dynamic_img_size", "dynamic_img_pad", "image_size"}  # size: resampled
+        # size: resampled; channels: the data's decide, checked against the checkpoint's below
+        ignore = {"num_classes", "labels", "dynamic_img_size", "dynamic_img_pad", "image_size", "channels"}
         diff = [d for d in architecture_diff(want.to_dict(), old_cfg.to_dict())
                 if d.split(":")[0] not in ignore and d.split(":")[0] not in head_side]
         if diff:
