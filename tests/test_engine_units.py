@@ -912,3 +912,48 @@ def test_init_passes_the_loading_options_for_a_file_that_does_not_say_them(tmp_p
     assert tr.raw.cfg.heads == 2
     with pytest.raises(Exception, match="pass heads=N"):
         _setup(tmp_path / "no-heads", init=str(tmp_path / "bare.pt"), model=None, model_overrides=None)
+
+
+def test_overwrite_starts_the_run_folder_afresh_and_writes_the_resolved_config(run_copy):
+    import yaml
+
+    cdir = run_copy / "checkpoints"
+    (cdir / "best.pt").write_bytes(b"old best")
+    (run_copy / "skipped_files.txt").write_text("old.png: unreadable\n")
+    (cdir / ".step_00000009.pt.tmp-123").write_bytes(b"half")  # left by a write that was killed
+    keep = run_copy / "notes.txt"
+    keep.write_text("mine")
+    tr = Trainer(TrainConfig(**RUN_CFG, out=str(run_copy), overwrite=True), *_data(), log=_quiet).setup()
+    tr.close()
+    assert sorted(p.name for p in cdir.iterdir()) == []
+    assert not (run_copy / "metrics.jsonl").exists() and not (run_copy / "skipped_files.txt").exists()
+    assert keep.read_text() == "mine"
+    saved = yaml.safe_load((run_copy / "config.yaml").read_text())
+    assert saved["resolved"] == {"model_config": tr.raw.cfg.to_dict(), "classes": tr.classes, "world_size": 1,
+                                 "steps_per_epoch": 2, "total_steps": 4}
+    assert {k: v for k, v in saved.items() if k != "resolved"} == yaml.safe_load(
+        yaml.safe_dump(tr.cfg.relevant(), sort_keys=False))
+
+
+def test_resume_keeps_the_checkpoints_drops_half_written_files_and_purges_later_tensorboard_steps(run_copy,
+                                                                                                   monkeypatch):
+    import torch.utils.tensorboard as tb
+
+    writers = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            writers.append((log_dir, purge_step))
+
+        def close(self):
+            writers.append("closed")
+
+    monkeypatch.setattr(tb, "SummaryWriter", Writer)
+    cdir = run_copy / "checkpoints"
+    (cdir / ".step_00000009.pt.tmp-123").write_bytes(b"half")
+    tr = Trainer(TrainConfig(**RUN_CFG, out=str(run_copy), resume=str(_step3(run_copy))), *_data(),
+                 log=_quiet).setup()
+    tr.close()
+    assert writers == [(str(run_copy / "tensorboard"), 4), "closed"]  # the steps logged after step 3 are redone
+    assert [s for s, _ in ckpt.step_checkpoints(run_copy)] == [2, 3, 4]
+    assert not (cdir / ".step_00000009.pt.tmp-123").exists() and (run_copy / "metrics.jsonl").exists()
