@@ -543,8 +543,33 @@ def test_ctrl_c_after_the_first_step_writes_its_checkpoint(tmp_path):
                  hooks=[hook], log=_quiet)
     with pytest.raises(engine.TrainingInterrupted) as e:
         tr.fit()
-    assert e.value.step == 1 and e.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000001.pt"
+    path = tmp_path / "run" / "checkpoints" / "step_00000001.pt"
+    assert (e.value.step, e.value.total, e.value.world_size, e.value.checkpoint) == (1, 4, 1, path)
+    assert str(e.value) == f"interrupted at step 1 of 4; checkpoint {path} written"
+    assert e.value.resume_command() == f"vitkit train --resume {path}"
     assert [s for s, _ in ckpt.step_checkpoints(tmp_path / "run")] == [1]
+
+
+def test_the_resume_command_quotes_a_path_for_the_shell():
+    e = engine.TrainingInterrupted(Path("/runs/my run/checkpoints/step_00000002.pt"), 2, 9, world_size=4)
+    assert (e.step, e.total, e.world_size) == (2, 9, 4)
+    assert e.resume_command() == "vitkit train --resume '/runs/my run/checkpoints/step_00000002.pt'"
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        engine._ignore_sigint(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    tr, _ = _setup(tmp_path, workers=2)
+    loader = tr._loader(tr.train_ds, [[0, 1]], 0)
+    assert loader.worker_init_fn is engine._ignore_sigint and loader.num_workers == 2
+    tr, _ = _setup(tmp_path / "none", workers=0)
+    assert tr._loader(tr.train_ds, [[0, 1]], 0).worker_init_fn is None
 
 
 # ---------------------------------------------------------------- the summary and RUN/model at the end
