@@ -982,3 +982,22 @@ def test_resume_keeps_the_checkpoints_drops_half_written_files_and_purges_later_
     assert writers == [(str(run_copy / "tensorboard"), 4), "closed"]  # the steps logged after step 3 are redone
     assert [s for s, _ in ckpt.step_checkpoints(run_copy)] == [2, 3, 4]
     assert not (cdir / ".step_00000009.pt.tmp-123").exists() and (run_copy / "metrics.jsonl").exists()
+
+
+def test_finish_of_a_distillation_run_reports_top1_like_classification(tmp_path):
+    import vitkit
+
+    torch.manual_seed(3)
+    teacher = vitkit.create_model("vit_tiny_patch4_16", width=16, depth=1, heads=2, channels=1, num_classes=10)
+    vitkit.save(teacher, tmp_path / "teacher")
+    logs = []
+    tr = _finisher(tmp_path, ema=None, logs=logs, distill="hard", teacher=str(tmp_path / "teacher"),
+                   model_overrides=dict(width=16, depth=1, heads=2, distilled=True))
+    assert tr.task.name == "distill"
+    tr.best = {"score": 0.5, "epoch": 2, "step": 4}
+    summary = tr._finish({"top1": 0.25, "top5": 0.75}, 2.0, 0)
+    assert summary == {"steps": 4, "epochs": 2, "seconds": 2.0, "val_top1": 0.25, "val_top5": 0.75,
+                       "ema_top1": None, "best_top1": 0.5, "best_epoch": 2, "model_weights": "model",
+                       "model_dir": str(tmp_path / "run" / "model"), "skipped_files": 0}
+    assert logs == [f"vitkit train: done: 4 steps in 2.0 s, val top-1 25.00 %, best 50.00 % at epoch 2; model "
+                    f"saved to {tmp_path / 'run' / 'model'}"]
