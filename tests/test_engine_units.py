@@ -553,6 +553,7 @@ def test_ctrl_c_after_the_first_step_writes_its_checkpoint(tmp_path):
 def test_the_resume_command_quotes_a_path_for_the_shell():
     e = engine.TrainingInterrupted(Path("/runs/my run/checkpoints/step_00000002.pt"), 2, 9, world_size=4)
     assert (e.step, e.total, e.world_size) == (2, 9, 4)
+    assert engine.TrainingInterrupted(Path("c.pt"), 1, 2).world_size == 1  # one process unless told
     assert e.resume_command() == "vitkit train --resume '/runs/my run/checkpoints/step_00000002.pt'"
 
 
@@ -1001,3 +1002,62 @@ def test_finish_of_a_distillation_run_reports_top1_like_classification(tmp_path)
                        "model_dir": str(tmp_path / "run" / "model"), "skipped_files": 0}
     assert logs == [f"vitkit train: done: 4 steps in 2.0 s, val top-1 25.00 %, best 50.00 % at epoch 2; model "
                     f"saved to {tmp_path / 'run' / 'model'}"]
+
+
+# ---------------------------------------------------------------- the run folder's files
+
+def test_skipped_files_are_listed_in_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    import builtins
+
+    def latin1_locale_open(file, mode="r", buffering=-1, encoding=None, **kw):  # open() under a Latin-1 locale
+        return builtins.open(file, mode, buffering, encoding=encoding or "latin-1", **kw)
+
+    tr, logs = _setup(tmp_path)
+    monkeypatch.setattr(engine, "open", latin1_locale_open, raising=False)
+    tr.note_skipped(["photos/café/été.png: cannot identify image file"])
+    assert (tr.run_dir / "skipped_files.txt").read_bytes() == "photos/café/été.png: cannot identify image file\n".encode()
+    assert logs[-1] == "  skipped unreadable file photos/café/été.png: cannot identify image file"
+
+
+def test_a_metrics_line_that_cannot_be_written_names_the_last_good_checkpoint(run_copy):
+    tr = Trainer(TrainConfig(**RUN_CFG, out=str(run_copy), resume="auto"), *_data(), log=_quiet).setup()
+    tr.close()
+    (run_copy / "metrics.jsonl").unlink()
+    (run_copy / "metrics.jsonl").mkdir()  # open(..., "a") fails: IsADirectoryError, an OSError
+    with pytest.raises(ckpt.CheckpointError, match=(
+            rf"could not write {run_copy / 'metrics.jsonl'}: .*; the run stopped at step 4; the last good "
+            rf"checkpoint {run_copy / 'checkpoints' / 'step_00000004.pt'} is kept")):
+        tr._record({"kind": "train", "step": 4, "loss": 1.0})
+
+
+def test_each_metrics_row_goes_to_tensorboard_but_its_labels(tmp_path):
+    import json
+
+    class Board:
+        def __init__(self):
+            self.scalars, self.flushed = [], 0
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            self.flushed += 1
+
+        def close(self):
+            pass
+
+    tr, _ = _setup(tmp_path)
+    tr.tb = board = Board()
+    row = {"kind": "val", "step": 6, "epoch": 3, "top1": 0.5, "loss": 2, "top5": None, "note": "text", "ok": True}
+    tr._record(row)
+    assert board.scalars == [("val/top1", 0.5, 6), ("val/loss", 2, 6), ("val/ok", True, 6)] and board.flushed == 1
+    assert json.loads(tr.metrics_path.read_text().splitlines()[-1]) == row
+    tr.info = D.DistInfo(rank=1, world_size=2)  # another process: rank 0 writes the run's files
+    tr._record(dict(row, step=8))
+    assert len(board.scalars) == 3 and json.loads(tr.metrics_path.read_text().splitlines()[-1])["step"] == 6
+
+
+def test_every_validation_pass_draws_the_same_loader_seed(tmp_path):
+    tr, _ = _setup(tmp_path, seed=5)
+    assert tr.val_batches().generator.initial_seed() == 5 * 7919  # as epoch 0's loader
+    assert tr._loader(tr.train_ds, [[0]], 3).generator.initial_seed() == 5 * 7919 + 3

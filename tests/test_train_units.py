@@ -218,7 +218,8 @@ def test_run_lock_is_exclusive_and_a_stale_file_does_not_block(tmp_path):
 
 
 def test_layer_id_of_every_kind_of_parameter():
-    for name in ("patch_embed.proj.weight", "cls_token", "dist_token", "reg_token", "pos_embed"):
+    for name in ("patch_embed.proj.weight", "cls_token", "dist_token", "reg_token", "pos_embed",
+                 "rel_pos_bias.relative_position_bias_table"):  # BEiT's table shared by all blocks
         assert layer_id(name, 12) == 0, name
     assert layer_id("blocks.0.attn.qkv.weight", 12) == 1 and layer_id("blocks.11.mlp.fc2.bias", 12) == 12
     assert layer_id("norm.weight", 12) == layer_id("head.weight", 12) == layer_id("head_dist.bias", 12) == 13
