@@ -1061,3 +1061,208 @@ def test_every_validation_pass_draws_the_same_loader_seed(tmp_path):
     tr, _ = _setup(tmp_path, seed=5)
     assert tr.val_batches().generator.initial_seed() == 5 * 7919  # as epoch 0's loader
     assert tr._loader(tr.train_ds, [[0]], 3).generator.initial_seed() == 5 * 7919 + 3
+
+
+def test_an_unreadable_file_is_reported_once_by_its_path(tmp_path):
+    from vitkit.data.datasets import SkippedFile
+
+    tr, logs = _setup(tmp_path)
+    logs.clear()
+    first = SkippedFile("/data/a.png", "truncated")
+    tr.note_skipped([first, SkippedFile("/data/b.png", "not an image")])
+    tr.note_skipped([SkippedFile("/data/a.png", "truncated (epoch 2)"), "/data/c.png: plain reason"])
+    tr.note_skipped(["/data/c.png: plain reason"])
+    assert list(tr.skipped) == ["/data/a.png", "/data/b.png", "/data/c.png: plain reason"]
+    assert tr.skipped["/data/a.png"] is first
+    assert logs == ["  skipped unreadable file /data/a.png: truncated", "  skipped unreadable file /data/b.png: not an image",
+                    "  skipped unreadable file /data/c.png: plain reason"]
+    assert (tr.run_dir / "skipped_files.txt").read_text().splitlines() == [
+        "/data/a.png: truncated", "/data/b.png: not an image", "/data/c.png: plain reason"]
+
+
+def test_save_checkpoint_writes_the_step_and_best_and_remembers_it(tmp_path):
+    tr, _ = _setup(tmp_path)
+    tr.global_step = 3
+    path = tr.save_checkpoint(best=True)
+    assert path == tr.run_dir / "checkpoints" / "step_00000003.pt" and tr._saved_at == 3
+    best = ckpt.load_checkpoint(tr.run_dir / "checkpoints" / "best.pt")
+    assert best["progress"]["global_step"] == 3 and best["model"].keys() == tr.raw.state_dict().keys()
+
+
+def test_interrupt_writes_the_step_checkpoint_once(tmp_path, monkeypatch):
+    tr, _ = _setup(tmp_path)
+    tr.global_step = 2
+    saves = []
+    real = ckpt.save_checkpoint
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda state, path: (saves.append(path), real(state, path)))
+    tr.save_checkpoint()
+    with pytest.raises(engine.TrainingInterrupted):
+        tr._interrupt()
+    assert saves == [tr.run_dir / "checkpoints" / "step_00000002.pt"]
+
+
+def test_save_checkpoint_of_another_process_writes_nothing(tmp_path, monkeypatch):
+    tr, _ = _setup(tmp_path)
+    tr.info = D.DistInfo(rank=1, world_size=2)
+    monkeypatch.setattr(D, "all_gather_objects", lambda obj, info: [obj, obj])
+    monkeypatch.setattr(D, "barrier", lambda info: None)
+    tr.global_step = 1
+    assert tr.save_checkpoint() is None and ckpt.step_checkpoints(tr.run_dir) == []
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_last_good_one(tmp_path, monkeypatch):
+    tr, _ = _setup(tmp_path)
+    tr.global_step = 2
+    tr.save_checkpoint()
+    tr.global_step = 4
+
+    def full(state, path):
+        raise ckpt.CheckpointError(28, f"could not write {path}: no space left on device")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full)
+    with pytest.raises(ckpt.CheckpointError, match=(
+            r"no space left on device; the run stopped at step 4; the last good checkpoint "
+            + str(tr.run_dir / "checkpoints" / "step_00000002.pt").replace(".", r"\.") + " is kept")):
+        tr.save_checkpoint()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_the_runs_dtype_on_its_device(tmp_path, dtype):
+    tr, _ = _setup(tmp_path)
+    with tr.autocast():
+        assert not torch.is_autocast_enabled("cpu")  # --amp none (the CPU default)
+    tr.amp_dtype = dtype
+    with tr.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype
+
+
+def test_the_data_order_of_an_epoch_is_a_function_of_the_seed_and_the_epoch(tmp_path):
+    """Pinned: a run resumed by another vitkit version must see the same images in the same order."""
+    tr, _ = _setup(tmp_path, seed=5)
+    for epoch in (0, 3):
+        want = torch.randperm(32, generator=torch.Generator().manual_seed(5 * 1_000_003 + epoch)).tolist()
+        assert tr.epoch_order(epoch) == want
+
+
+class _Bar:
+    """tqdm's part the engine uses, recorded."""
+    made = []
+
+    def __init__(self, **kw):
+        self.kw, self.updates, self.postfix, self.written, self.closed = kw, 0, [], [], 0
+        _Bar.made.append(self)
+
+    def update(self, n):
+        self.updates += n
+
+    def set_postfix(self, **kw):
+        self.postfix.append(kw)
+
+    def write(self, line):
+        self.written.append(line)
+
+    def close(self):
+        self.closed += 1
+
+
+class _Stderr:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.fixture
+def bar(monkeypatch):
+    import tqdm
+
+    _Bar.made = []
+    monkeypatch.setattr(tqdm, "tqdm", _Bar)
+    return _Bar.made
+
+
+@pytest.mark.parametrize("progress,rank,stderr,want", [
+    (False, 0, _Stderr(True), (None, False)), (True, 1, _Stderr(True), (None, False)),
+    (True, 0, _Stderr(False), (None, True)), (True, 0, object(), (None, True)), (True, 0, _Stderr(True), "bar")])
+def test_progress_is_a_bar_on_a_terminal_plain_lines_elsewhere_none_when_off(tmp_path, monkeypatch, bar, progress,
+                                                                            rank, stderr, want):
+    tr, _ = _setup(tmp_path, steps=9)
+    tr.cfg = tr.cfg.replace(progress=progress)
+    tr.info = D.DistInfo(rank=rank, world_size=2 if rank else 1)
+    tr.global_step = 4
+    monkeypatch.setattr(engine.sys, "stderr", stderr)
+    got = tr._progress_bar()
+    if want != "bar":
+        assert got == want and bar == []
+    else:
+        assert got == (bar[0], False)
+        assert bar[0].kw == dict(total=9, initial=4, unit="step", dynamic_ncols=True, desc="training", file=stderr)
+
+
+def test_ctrl_c_once_asks_to_stop_twice_stops_at_once_and_the_handler_is_put_back(tmp_path, capfd):
+    import signal
+
+    tr, _ = _setup(tmp_path)
+    before = signal.getsignal(signal.SIGINT)
+    tr._catch_sigint()
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is not before
+        handler(signal.SIGINT, None)
+        assert tr._stop_requested
+        assert capfd.readouterr().err == ("\nvitkit train: Ctrl-C: stopping after this step to write a checkpoint "
+                                          "(Ctrl-C again stops at once, without one)\n")
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+    finally:
+        tr._restore_sigint()
+    assert signal.getsignal(signal.SIGINT) is before and tr._prev_sigint is None
+    tr._restore_sigint()  # twice: nothing to put back
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_on_another_process_prints_nothing(tmp_path, capfd):
+    import signal
+
+    tr, _ = _setup(tmp_path)
+    tr.info = D.DistInfo(rank=1, world_size=2)
+    before = signal.getsignal(signal.SIGINT)
+    tr._catch_sigint()
+    try:
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        assert tr._stop_requested and capfd.readouterr().err == ""
+    finally:
+        tr._restore_sigint()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_handler_set_outside_python_is_put_back_as_pythons_default(tmp_path):
+    import signal
+
+    tr, _ = _setup(tmp_path)
+    before = signal.getsignal(signal.SIGINT)
+    tr._prev_sigint = (None,)  # what signal.signal returns for a handler not installed from Python
+    try:
+        tr._restore_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_is_left_alone_outside_the_main_thread(tmp_path):
+    import signal
+    import threading
+
+    tr, _ = _setup(tmp_path)
+    before = signal.getsignal(signal.SIGINT)
+    t = threading.Thread(target=tr._catch_sigint)
+    t.start()
+    t.join()
+    assert signal.getsignal(signal.SIGINT) is before and getattr(tr, "_prev_sigint", None) is None
