@@ -1266,3 +1266,158 @@ def test_ctrl_c_is_left_alone_outside_the_main_thread(tmp_path):
     t.start()
     t.join()
     assert signal.getsignal(signal.SIGINT) is before and getattr(tr, "_prev_sigint", None) is None
+
+
+# ---------------------------------------------------------------- the loop's lines, rows and bar
+
+class _Clock:
+    """time.time() for the engine: each training step (one loss) takes ``per_step`` seconds."""
+
+    def __init__(self, per_step):
+        self.now, self.per_step = 1000.0, per_step
+
+    def time(self):
+        return self.now
+
+
+def _clocked(tr, monkeypatch, per_step=0.25):
+    clock = _Clock(per_step)
+    monkeypatch.setattr(engine, "time", clock)
+    real = tr.task.loss
+
+    def loss(*a, **kw):
+        clock.now += clock.per_step
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tr.task, "loss", loss)
+    return clock
+
+
+def _rows(tr, kind):
+    import json
+
+    return [r for r in map(json.loads, tr.metrics_path.read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_plain_progress_lines_first_every_fifty_and_last_step_and_the_train_rows(tmp_path, monkeypatch):
+    """stderr not a terminal: a line at the run's first step, every 50 steps and the last, each with the mean
+    loss since the previous line; metrics.jsonl a train row every --log-every steps and at the end."""
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(False))
+    logs, losses = [], []
+    cfg = TrainConfig(**dict(TINY, steps=52, batch_size=2, ema=None, progress=True, log_every=25, layer_decay=0.5,
+                             warmup_epochs=0, lr=0.01, min_lr=0.001),
+                      out=str(tmp_path / "run"))
+    tr = Trainer(cfg, *_data(128, 4), log=logs.append,
+                 hooks=[lambda event, trainer, **info: losses.append(info["loss"]) if event == "step" else None])
+    tr.setup()
+    _clocked(tr, monkeypatch, per_step=0.3)
+    lrs = [tr.schedule.lr_at(s) for s in range(52)]  # the schedule's, not a layer's scaled lr
+    assert tr.optimizer.param_groups[0]["lr_scale"] != 1.0
+    logs.clear()
+    tr.fit()
+    assert len(losses) == 52 and all(isinstance(x, float) for x in losses)
+    mean = lambda xs: sum(xs) / len(xs)
+
+    def line(step, since):
+        t = 0.3 * step
+        return (f"step {step}/52 (epoch 1/1): loss {mean(losses[since:step]):.4f}, lr {lrs[step - 1]:.2e}, "
+                f"{2 * step / t:.0f} img/s, {t:.0f} s")
+
+    assert [m for m in logs if m.startswith("step ")] == [line(1, 0), line(50, 1), line(52, 50)]
+    rows = _rows(tr, "train")
+    assert [(r["step"], r["epoch"]) for r in rows] == [(25, 1), (50, 1), (52, 1)]
+    for r in rows:
+        assert r["loss"] == losses[r["step"] - 1] and r["lr"] == pytest.approx(lrs[r["step"] - 1], rel=1e-12)
+        assert r["images_per_s"] == round(2 / 0.3, 1)
+
+
+def test_images_per_second_count_every_image_of_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(False))
+    logs = []
+    tr = Trainer(TrainConfig(**dict(TINY, steps=3, batch_size=16, ema=None, progress=True), out=str(tmp_path / "r")),
+                 *_data(64, 4), log=logs.append).setup()
+    _clocked(tr, monkeypatch, per_step=0.5)
+    tr.fit()
+    steps = [m for m in logs if m.startswith("step ")]
+    assert steps[0].endswith(", 32 img/s, 0 s") and steps[1].endswith(", 32 img/s, 2 s")  # 16 images per 0.5 s
+
+
+def test_the_bar_counts_steps_and_shows_validated_epochs_and_best_is_the_first_highest(tmp_path, monkeypatch, bar):
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(True))
+    logs, saved = [], []
+    cfg = TrainConfig(**dict(TINY, steps=10, batch_size=16, ema=None, progress=True, eval_every=2,
+                             save_every_steps=1, log_every=1), out=str(tmp_path / "run"))
+    tr = Trainer(cfg, *_data(), log=logs.append).setup()
+    _clocked(tr, monkeypatch, per_step=0.5)
+    vals = iter([{"top1": 0.5, "score": 0.5, "note": "text", "top5": None},
+                 {"top1": 0.5, "score": 0.5}, {"top1": 0.25, "score": None}])
+    monkeypatch.setattr(tr.task, "evaluate", lambda trainer: next(vals))
+    monkeypatch.setattr(tr.task, "score", lambda val: val["score"])
+    real_save = ckpt.save_checkpoint
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda state, path: (saved.append(path.name), real_save(state, path)))
+    logs.clear()
+    tr.fit()
+    (b,) = bar
+    assert b.updates == 10 and b.closed == 1 and len(b.postfix) == 10
+    assert b.postfix[0]["epoch"] == 1 and b.postfix[-1]["epoch"] == 5 and b.postfix[0]["img_s"] == "32"
+    # epochs 2, 4 and 5 are validated (every 2nd, and the last); 1 and 3 show no line under a bar
+    assert [w.split(",")[0] for w in b.written] == ["epoch 2/5: val top-1 50.00 %", "epoch 4/5: val top-1 50.00 %",
+                                                    "epoch 5/5: val top-1 25.00 %"]
+    val_rows = _rows(tr, "val")
+    assert [(r["step"], r["epoch"]) for r in val_rows] == [(4, 2), (8, 4), (10, 5)]
+    assert val_rows[0] == {"kind": "val", "step": 4, "epoch": 2, "top1": 0.5, "score": 0.5, "top5": None}
+    assert tr.best == {"score": 0.5, "epoch": 2, "step": 4}  # the first 0.5; epoch 5's None does not count
+    assert ckpt.load_checkpoint(tr.run_dir / "checkpoints" / "best.pt")["progress"]["global_step"] == 4
+    assert [r["epoch"] for r in _rows(tr, "train")] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    # a checkpoint after each mid-epoch step (--save-every-steps 1) and at each epoch's end, each once
+    assert saved == ["step_00000001.pt", "step_00000002.pt", "step_00000003.pt", "step_00000004.pt", "best.pt",
+                     "step_00000005.pt", "step_00000006.pt", "step_00000007.pt", "step_00000008.pt",
+                     "step_00000009.pt", "step_00000010.pt"]
+    assert not any(m.startswith("step ") for m in logs)
+
+
+def test_a_run_stopped_early_closes_its_bar(tmp_path, monkeypatch, bar):
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(True))
+
+    def hook(event, trainer, **info):
+        if event == "step":
+            trainer._stop_requested = True
+
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None, progress=True), out=str(tmp_path / "r")),
+                 *_data(), hooks=[hook], log=_quiet)
+    with pytest.raises(engine.TrainingInterrupted):
+        tr.fit()
+    assert bar[0].updates == 1 and bar[0].closed == 1
+
+
+def test_a_loop_that_fails_before_its_bar_reports_its_own_error(tmp_path, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("the view could not be built")
+
+    monkeypatch.setattr(engine, "AugmentedView", broken)
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None), out=str(tmp_path / "r")), *_data(),
+                 log=_quiet)
+    with pytest.raises(RuntimeError, match="the view could not be built"):
+        tr.fit()
+
+
+def _losses_hook(losses):
+    return lambda event, trainer, **info: losses.append(info["loss"]) if event == "step" else None
+
+
+def test_epoch_lines_with_and_without_validation(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(False))
+    for val in (False, True):
+        logs, losses = [], []
+        tr_ds, val_ds = _data()
+        tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None, progress=True),
+                                 out=str(tmp_path / f"run-{val}")), tr_ds, val_ds if val else None,
+                     log=logs.append, hooks=[_losses_hook(losses)]).setup()
+        _clocked(tr, monkeypatch, per_step=0.5)
+        if val:
+            monkeypatch.setattr(tr.task, "evaluate", lambda trainer: {"top1": 0.125, "top5": 0.5, "val_loss": 2.0})
+        tr.fit()
+        got = [m for m in logs if m.startswith("epoch ")]
+        head = "val top-1 12.50 %, " if val else ""
+        assert got == [f"epoch 1/2: {head}train loss {(losses[0] + losses[1]) / 2:.4f} (1 s)",
+                       f"epoch 2/2: {head}train loss {(losses[2] + losses[3]) / 2:.4f} (2 s)"]
