@@ -1421,3 +1421,118 @@ def test_epoch_lines_with_and_without_validation(tmp_path, monkeypatch):
         head = "val top-1 12.50 %, " if val else ""
         assert got == [f"epoch 1/2: {head}train loss {(losses[0] + losses[1]) / 2:.4f} (1 s)",
                        f"epoch 2/2: {head}train loss {(losses[2] + losses[3]) / 2:.4f} (2 s)"]
+
+
+# ---------------------------------------------------------------- one optimizer step
+
+def _micro(n_micro, per=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(per, 1, 16, 16, generator=g) * 2 - 1, torch.arange(per) % 10, []) for _ in range(n_micro)]
+
+
+def _loss_spy(monkeypatch, tr, values=None):
+    """tr.task.loss recorded (its generator's seed, whether under no_sync); with ``values``, the i-th micro-batch's
+    loss is values[i] (still backpropagating through the model)."""
+    seen = []
+
+    def loss(trainer, model, x, y, g):
+        real = torch.nn.functional.cross_entropy(model(x), y)
+        seen.append({"seed": g.initial_seed(), "no_sync": getattr(tr, "_in_no_sync", False)})
+        return real if values is None else real * 0 + values[len(seen) - 1]
+
+    monkeypatch.setattr(tr.task, "loss", loss)
+    return seen
+
+
+def test_a_step_draws_its_mixing_from_the_seed_and_the_step(tmp_path, monkeypatch):
+    """Pinned: mixup/cutmix of step s are the same after a resume and across vitkit versions."""
+    tr, _ = _setup(tmp_path, seed=5)
+    seen = _loss_spy(monkeypatch, tr)
+    tr.global_step = 7
+    tr._train_step(_micro(1))
+    assert seen[0]["seed"] == 5 * 2_000_003 + 7
+
+
+def test_a_step_sums_the_micro_batch_losses_in_double_and_leaves_no_gradients(tmp_path, monkeypatch):
+    tr, _ = _setup(tmp_path, accum_steps=3, batch_size=15, clip_grad=None)
+    values = [1.0, 1e-9, 1e-9]  # float32 would lose the small ones beside a third
+    _loss_spy(monkeypatch, tr, values)
+    before = {k: v.clone() for k, v in tr.raw.state_dict().items()}
+    got = tr._train_step(_micro(3))
+    assert got == sum(float((torch.tensor(v) / 3).double()) for v in values)
+    assert all(p.grad is None for p in tr.raw.parameters())  # zero_grad(set_to_none=True)
+    assert any(not torch.equal(before[k], v) for k, v in tr.raw.state_dict().items())
+
+
+def test_ddp_synchronises_gradients_on_the_last_micro_batch_only(tmp_path, monkeypatch):
+    import contextlib
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        tr, _ = _setup(tmp_path, accum_steps=3, batch_size=15)
+        tr.model = torch.nn.parallel.DistributedDataParallel(tr.raw)
+
+        @contextlib.contextmanager
+        def no_sync():
+            tr._in_no_sync = True
+            try:
+                yield
+            finally:
+                tr._in_no_sync = False
+
+        tr.model.no_sync = no_sync
+        seen = _loss_spy(monkeypatch, tr)
+        tr._train_step(_micro(3))
+        assert [s["no_sync"] for s in seen] == [True, True, False]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_grad_scaler_scales_each_loss_and_unscales_before_the_step(tmp_path, monkeypatch):
+    calls = []
+
+    class Scaler:  # torch.amp.GradScaler's part the engine uses (fp16 needs CUDA)
+        def scale(self, loss):
+            calls.append(("scale", float(loss)))
+            return loss * 1.0
+
+        def unscale_(self, opt):
+            calls.append(("unscale_", opt))
+
+        def step(self, opt):
+            calls.append(("step", opt))
+            opt.step()
+
+        def update(self):
+            calls.append(("update",))
+
+    tr, _ = _setup(tmp_path, accum_steps=2, batch_size=16)
+    tr.scaler = Scaler()
+    _loss_spy(monkeypatch, tr, [0.5, 0.25])
+    tr._train_step(_micro(2))
+    assert calls == [("scale", 0.25), ("scale", 0.125), ("unscale_", tr.optimizer), ("step", tr.optimizer),
+                     ("update",)]
+
+
+@pytest.mark.parametrize("device,moved", [(torch.device("cuda", 1), [torch.device("cuda", 1)]),
+                                          (torch.device("mps"), [])])
+def test_the_step_loss_is_averaged_over_the_processes_on_the_reducing_device(tmp_path, monkeypatch, device, moved):
+    """NCCL reduces CUDA tensors, gloo CPU ones: the loss total goes to the process's CUDA device, else stays."""
+    tr, _ = _setup(tmp_path, clip_grad=None)
+    tr.info = D.DistInfo(rank=0, world_size=2, device=device)
+    _loss_spy(monkeypatch, tr, [0.75])
+    seen = []
+    real_to = torch.Tensor.to
+
+    def to(self, *a, **kw):
+        if a and isinstance(a[0], torch.device) or a and a[0] is None:
+            seen.append(a[0])
+            return self.clone()  # no CUDA here: the tensor stays on the CPU
+        return real_to(self, *a, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(D, "all_reduce_sum", lambda t, info: t + 0.25)  # the other process's loss
+    assert tr._train_step(_micro(1)) == (0.75 + 0.25) / 2
+    assert seen == moved
