@@ -1536,3 +1536,16 @@ def test_the_step_loss_is_averaged_over_the_processes_on_the_reducing_device(tmp
     monkeypatch.setattr(D, "all_reduce_sum", lambda t, info: t + 0.25)  # the other process's loss
     assert tr._train_step(_micro(1)) == (0.75 + 0.25) / 2
     assert seen == moved
+
+
+def test_the_logged_lr_is_the_schedules_whatever_the_first_groups_layer(tmp_path):
+    """Layer decay scales each group's lr; metrics.jsonl logs the schedule's (unscaled) lr. With no [CLS],
+    fixed position embeddings and no patch bias, the first layer has only the patch kernel: the first two
+    parameter groups are different layers with different scales."""
+    over = dict(width=16, depth=1, heads=2, class_token=False, pooling="gap", pos_embed="sincos2d", patch_bias=False)
+    tr, _ = _setup(tmp_path, steps=3, model_overrides=over, layer_decay=0.5, warmup_epochs=1, log_every=1)
+    g = tr.optimizer.param_groups
+    assert g[0]["names"] == ["patch_embed.proj.weight"] and g[0]["lr_scale"] != g[1]["lr_scale"]
+    want = [tr.schedule.lr_at(s) for s in range(3)]
+    tr.fit()
+    assert [r["lr"] for r in _rows(tr, "train")] == pytest.approx(want, rel=1e-12)
