@@ -1210,7 +1210,9 @@ def test_ctrl_c_once_asks_to_stop_twice_stops_at_once_and_the_handler_is_put_bac
     import signal
 
     tr, _ = _setup(tmp_path)
-    before = signal.getsignal(signal.SIGINT)
+    outer = signal.getsignal(signal.SIGINT)
+    before = lambda signum, frame: None  # the program's own handler, which the run puts back
+    signal.signal(signal.SIGINT, before)
     tr._catch_sigint()
     try:
         handler = signal.getsignal(signal.SIGINT)
@@ -1223,9 +1225,12 @@ def test_ctrl_c_once_asks_to_stop_twice_stops_at_once_and_the_handler_is_put_bac
             handler(signal.SIGINT, None)
     finally:
         tr._restore_sigint()
-    assert signal.getsignal(signal.SIGINT) is before and tr._prev_sigint is None
-    tr._restore_sigint()  # twice: nothing to put back
-    assert signal.getsignal(signal.SIGINT) is before
+    try:
+        assert signal.getsignal(signal.SIGINT) is before and tr._prev_sigint is None
+        tr._restore_sigint()  # twice: nothing to put back
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_ctrl_c_on_another_process_prints_nothing(tmp_path, capfd):
@@ -1266,6 +1271,14 @@ def test_ctrl_c_is_left_alone_outside_the_main_thread(tmp_path):
     t.start()
     t.join()
     assert signal.getsignal(signal.SIGINT) is before and getattr(tr, "_prev_sigint", None) is None
+    # a whole run in a thread (a notebook's worker, a service) trains and leaves Ctrl-C alone
+    out = {}
+    run = Trainer(TrainConfig(**dict(TINY, steps=2, batch_size=16, ema=None), out=str(tmp_path / "thread")), *_data(),
+                  log=_quiet)
+    t = threading.Thread(target=lambda: out.update(summary=run.fit()))
+    t.start()
+    t.join()
+    assert out["summary"]["steps"] == 2 and signal.getsignal(signal.SIGINT) is before
 
 
 # ---------------------------------------------------------------- the loop's lines, rows and bar
