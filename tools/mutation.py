@@ -84,7 +84,10 @@ MODULE_TESTS: dict[str, list[str]] = {
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check",
           -11: "segfault", -9: "segfault", None: "not checked",
-          -6: "killed", 134: "killed"}  # SIGABRT: the mutant aborts the test process (a C++ terminate), a failure
+          -6: "killed", 134: "killed",  # SIGABRT: the mutant aborts the test process (a C++ terminate), a failure
+          # pytest's "interrupted": the mutant raised KeyboardInterrupt (the engine's TrainingInterrupted is one)
+          # inside a test; the clean run of the same tests passes, so the tests noticed
+          2: "killed"}
 
 
 def module_of(key: str) -> str:
