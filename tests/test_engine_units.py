@@ -1562,3 +1562,20 @@ def test_the_logged_lr_is_the_schedules_whatever_the_first_groups_layer(tmp_path
     want = [tr.schedule.lr_at(s) for s in range(3)]
     tr.fit()
     assert [r["lr"] for r in _rows(tr, "train")] == pytest.approx(want, rel=1e-12)
+
+
+def test_one_step_epochs_show_that_steps_loss_and_the_task_hears_of_each_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.sys, "stderr", _Stderr(False))
+    for val in (False, True):
+        logs, losses, epochs = [], [], []
+        tr_ds, val_ds = _data(16, 8)
+        tr = Trainer(TrainConfig(**dict(TINY, steps=2, batch_size=16, ema=None, progress=True),
+                                 out=str(tmp_path / f"run-{val}")), tr_ds, val_ds if val else None,
+                     log=logs.append, hooks=[_losses_hook(losses)]).setup()
+        _clocked(tr, monkeypatch, per_step=0.5)
+        monkeypatch.setattr(tr.task, "after_epoch", lambda trainer, epoch, v: epochs.append((trainer, epoch, v)))
+        tr.fit()
+        got = [m.split("train loss ")[1].split(" ")[0] for m in logs if m.startswith("epoch ")]
+        assert got == [f"{losses[0]:.4f}", f"{losses[1]:.4f}"]  # one step per epoch: its own loss
+        assert [(t, e) for t, e, _ in epochs] == [(tr, 1), (tr, 2)]
+        assert all(("top1" in v) == val for _, _, v in epochs) and epochs[-1][2] is not None
