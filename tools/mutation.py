@@ -1,6 +1,7 @@
 """Mutation testing of vitkit with mutmut 3 (`make mutation`), and its record.
 
-    python tools/mutation.py run [--jobs N] [GLOB ...]   mutate, test, then write the record
+    python tools/mutation.py run [--jobs N] [--survivors | --unfinished] [GLOB ...]
+                                                         mutate, test, then write the record
     python tools/mutation.py record                      rewrite the record from mutants/ as it is
 
 `run` is ``mutmut run`` (configured in pyproject.toml, ``[tool.mutmut]``) with one change: mutmut
@@ -8,9 +9,11 @@ maps every function to the tests that ran it (its "stats" pass); this tool keeps
 the tests in the files that are meant to test the function's module (MODULE_TESTS below). A mutant
 in ViTConfig then runs test_config/test_model and not the training suite that also happens to
 build a config, which is what makes a run fit on a small machine. GLOBs are mutmut mutant names
-(``'vitkit.train.ema.*'``): only those are (re)run; without any, every mutant that has no result
-yet. Results stay in ``mutants/`` (delete it to start over; delete ``mutants/mutmut-stats.json``
-after changing MODULE_TESTS or the test selection).
+(``'vitkit.train.ema.*'``): only those are run, each again even when it has a result; without any,
+every mutant that has no result yet. ``--survivors``: only the GLOBs' mutants that survived the last
+run; ``--unfinished``: those and the ones with no result yet (to go on after a run was stopped).
+Results stay in ``mutants/`` (delete it to start over; delete ``mutants/mutmut-stats.json`` after
+changing MODULE_TESTS or the test selection).
 
 The record, ``benchmarks/mutation.md`` and ``benchmarks/mutation.json``: the command, date,
 machine, score per module and every surviving mutant with its verdict from
@@ -374,6 +377,17 @@ def _markdown(d: dict) -> str:
     return "\n".join(out)
 
 
+def _unfinished(globs: list[str]) -> list[str]:
+    """The mutants in mutants/ (of ``globs``, if given) that survived or have no result yet."""
+    names = []
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        names += [k for k, code in codes.items()
+                  if STATUS.get(code, "suspicious") in ("not checked", "survived", "no tests", "suspicious", "segfault")
+                  and (not globs or any(fnmatch.fnmatch(k, g) for g in globs))]
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -382,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-record", action="store_true")
     r.add_argument("--survivors", action="store_true",
                    help="rerun only the mutants (of GLOBs, if given) that survived the last run")
+    r.add_argument("--unfinished", action="store_true",
+                   help="run only the mutants (of GLOBs, if given) in mutants/ that survived or have no result yet "
+                        "(a GLOB alone reruns every mutant it matches, killed ones too)")
     r.add_argument("globs", nargs="*")
     sub.add_parser("record")
     sub.add_parser("_mutmut").add_argument("args", nargs="*")  # internal: the mutmut process itself
@@ -405,16 +422,24 @@ def main(argv: list[str] | None = None) -> int:
             print("no surviving mutants to rerun")
             return 0
         print(f"rerunning {len(names)} surviving mutant(s)")
+    elif a.unfinished:
+        names = _unfinished(a.globs)
+        if not names:
+            print("every mutant has a result and none survived")
+            return 0
+        print(f"running {len(names)} surviving or unchecked mutant(s)")
     cmd = [sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names]
     if hasattr(os, "nice"):
         cmd = ["nice", "-n", "19", *cmd]
     start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
     run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
-           "command": ("python tools/mutation.py run --survivors" + "".join(" " + shlex.quote(g) for g in a.globs))
-           if a.survivors else "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
+           "command": (f"python tools/mutation.py run --{'survivors' if a.survivors else 'unfinished'}"
+                       + "".join(" " + shlex.quote(g) for g in a.globs))
+           if a.survivors or a.unfinished else "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
            + (f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""),
            "mutants": f"{len(names)} survivors of {' '.join(a.globs) or 'all'}" if a.survivors
+           else f"{len(names)} survivors or unchecked of {' '.join(a.globs) or 'all'}" if a.unfinished
            else " ".join(a.globs) or None,
            "exit_code": rc, "machine": _machine()}
     if not a.no_record:
