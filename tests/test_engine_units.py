@@ -1579,3 +1579,167 @@ def test_one_step_epochs_show_that_steps_loss_and_the_task_hears_of_each_epoch(t
         assert got == [f"{losses[0]:.4f}", f"{losses[1]:.4f}"]  # one step per epoch: its own loss
         assert [(t, e) for t, e, _ in epochs] == [(tr, 1), (tr, 2)]
         assert all(("top1" in v) == val for _, _, v in epochs) and epochs[-1][2] is not None
+
+
+# ---------------------------------------------------------------- set-up, continued
+
+def test_setup_asks_for_the_device_given(tmp_path, monkeypatch):
+    asked, real = [], D.setup
+    monkeypatch.setattr(D, "setup", lambda device=None: (asked.append(device), real(device))[1])
+    _setup(tmp_path, device="cpu")
+    assert asked == ["cpu"]
+
+
+def test_the_model_moves_to_the_processes_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "setup", lambda device=None: D.DistInfo(device=torch.device("meta")))
+    cfg = TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None), out=str(tmp_path / "run"))
+    tr = Trainer(cfg, *_data(), log=_quiet)
+    try:
+        tr.setup()
+    except Exception:
+        pass  # what comes after the move may not run on the meta device; the move is what is checked
+    assert tr.raw.pos_embed.device.type == "meta"
+
+
+@pytest.mark.parametrize("mode,device,bf16_ok,want", [
+    ("none", "cpu", True, None), ("none", "cuda", True, None), ("auto", "cpu", True, None),
+    ("auto", "cuda", True, torch.bfloat16), ("auto", "cuda", False, None), ("bf16", "cpu", True, torch.bfloat16),
+    ("bf16", "cuda", True, torch.bfloat16), ("fp16", "cuda", True, torch.float16), ("fp16", "cpu", True, "error")])
+def test_amp_dtype_of_each_mode_and_device(tmp_path, monkeypatch, mode, device, bf16_ok, want):
+    tr, _ = _setup(tmp_path)
+    tr.cfg = tr.cfg.replace(amp=mode)
+    tr.info = D.DistInfo(device=torch.device(device))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: bf16_ok)
+    if want == "error":
+        with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device; use bf16 or none on the CPU"):
+            tr._amp_dtype()
+    else:
+        assert tr._amp_dtype() == want
+
+
+def test_amp_setting_reaches_the_run_and_fp16_gets_a_grad_scaler(tmp_path, monkeypatch):
+    tr, logs = _setup(tmp_path, amp="bf16")
+    assert tr.amp_dtype == torch.bfloat16 and tr.scaler is None and logs[-1].endswith(", bfloat16")
+    monkeypatch.setattr(Trainer, "_amp_dtype", lambda self: torch.float16)  # fp16 needs CUDA: asked for directly
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler warns that CUDA is not available here
+        tr, _ = _setup(tmp_path / "fp16")
+    assert isinstance(tr.scaler, torch.amp.GradScaler) and tr.scaler._device == "cuda"
+
+
+def test_pretraining_keeps_no_ema_of_its_own(tmp_path):
+    tr, _ = _setup(tmp_path, method="mae", ema=0.9)
+    assert tr.ema is None
+    tr, _ = _setup(tmp_path / "classify", ema=0.9)
+    assert tr.ema is not None
+
+
+def test_the_schedule_ends_at_the_min_lr(tmp_path):
+    tr, _ = _setup(tmp_path, lr=0.01, min_lr=0.002)
+    assert (tr.schedule.peak, tr.schedule.min_lr, tr.schedule.total) == (0.01, 0.002, 4)
+
+
+def test_fsdp_is_asked_of_the_wrapper(tmp_path, monkeypatch):
+    _two_processes(monkeypatch, 0)
+    wrapped = []
+    monkeypatch.setattr(D, "wrap", lambda model, info, fsdp: (wrapped.append(fsdp), model)[1])
+    _setup(tmp_path, fsdp=True)
+    _setup(tmp_path / "ddp")
+    assert wrapped == [True, False]
+
+
+def test_a_validation_folder_is_the_validation_set(tmp_path):
+    _image_folder(tmp_path / "train", 2, 4)
+    _image_folder(tmp_path / "val", 2, 3)
+    tr, _ = _setup(tmp_path, given=False, data=str(tmp_path / "train"), val_data=str(tmp_path / "val"), batch_size=4)
+    assert len(tr.train_ds) == 8 and len(tr.val_ds) == 6
+
+
+def test_a_checkpoints_state_holds_what_a_resume_and_inference_read(tmp_path):
+    tr, _ = _setup(tmp_path)
+    st = tr._state()
+    assert set(st) == {"format", "format_version", "model", "model_config", "classes", "preprocess", "train_config",
+                       "optimizer", "scheduler", "scaler", "ema", "task", "progress", "rng", "world_size"}
+    assert st["preprocess"] == tr.raw.preprocess_cfg.to_dict() and st["train_config"] == tr.cfg.to_dict()
+    assert st["scaler"] is None and st["world_size"] == 1
+    assert st["task"] == {"name": "classify", "state": tr.task.state_dict(), "inference": tr.task.inference_source()}
+
+    class Scaler:
+        def state_dict(self):
+            return {"scale": 1024.0}
+
+    tr.scaler = Scaler()
+    assert tr._state()["scaler"] == {"scale": 1024.0}
+    tr, _ = _setup(tmp_path / "mae", method="mae")
+    assert tr._state()["task"]["inference"] == tr.task.inference_source() is not None
+
+
+def test_resume_trims_metrics_lines_written_after_the_checkpoint(tmp_path):
+    tr, _ = _setup(tmp_path)
+    lines = ['{"kind": "train", "step": 1}', '{"kind": "tr', '{"kind": "train", "step": 2}', '{"kind": "note"}',
+             '{"kind": "train", "step": 3}']
+    tr.metrics_path.write_text("\n".join(lines) + "\n")
+    tr.global_step = 2
+    tr._trim_metrics()  # the cut line goes, the lines after it stay; a row without a step is kept
+    assert tr.metrics_path.read_text() == "\n".join([lines[0], lines[2], lines[3]]) + "\n"
+    tr.metrics_path.write_text('{"kind": "train", "step": 3}\n{"step": 4}\n')
+    tr._trim_metrics()
+    assert tr.metrics_path.read_bytes() == b""
+    tr.metrics_path.write_text('{"kind": "note"}\n')
+    tr.global_step = 0
+    tr._trim_metrics()
+    assert tr.metrics_path.read_text() == '{"kind": "note"}\n'
+
+
+@pytest.mark.parametrize("device,pin", [("cuda", True), ("cpu", False)])
+def test_loaders_pin_memory_for_cuda_only(tmp_path, device, pin):
+    tr, _ = _setup(tmp_path)
+    tr.info = D.DistInfo(device=torch.device(device))
+    assert tr._loader(tr.train_ds, [[0]], 0).pin_memory is pin
+
+
+def test_curves_hooks_and_seconds_of_each_epoch(tmp_path, monkeypatch):
+    plots, events = [], []
+    monkeypatch.setattr(engine, "plot_curves", lambda metrics, png: plots.append((metrics, png)))
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None), out=str(tmp_path / "run")), *_data(),
+                 log=_quiet, hooks=[lambda event, trainer, **info: events.append((event, trainer, info))]).setup()
+    _clocked(tr, monkeypatch, per_step=0.5)
+    summary = tr.fit()
+    run = tmp_path / "run"
+    assert plots == [(run / "metrics.jsonl", run / "curves.png")] * 2
+    ends = [(t, info) for e, t, info in events if e == "epoch"]
+    assert [t for t, _ in ends] == [tr, tr] and [info["epoch"] for _, info in ends] == [1, 2]
+    assert all("top1" in info for _, info in ends)
+    assert summary["seconds"] == 2.0  # four steps of 0.5 s on the run's clock
+
+
+def test_ctrl_c_at_an_epochs_end_stops_there_but_not_after_the_last(tmp_path):
+    def hook(event, trainer, **info):
+        if event == "epoch":
+            trainer._stop_requested = True
+
+    tr = Trainer(TrainConfig(**dict(TINY, steps=4, batch_size=16, ema=None), out=str(tmp_path / "run")), *_data(),
+                 hooks=[hook], log=_quiet)
+    with pytest.raises(engine.TrainingInterrupted) as e:
+        tr.fit()
+    assert e.value.step == 2
+    tr = Trainer(TrainConfig(**dict(TINY, steps=2, batch_size=16, ema=None), out=str(tmp_path / "one")), *_data(),
+                 hooks=[hook], log=_quiet)
+    assert tr.fit()["steps"] == 2  # the last epoch: the run is complete, nothing to stop
+
+
+def test_setup_tidies_what_a_killed_model_swap_left(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".model.old-11").mkdir()
+    (run / ".model.old-11" / "config.json").write_text("{}")  # killed between the renames: RUN/model is gone
+    (run / ".model.tmp-12").mkdir()
+    (run / ".model.tmp-13").write_text("a file, not a folder")  # not ours to remove: left, and no error
+    _setup(tmp_path)
+    assert (run / "model" / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in run.glob(".model*")) == [".model.tmp-13"]
+    (run / ".model.old-14").mkdir()  # the swap finished its second rename: the old copy goes
+    _setup(tmp_path)
+    assert not (run / ".model.old-14").exists() and (run / "model" / "config.json").exists()
