@@ -1087,6 +1087,7 @@ def test_save_checkpoint_writes_the_step_and_best_and_remembers_it(tmp_path):
     assert path == tr.run_dir / "checkpoints" / "step_00000003.pt" and tr._saved_at == 3
     best = ckpt.load_checkpoint(tr.run_dir / "checkpoints" / "best.pt")
     assert best["progress"]["global_step"] == 3 and best["model"].keys() == tr.raw.state_dict().keys()
+    assert best["progress"]["best"] == {"score": None, "epoch": None, "step": None}  # nothing validated yet
 
 
 def test_interrupt_writes_the_step_checkpoint_once(tmp_path, monkeypatch):
