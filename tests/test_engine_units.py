@@ -1087,7 +1087,6 @@ def test_save_checkpoint_writes_the_step_and_best_and_remembers_it(tmp_path):
     assert path == tr.run_dir / "checkpoints" / "step_00000003.pt" and tr._saved_at == 3
     best = ckpt.load_checkpoint(tr.run_dir / "checkpoints" / "best.pt")
     assert best["progress"]["global_step"] == 3 and best["model"].keys() == tr.raw.state_dict().keys()
-    assert best["progress"]["best"] == {"score": None, "epoch": None, "step": None}  # nothing validated yet
 
 
 def test_interrupt_writes_the_step_checkpoint_once(tmp_path, monkeypatch):
@@ -1272,7 +1271,14 @@ def test_ctrl_c_is_left_alone_outside_the_main_thread(tmp_path):
     t.start()
     t.join()
     assert signal.getsignal(signal.SIGINT) is before and getattr(tr, "_prev_sigint", None) is None
-    # a whole run in a thread (a notebook's worker, a service) trains and leaves Ctrl-C alone
+
+
+def test_a_run_in_a_thread_trains_and_leaves_ctrl_c_alone(tmp_path):
+    """A notebook's worker or a service: no signal handler can be set there, and none is put back."""
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
     out = {}
     run = Trainer(TrainConfig(**dict(TINY, steps=2, batch_size=16, ema=None), out=str(tmp_path / "thread")), *_data(),
                   log=_quiet)
@@ -1744,3 +1750,19 @@ def test_setup_tidies_what_a_killed_model_swap_left(tmp_path):
     (run / ".model.old-14").mkdir()  # the swap finished its second rename: the old copy goes
     _setup(tmp_path)
     assert not (run / ".model.old-14").exists() and (run / "model" / "config.json").exists()
+
+
+def test_a_checkpoint_before_any_validation_holds_an_empty_best(tmp_path):
+    tr, _ = _setup(tmp_path)
+    tr.global_step = 1
+    tr.save_checkpoint()
+    st = ckpt.load_checkpoint(tr.run_dir / "checkpoints" / "step_00000001.pt")
+    assert st["progress"]["best"] == {"score": None, "epoch": None, "step": None}
+
+
+def test_a_stray_file_named_like_an_old_model_does_not_stop_the_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / ".model.old-15").write_text("a file, not a folder")  # not ours to remove: left, and no error
+    _setup(tmp_path)
+    assert (run / ".model.old-15").read_text() == "a file, not a folder"
