@@ -1766,3 +1766,14 @@ def test_a_stray_file_named_like_an_old_model_does_not_stop_the_run(tmp_path):
     (run / ".model.old-15").write_text("a file, not a folder")  # not ours to remove: left, and no error
     _setup(tmp_path)
     assert (run / ".model.old-15").read_text() == "a file, not a folder"
+
+
+def test_config_yaml_keeps_the_settings_order(tmp_path):
+    """RUN/config.yaml lists the settings in TrainConfig's order (model, data, ... as --help shows them), then
+    what was resolved; not alphabetically."""
+    import yaml
+
+    tr, _ = _setup(tmp_path)
+    saved = yaml.safe_load((tr.run_dir / "config.yaml").read_text())
+    assert list(saved) == list(tr.cfg.relevant()) + ["resolved"]
+    assert list(saved["resolved"]) == ["model_config", "classes", "world_size", "steps_per_epoch", "total_steps"]
