@@ -39,8 +39,9 @@ def test_int8_agrees_with_fp32_on_a_trained_model_and_carries_the_config(digits,
     model = vitkit.load(model_dir)
     cal, chk, where = images_for_int8(model, [str(data)], calibration_images=32)
     assert (len(cal), len(chk)) == (32, 150) and "val" in where
-    report = quantize_int8(model, tmp_path / "m.onnx", cal, chk)
-    assert report.checked == 150 and report.agreement >= 0.995, report.describe()
+    # ONNX Runtime's int8 kernels differ per CPU: 150 of 150 on AMD Zen 5, 149 of 150 on an Intel Xeon with AMX
+    report = quantize_int8(model, tmp_path / "m.onnx", cal, chk, min_agreement=0.99)
+    assert report.checked == 150 and report.agreement >= 0.99, report.describe()
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert {"vitkit.config", "vitkit.labels", "vitkit.preprocess", "vitkit.int8"} <= set(meta)
@@ -193,7 +194,8 @@ def test_headless_int8_is_checked_by_cosine(digits, tmp_path, monkeypatch):
     assert headless_pool(model) == "cls"
     cal, chk, _ = images_for_int8(model, [str(digits[1])], calibration_images=16, check_images=40)
     with pytest.raises(ValueError, match="int8 graph gives logits"):
-        extract_features(ModelRunner(model, dtype="int8", int8_images=(cal, chk)), [])
+        # the logits check, not the agreement (39 of 40 on an Intel Xeon with AMX: ONNX Runtime's kernels differ)
+        extract_features(ModelRunner(model, dtype="int8", int8_images=(cal, chk), min_agreement=0.95), [])
     model.reset_classifier(0)
     report = quantize_int8(model, tmp_path / "f.onnx", cal, chk)
     assert report.measure == "cosine" and report.agreed == 40
