@@ -1328,7 +1328,7 @@ def test_plain_progress_lines_first_every_fifty_and_last_step_and_the_train_rows
                              warmup_epochs=0, lr=0.01, min_lr=0.001),
                       out=str(tmp_path / "run"))
     tr = Trainer(cfg, *_data(128, 4), log=logs.append,
-                 hooks=[lambda event, trainer, **info: losses.append(info["loss"]) if event == "step" else None])
+                 hooks=[_losses_hook(losses)])
     tr.setup()
     _clocked(tr, monkeypatch, per_step=0.3)
     lrs = [tr.schedule.lr_at(s) for s in range(52)]  # the schedule's, not a layer's scaled lr

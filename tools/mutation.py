@@ -394,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--no-record", action="store_true")
-    r.add_argument("--survivors", action="store_true",
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--survivors", action="store_true",
                    help="rerun only the mutants (of GLOBs, if given) that survived the last run")
-    r.add_argument("--unfinished", action="store_true",
+    which.add_argument("--unfinished", action="store_true",
                    help="run only the mutants (of GLOBs, if given) in mutants/ that survived or have no result yet "
                         "(a GLOB alone reruns every mutant it matches, killed ones too)")
     r.add_argument("globs", nargs="*")
