@@ -35,15 +35,17 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: tests/test_serve_browser.py will skip"
 
-# Mutation testing, not part of `test` or CI (it takes an hour or more on 2 cores): installs mutmut
-# into the venv when missing, runs it at the lowest CPU priority (tools/mutation.py, config in
-# pyproject.toml) and writes the record benchmarks/mutation.md. A part: MUTANTS='vitkit.train.ema.*'.
+# Mutation testing, not part of `test` or CI: installs mutmut into the venv when missing, runs it at
+# the lowest CPU priority (tools/mutation.py, config in pyproject.toml) and writes the record
+# benchmarks/mutation.md. By default only the functions changed since the record (the rest carry
+# over); a part: MUTANTS='vitkit.train.ema.*'; every mutant: ALL=1 (hours on 2 cores).
 MUTANTS ?=
+ALL ?=
 MUTATION_JOBS ?= $(TEST_WORKERS)
 
 mutation: $(STAMP)
 	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[dev,mutation]'
-	$(PY) tools/mutation.py run --jobs $(MUTATION_JOBS) $(MUTANTS)
+	$(PY) tools/mutation.py run --jobs $(MUTATION_JOBS) $(if $(MUTANTS),$(MUTANTS),$(if $(ALL),,--changed))
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

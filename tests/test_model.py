@@ -699,6 +699,19 @@ def test_model_predict_passes_its_options_on():
         m.predict(img, max_pixels=100)  # the decoder's pixel limit reaches open_image
 
 
+def test_predict_names_the_classes_by_the_models_labels_when_there_is_one_per_class():
+    from PIL import Image
+
+    from vitkit.models.classify import class_names
+
+    img = Image.new("RGB", (40, 40), (120, 30, 200))
+    m = create_model(tiny_cfg(num_classes=3, labels=["cat", "dog", "owl"])).eval()
+    assert class_names(m) == ["cat", "dog", "owl"]
+    assert sorted(name for name, _ in m.predict(img, topk=3)) == ["cat", "dog", "owl"]
+    m.reset_classifier(4, labels=None)  # no labels: placeholders, one per class
+    assert class_names(m) == ["class_0", "class_1", "class_2", "class_3"]
+
+
 @pytest.mark.parametrize("impl", ["fused", "plain"])
 def test_beit_under_autocast_adds_its_bias_in_the_attentions_dtype(impl):
     m = create_model(tiny_cfg(rel_pos="per_block", pos_embed="none")).eval()

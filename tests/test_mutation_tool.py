@@ -1,5 +1,6 @@
 """tools/mutation.py's record: results of an earlier record carry over to mutants a fresh mutants/ folder did not
-run, only while the module is unchanged; `record` in a checkout without mutants/ leaves the record alone."""
+run, only while their function is unchanged (its fingerprint); `run --changed` (what `make mutation` runs) starts
+mutmut only for the rest; `record` in a checkout without mutants/ leaves the record alone."""
 
 import importlib.util
 import json
@@ -18,27 +19,110 @@ def tool():
     return mod
 
 
-def _record(total=3, not_checked=0, survivors=(("m.x_f__mutmut_2", "- a\n+ b", "survived"),)):
-    return {"modules": {"m": {"total": total, "not checked": not_checked}},
-            "survivors": [{"mutant": n, "diff": d, "status": s} for n, d, s in survivors]}
+MUTATED = """\
+def x_f__mutmut_orig(a):
+    return a + 1
+def x_f__mutmut_1(a):
+    return a - 1
+def x_f__mutmut_2(a):
+    return a + 2
+def x_g__mutmut_orig(a):
+    return a
+def x_g__mutmut_1(a):
+    return None
+"""
 
 
-def test_carry_only_from_a_record_that_checked_the_same_unchanged_module(tool):
-    names = ["m.x_f__mutmut_1", "m.x_f__mutmut_2", "m.x_f__mutmut_3"]
-    diffs = {"m.x_f__mutmut_1": "- a\n+ c", "m.x_f__mutmut_2": "- a\n+ b", "m.x_f__mutmut_3": "- a\n+ d"}
-    carried = tool._carry_source(_record(), "m", names, diffs)
-    assert set(carried) == {"m.x_f__mutmut_2"} and carried["m.x_f__mutmut_2"]["status"] == "survived"
-    assert tool._carry_source(_record(total=4), "m", names, diffs) is None  # a mutant more: the code changed
-    assert tool._carry_source(_record(not_checked=1), "m", names, diffs) is None  # that record was partial
-    assert tool._carry_source(_record(), "m", names, {**diffs, "m.x_f__mutmut_2": "- a\n+ z"}) is None
-    assert tool._carry_source(_record(), "other", names, diffs) is None and tool._carry_source(None, "m", names, diffs) is None
+@pytest.fixture()
+def folder(tool, monkeypatch, tmp_path):
+    """A mutants/ folder of one module, pkg.mod: x_f with two mutants not run here, x_g with one killed."""
+    src = tmp_path / "mutants" / "src" / "pkg"
+    src.mkdir(parents=True)
+    (src / "mod.py").write_text(MUTATED)
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    monkeypatch.setattr(tool, "RECORD_JSON", tmp_path / "mutation.json")
+    monkeypatch.setattr(tool, "RECORD_MD", tmp_path / "mutation.md")
+    monkeypatch.setattr(tool, "VERDICTS", tmp_path / "verdicts.json")
+
+    def write(f_hash="aaa", f_codes=(None, None)):
+        meta = {"exit_code_by_key": {"pkg.mod.x_f__mutmut_1": f_codes[0], "pkg.mod.x_f__mutmut_2": f_codes[1],
+                                     "pkg.mod.x_g__mutmut_1": 1},
+                "hash_by_function_name": {"x_f": f_hash, "x_g": "bbb"}}
+        (src / "mod.py.meta").write_text(json.dumps(meta))
+    write()
+    return write
+
+
+def _old(prints=(("pkg.mod.x_f", ["aaa", 2, "2026-01-01 00:00"]),)):
+    return {"fingerprints": dict(prints),
+            "survivors": [{"mutant": "pkg.mod.x_f__mutmut_2", "status": "survived", "diff": "- return a + 1\n+ return a + 2"}]}
+
+
+def test_results_carry_only_for_a_function_whose_fingerprint_is_the_records(tool, folder):
+    got = tool.collect(_old(), "2026-02-02 00:00")
+    assert got["statuses"] == {"pkg.mod.x_f__mutmut_1": "killed", "pkg.mod.x_f__mutmut_2": "survived",
+                               "pkg.mod.x_g__mutmut_1": "killed"}
+    row = got["modules"]["pkg.mod"]
+    assert (row["total"], row["killed"], row["survived"], row["carried"], row["not checked"]) == (3, 2, 1, 2, 0)
+    assert [(s["mutant"], s["diff"]) for s in got["survivors"]] == [("pkg.mod.x_f__mutmut_2", "- return a + 1\n+ return a + 2")]
+    # x_f's results are the record's, of its date; x_g's are this folder's, of the date given
+    assert got["fingerprints"] == {"pkg.mod.x_f": ["aaa", 2, "2026-01-01 00:00"], "pkg.mod.x_g": ["bbb", 1, "2026-02-02 00:00"]}
+    assert row["results_of"] == ["2026-01-01 00:00", "2026-02-02 00:00"]
+    assert tool._span(row["results_of"]) == "2026-01-01 00:00 to 2026-02-02 00:00" and tool._span([]) == "-"
+    for old in (_old((("pkg.mod.x_f", ["aaa", 3, "2026-01-01 00:00"]),)),  # a mutant more then: other code
+                _old((("pkg.mod.x_g", ["aaa", 2, "2026-01-01 00:00"]),)),  # another function's fingerprint
+                {}, None):
+        got = tool.collect(old)
+        assert got["statuses"]["pkg.mod.x_f__mutmut_1"] == got["statuses"]["pkg.mod.x_f__mutmut_2"] == "not checked"
+        assert got["modules"]["pkg.mod"]["carried"] == 0 and "pkg.mod.x_f" not in got["fingerprints"]
+    folder(f_hash="ccc")  # x_f changed since the record
+    got = tool.collect(_old())
+    assert got["statuses"]["pkg.mod.x_f__mutmut_1"] == "not checked" and set(got["fingerprints"]) == {"pkg.mod.x_g"}
+
+
+def test_a_result_of_this_folder_wins_over_the_record(tool, folder):
+    folder(f_codes=(1, 1))  # both of x_f's mutants killed here; the record had one survivor
+    got = tool.collect(_old())
+    assert got["statuses"]["pkg.mod.x_f__mutmut_2"] == "killed" and got["modules"]["pkg.mod"]["carried"] == 0
+    folder(f_codes=(None, 0))  # a function half run here: no fingerprint until each of its mutants has a result
+    got = tool.collect({})
+    assert got["statuses"]["pkg.mod.x_f__mutmut_1"] == "not checked" and "pkg.mod.x_f" not in got["fingerprints"]
+
+
+def test_changed_runs_only_the_mutants_without_a_result(tool, folder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tool.subprocess, "call", lambda cmd, cwd=None: calls.append(cmd) or 0)
+    monkeypatch.setattr(tool, "_machine", lambda: {})
+    (tool.RECORD_JSON).write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
+    assert tool.main(["run", "--changed"]) == 0
+    assert [c[c.index("_generate") if "_generate" in c else c.index("_mutmut"):] for c in calls] == [
+        ["_generate", "2"], ["_mutmut", "2", "pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]]
+    rec = json.loads(tool.RECORD_JSON.read_text())
+    assert rec["runs"][-1]["command"] == "make mutation" and rec["runs"][-1]["mutants"].startswith("2 new or changed")
+    # the stand-in above ran nothing: x_f has no result, so no fingerprint; x_g's stays
+    assert "pkg.mod.x_f" not in rec["fingerprints"] and rec["fingerprints"]["pkg.mod.x_g"] == ["bbb", 1, "2026-01-01 00:00"]
+    calls.clear()
+    (tool.RECORD_JSON).write_text(json.dumps(_old()))
+    folder(f_codes=(None, None))
+    rec_before = json.loads(tool.RECORD_JSON.read_text())
+    assert tool.main(["run", "--changed", "--no-record"]) == 0
+    assert len(calls) == 1 and "_generate" in calls[0]  # x_f carries, x_g was run here: mutmut is not started
+    assert json.loads(tool.RECORD_JSON.read_text()) == rec_before
 
 
 def test_record_without_a_mutants_folder_leaves_the_record_alone(tool, monkeypatch, tmp_path):
     record = tmp_path / "mutation.json"
-    record.write_text(json.dumps(_record()))
+    record.write_text(json.dumps(_old()))
     monkeypatch.setattr(tool, "ROOT", tmp_path)
     monkeypatch.setattr(tool, "RECORD_JSON", record)
     with pytest.raises(SystemExit, match="no mutants/ folder"):
         tool.write_record(None)
-    assert json.loads(record.read_text()) == _record()
+    assert json.loads(record.read_text()) == _old()
+
+
+def test_unfinished_is_what_survived_or_has_no_result_after_carrying(tool, folder):
+    tool.RECORD_JSON.write_text(json.dumps(_old()))
+    assert tool._unfinished([]) == ["pkg.mod.x_f__mutmut_2"]  # x_f_1 carries as killed, x_g_1 was killed here
+    tool.RECORD_JSON.write_text(json.dumps({}))
+    assert tool._unfinished(["*x_f__mutmut_1"]) == ["pkg.mod.x_f__mutmut_1"]
+    assert tool._unfinished(["*x_g*"]) == []

@@ -1,6 +1,6 @@
 """Mutation testing of vitkit with mutmut 3 (`make mutation`), and its record.
 
-    python tools/mutation.py run [--jobs N] [--survivors | --unfinished] [GLOB ...]
+    python tools/mutation.py run [--jobs N] [--changed | --survivors | --unfinished] [GLOB ...]
                                                          mutate, test, then write the record
     python tools/mutation.py record                      rewrite the record from mutants/ as it is
 
@@ -10,8 +10,11 @@ the tests in the files that are meant to test the function's module (MODULE_TEST
 in ViTConfig then runs test_config/test_model and not the training suite that also happens to
 build a config, which is what makes a run fit on a small machine. GLOBs are mutmut mutant names
 (``'vitkit.train.ema.*'``): only those are run, each again even when it has a result; without any,
-every mutant that has no result yet. ``--survivors``: only the GLOBs' mutants that survived the last
-run; ``--unfinished``: those and the ones with no result yet (to go on after a run was stopped).
+every mutant that has no result yet (``make mutation ALL=1``: hours on 2 cores). ``--changed`` (what
+``make mutation`` runs): only the mutants that have no result in mutants/ and cannot take one from the
+record, i.e. those of functions new or changed since the record (a function's fingerprint is
+mutmut's hash of its source); ``--survivors``: only the GLOBs' mutants that survived the last run;
+``--unfinished``: those and the ones with no result yet (to go on after a run was stopped).
 Results stay in ``mutants/`` (delete it to start over; delete ``mutants/mutmut-stats.json`` after
 changing MODULE_TESTS or the test selection).
 
@@ -135,6 +138,23 @@ def _mutmut_run(globs: list[str], jobs: int) -> None:
     mm._run(tuple(globs), jobs)
 
 
+def _mutmut_generate(jobs: int) -> None:
+    """Only the first step of ``mutmut run``: write mutants/ (the mutated copy of src/ and each file's .meta with
+    its functions' hashes), keeping the results of the functions that did not change."""
+    os.chdir(ROOT)
+    os.environ.pop("PYTHONPATH", None)
+    sys.argv = ["mutmut", "run"]
+    import mutmut.__main__ as mm
+
+    mm.set_mutant_under_test("mutant_generation")
+    os.makedirs(ROOT / "mutants", exist_ok=True)
+    mm.copy_src_dir()
+    mm.copy_also_copy_files()
+    mm.setup_source_paths()
+    mm.store_lines_covered_by_tests()
+    mm.create_mutants(jobs)
+
+
 # ---------------------------------------------------------------------------- the record
 
 def _mutants_of(py: Path) -> dict[str, list[str]]:
@@ -188,52 +208,60 @@ def _verdicts() -> dict:
     return json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
 
 
-def _carry_source(old: dict | None, module: str, names: list[str], diffs: dict[str, str]) -> dict | None:
-    """The record ``old``'s survivors of ``module`` ({mutant: entry}) when its results can stand for the mutants
-    not checked now: that record checked every mutant of the module, had as many as there are now, and each of
-    its survivors has the same diff now (mutmut numbers mutants per function, so unchanged code gives the same
-    names and diffs). Its other mutants were killed. None when any of that fails (the code changed)."""
-    row = (old or {}).get("modules", {}).get(module)
-    if not row or row.get("not checked") or row.get("total") != len(names):
-        return None
-    prev = {x["mutant"]: x for x in old.get("survivors", []) if module_of(x["mutant"]) == module}
-    if any(diffs.get(n) != x["diff"] for n, x in prev.items()):
-        return None
-    return prev
+def _function_of(mutant: str) -> str:
+    """'vitkit.train.ema.xǁModelEmaǁ__init____mutmut_1' -> 'vitkit.train.ema.xǁModelEmaǁ__init__'."""
+    return mutant.rpartition("__mutmut_")[0]
 
 
-def collect(old: dict | None = None) -> dict:
-    """Scores and survivors of the mutants/ folder. With ``old`` (the record, benchmarks/mutation.json), a mutant
-    not checked in this folder takes its result from the record where :func:`_carry_source` allows it, so a
-    fresh folder can rerun only the recorded survivors (``run --survivors``) and keep the module's score."""
+def collect(old: dict | None = None, date: str | None = None) -> dict:
+    """Scores, survivors, per-mutant statuses and function fingerprints of the mutants/ folder.
+
+    A function's fingerprint is mutmut's hash of its source and its number of mutants, with the date of the
+    record that first held results for that code (``date`` for code new since ``old``). With ``old`` (the record,
+    benchmarks/mutation.json), a mutant not checked in this folder takes its result from the record when the
+    record holds the same fingerprint for its function (the same code, so the same mutants, names and diffs):
+    the record's status for it if it is listed there among the survivors, else killed. So a fresh folder runs
+    only the functions changed since the record (``run --changed``) and keeps every other result."""
     verdicts = _verdicts().get("mutants", {})
+    old_prints = (old or {}).get("fingerprints", {})
+    old_status = {x["mutant"]: x["status"] for x in (old or {}).get("survivors", [])}
     modules: dict[str, Counter] = {}
-    survivors = []
+    survivors, statuses, fingerprints, dates_of = [], {}, {}, defaultdict(set)
     for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
         if not codes:
             continue
+        hashes = data.get("hash_by_function_name", {})
         py = meta.with_suffix("")  # mutants/src/vitkit/x.py
         module = str(py.relative_to(ROOT / "mutants" / "src").with_suffix("")).replace("/", ".")
         diffs = _mutants_of(py)
-        diff_of = {name: _diff_text(diffs.get(name.rpartition(".")[2], [])) for name in codes}
-        carry = _carry_source(old, module, list(codes), diff_of)
         c = modules.setdefault(module, Counter())
-        for name, code in codes.items():
-            status = STATUS.get(code, "suspicious")
-            if status == "not checked" and carry is not None:
-                status = carry[name]["status"] if name in carry else "killed"
-                c["carried"] += 1
-            c[status] += 1
-            diff = diff_of[name]
-            v = verdicts.get(name)
-            if status in ("survived", "no tests", "timeout", "suspicious", "segfault"):
-                verdict = v["verdict"] if v and v.get("diff") == diff else None
-                if verdict and verdict.startswith("equivalent"):
-                    c["equivalent"] += 1
-                survivors.append({"mutant": name, "status": status, "diff": diff, "verdict": verdict,
-                                  "stale_verdict": bool(v) and v.get("diff") != diff})
+        by_function = defaultdict(list)
+        for name in codes:
+            by_function[_function_of(name)].append(name)
+        for func, names in by_function.items():
+            h = hashes.get(func.rpartition(".")[2])
+            carry = h is not None and old_prints.get(func, [])[:2] == [h, len(names)]
+            for name in names:
+                status = STATUS.get(codes[name], "suspicious")
+                if status == "not checked" and carry:
+                    status = old_status.get(name, "killed")
+                    c["carried"] += 1
+                statuses[name] = status
+                c[status] += 1
+                diff = _diff_text(diffs.get(name.rpartition(".")[2], []))
+                v = verdicts.get(name)
+                if status in ("survived", "no tests", "timeout", "suspicious", "segfault"):
+                    verdict = v["verdict"] if v and v.get("diff") == diff else None
+                    if verdict and verdict.startswith("equivalent"):
+                        c["equivalent"] += 1
+                    survivors.append({"mutant": name, "status": status, "diff": diff, "verdict": verdict,
+                                      "stale_verdict": bool(v) and v.get("diff") != diff})
+            if h is not None and all(statuses[n] != "not checked" for n in names):
+                same = old_prints.get(func, [])[:2] == [h, len(names)]
+                fingerprints[func] = [h, len(names), old_prints[func][2] if same and len(old_prints[func]) > 2 else date]
+                dates_of[module].add(fingerprints[func][2])
     scores = {}
     for m, c in sorted(modules.items()):
         tested = c["killed"] + c["survived"] + c["no tests"] + c["timeout"] + c["suspicious"] + c["segfault"]
@@ -241,10 +269,11 @@ def collect(old: dict | None = None) -> dict:
         scores[m] = {**{k: c[k] for k in ("killed", "survived", "no tests", "timeout", "suspicious", "segfault",
                                           "not checked", "equivalent", "carried")},
                      "total": sum(v for k, v in c.items() if k not in ("equivalent", "carried")),
+                     "results_of": sorted(d for d in dates_of[m] if d),
                      "score": round(killed / tested, 4) if tested else None,
                      "score_without_equivalent": round(killed / (tested - c["equivalent"]), 4)
                      if tested - c["equivalent"] else None}
-    return {"modules": scores, "survivors": survivors}
+    return {"modules": scores, "survivors": survivors, "statuses": statuses, "fingerprints": fingerprints}
 
 
 def _old_record() -> dict:
@@ -255,16 +284,14 @@ def write_record(run: dict | None) -> None:
     if not (ROOT / "mutants" / "src").is_dir():  # a fresh checkout: nothing ran here, the record stays whole
         raise SystemExit("tools/mutation.py: no mutants/ folder here (no run yet): the record is left as it is")
     old = _old_record()
-    data = collect(old)
+    data = collect(old, run["date"] if run else _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"))
     # survivors of earlier runs that are killed now: kept in the record with the test that did it
     verdicts = _verdicts().get("mutants", {})
     now_open = {x["mutant"] for x in data["survivors"]}
     killed_since = {x["mutant"]: x for x in old.get("killed_after_surviving", []) if x["mutant"] not in now_open}
-    status_now = {}
-    for meta in (ROOT / "mutants" / "src").rglob("*.py.meta"):
-        status_now.update(json.loads(meta.read_text()).get("exit_code_by_key", {}))
+    status_now = data.pop("statuses")
     for x in old.get("survivors", []):
-        if x["mutant"] not in now_open and STATUS.get(status_now.get(x["mutant"], -1)) == "killed":
+        if x["mutant"] not in now_open and status_now.get(x["mutant"]) == "killed":
             v = verdicts.get(x["mutant"], {}).get("verdict") or (
                 f"killed-by-new-test (rerun {run['date'] if run else 'since'})")
             killed_since[x["mutant"]] = {"mutant": x["mutant"], "diff": x["diff"], "verdict": v}
@@ -294,6 +321,11 @@ def write_record(run: dict | None) -> None:
     RECORD_JSON.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     RECORD_MD.write_text(_markdown(data))
     print(f"wrote {RECORD_MD.relative_to(ROOT)} and {RECORD_JSON.relative_to(ROOT)}")
+
+
+def _span(dates: list[str]) -> str:
+    """'-', '2026-12-01 10:00' or '2026-12-01 10:00 to 2026-12-03 17:00' (sorted dates)."""
+    return " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "-"
 
 
 def _markdown(d: dict) -> str:
@@ -329,17 +361,20 @@ def _markdown(d: dict) -> str:
             "the 25-epoch fine-tune, the SIGKILL resume test, whose in-process twin stays); of those, a mutant runs "
             "the ones mutmut saw call its function that are in its module's files (`MODULE_TESTS`).",
             "- \"not checked\": mutants of a module that no run has reached yet (see Runs).",
-            "- \"carried\": results taken from the previous record for mutants this `mutants/` folder did not run "
-            "(a fresh folder that reran only the survivors): allowed only when that record checked the whole "
-            "module, it has as many mutants now, and every recorded survivor has the same diff now.", ""]
+            "- \"carried\": results taken from the previous record for mutants this `mutants/` folder did not run: "
+            "a function's results carry while its fingerprint (mutmut's hash of its source, and its number of "
+            "mutants) is the one in the record, so a fresh clone's `make mutation` runs only the functions changed "
+            "since (`make mutation ALL=1` runs every mutant). A carried result assumes the tests still kill what "
+            "they killed then: after weakening or removing a test, rerun its module (`make mutation MUTANTS=...`).", ""]
     out += ["## Score per module", "",
             "| module | mutants | killed | survived | no tests | timeout | not checked | carried | equivalent | score | "
-            "score without equivalent |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "score without equivalent | results of (UTC) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
     for mod, s in d["modules"].items():
         out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
                    f"{s['not checked']} | {s.get('carried', 0)} | {s['equivalent']} | {pct(s['score'])} | "
-                   f"{pct(s['score_without_equivalent'])} |")
+                   f"{pct(s['score_without_equivalent'])} | {_span(s.get('results_of', []))} |")
     if d.get("earlier_modules"):
         out += ["", "Earlier results of modules that no run has checked in the current `mutants/` folder (a fresh "
                 "folder, or code changed since): the score when last run, and the survivors then, below. The "
@@ -378,14 +413,33 @@ def _markdown(d: dict) -> str:
 
 
 def _unfinished(globs: list[str]) -> list[str]:
-    """The mutants in mutants/ (of ``globs``, if given) that survived or have no result yet."""
-    names = []
-    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
-        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
-        names += [k for k, code in codes.items()
-                  if STATUS.get(code, "suspicious") in ("not checked", "survived", "no tests", "suspicious", "segfault")
-                  and (not globs or any(fnmatch.fnmatch(k, g) for g in globs))]
-    return names
+    """The mutants (of ``globs``, if given) that survived or have no result, here or carried from the record."""
+    statuses = collect(_old_record())["statuses"]
+    return [n for n, st in statuses.items() if st in ("not checked", "survived", "no tests", "suspicious", "segfault")
+            and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
+
+
+def _command(a: argparse.Namespace) -> str:
+    """The command of a run, as its row in the record shows it."""
+    globs = "".join(" " + shlex.quote(g) for g in a.globs)
+    jobs = f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""
+    mode = "survivors" if a.survivors else "unfinished" if a.unfinished else "changed" if a.changed else None
+    if mode == "changed" and not a.globs:
+        return "make mutation" + jobs
+    if mode:
+        return f"python tools/mutation.py run --{mode}{globs}"
+    return "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else " ALL=1") + jobs
+
+
+def _mutants_run(a: argparse.Namespace, names: list[str]) -> str:
+    of = " ".join(a.globs) or "all"
+    if a.survivors:
+        return f"{len(names)} survivors of {of}"
+    if a.unfinished:
+        return f"{len(names)} survivors or unchecked of {of}"
+    if a.changed:
+        return f"{len(names)} new or changed of {of}; the rest carried"
+    return " ".join(a.globs) or "all without a result"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,22 +451,31 @@ def main(argv: list[str] | None = None) -> int:
     which = r.add_mutually_exclusive_group()
     which.add_argument("--survivors", action="store_true",
                    help="rerun only the mutants (of GLOBs, if given) that survived the last run")
+    which.add_argument("--changed", action="store_true",
+                       help="run only the mutants (of GLOBs, if given) that have no result here or in the record: those "
+                            "of functions new or changed since the record (what `make mutation` runs)")
     which.add_argument("--unfinished", action="store_true",
                    help="run only the mutants (of GLOBs, if given) in mutants/ that survived or have no result yet "
                         "(a GLOB alone reruns every mutant it matches, killed ones too)")
     r.add_argument("globs", nargs="*")
     sub.add_parser("record")
     sub.add_parser("_mutmut").add_argument("args", nargs="*")  # internal: the mutmut process itself
+    sub.add_parser("_generate").add_argument("jobs", type=int)  # internal: mutmut's mutant generation alone
     a = ap.parse_args(argv)
     if a.cmd == "record":
         write_record(None)
+        return 0
+    if a.cmd == "_generate":
+        _mutmut_generate(a.jobs)
         return 0
     if a.cmd == "_mutmut":
         jobs, *globs = a.args
         _mutmut_run(globs, int(jobs))
         return 0
     # run: mutmut in a child process at the lowest priority, timed
+    nice = ["nice", "-n", "19"] if hasattr(os, "nice") else []
     names = a.globs
+    start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
     if a.survivors:
         old = _old_record()
         # a fresh checkout has no mutants/ yet: the record's survivors (mutmut generates the mutants first)
@@ -429,19 +492,21 @@ def main(argv: list[str] | None = None) -> int:
             print("every mutant has a result and none survived")
             return 0
         print(f"running {len(names)} surviving or unchecked mutant(s)")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names]
-    if hasattr(os, "nice"):
-        cmd = ["nice", "-n", "19", *cmd]
-    start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
-    rc = subprocess.call(cmd, cwd=ROOT)
+    elif a.changed:
+        rc = subprocess.call([*nice, sys.executable, str(Path(__file__).resolve()), "_generate", str(a.jobs)], cwd=ROOT)
+        if rc:
+            return rc
+        statuses = collect(_old_record())["statuses"]
+        names = [n for n, st in statuses.items()
+                 if st == "not checked" and (not a.globs or any(fnmatch.fnmatch(n, g) for g in a.globs))]
+        print(f"{len(statuses) - len(names)} of {len(statuses)} mutants have a result (in mutants/ or carried from "
+              f"the record); running the {len(names)} new or changed")
+    rc = 0
+    if names or not a.changed:
+        rc = subprocess.call([*nice, sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names],
+                             cwd=ROOT)
     run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
-           "command": (f"python tools/mutation.py run --{'survivors' if a.survivors else 'unfinished'}"
-                       + "".join(" " + shlex.quote(g) for g in a.globs))
-           if a.survivors or a.unfinished else "make mutation" + (f" MUTANTS={shlex.quote(' '.join(a.globs))}" if a.globs else "")
-           + (f" MUTATION_JOBS={a.jobs}" if a.jobs != 2 else ""),
-           "mutants": f"{len(names)} survivors of {' '.join(a.globs) or 'all'}" if a.survivors
-           else f"{len(names)} survivors or unchecked of {' '.join(a.globs) or 'all'}" if a.unfinished
-           else " ".join(a.globs) or None,
+           "command": _command(a), "mutants": _mutants_run(a, names),
            "exit_code": rc, "machine": _machine()}
     if not a.no_record:
         write_record(run)
