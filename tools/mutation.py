@@ -262,8 +262,7 @@ def collect(old: dict | None = None, date: str | None = None) -> dict:
                     survivors.append({"mutant": name, "status": status, "diff": diff, "verdict": verdict,
                                       "stale_verdict": bool(v) and v.get("diff") != diff})
             if h is not None and all(statuses[n] != "not checked" for n in names):
-                same = old_prints.get(func, [])[:2] == [h, len(names)]
-                fingerprints[func] = [h, len(names), old_prints[func][2] if same and len(old_prints[func]) > 2 else date]
+                fingerprints[func] = [h, len(names), old_prints[func][2] if carry and len(old_prints[func]) > 2 else date]
                 dates_of[module].add(fingerprints[func][2])
     scores = {}
     for m, c in sorted(modules.items()):
