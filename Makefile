@@ -38,14 +38,15 @@ chromium:
 # Mutation testing, not part of `test` or CI: installs mutmut into the venv when missing, runs it at
 # the lowest CPU priority (tools/mutation.py, config in pyproject.toml) and writes the record
 # benchmarks/mutation.md. By default only the functions changed since the record (the rest carry
-# over); a part: MUTANTS='vitkit.train.ema.*'; every mutant: ALL=1 (hours on 2 cores).
+# over); a part: MUTANTS='vitkit.train.ema.*' (globs, not expanded by the shell: set -f);
+# every mutant: ALL=1 (hours on 2 cores).
 MUTANTS ?=
 ALL ?=
 MUTATION_JOBS ?= $(TEST_WORKERS)
 
 mutation: $(STAMP)
 	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[dev,mutation]'
-	$(PY) tools/mutation.py run --jobs $(MUTATION_JOBS) $(if $(MUTANTS),$(MUTANTS),$(if $(ALL),,--changed))
+	set -f; $(PY) tools/mutation.py run --jobs $(MUTATION_JOBS) $(if $(MUTANTS),$(MUTANTS),$(if $(ALL),,--changed))
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -126,3 +126,15 @@ def test_unfinished_is_what_survived_or_has_no_result_after_carrying(tool, folde
     tool.RECORD_JSON.write_text(json.dumps({}))
     assert tool._unfinished(["*x_f__mutmut_1"]) == ["pkg.mod.x_f__mutmut_1"]
     assert tool._unfinished(["*x_g*"]) == []
+
+
+def test_test_stats_are_collected_again_when_a_function_has_mutants_they_did_not_know(tool, folder):
+    stats, known = tool.ROOT / "mutants" / "mutmut-stats.json", tool._stats_functions_file()
+    assert tool._drop_stale_stats()  # no stats yet: mutmut collects them
+    stats.write_text("{}")
+    assert tool._drop_stale_stats() and not stats.exists()  # stats of unknown functions (an older folder)
+    stats.write_text("{}")
+    known.write_text(json.dumps(["pkg.mod.x_f", "pkg.mod.x_g", "pkg.mod.x_old"]))
+    assert not tool._drop_stale_stats() and stats.exists()  # every mutated function was there: they stand
+    known.write_text(json.dumps(["pkg.mod.x_g"]))  # x_f got its mutants since
+    assert tool._drop_stale_stats() and not stats.exists()

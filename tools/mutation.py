@@ -122,6 +122,26 @@ def _filter_stats() -> None:
         tests.update(keep)
 
 
+def _stats_functions_file() -> Path:
+    """The functions that had mutants when mutmut last collected its test stats (written by this tool)."""
+    return ROOT / "mutants" / "stats-functions.json"
+
+
+def _drop_stale_stats() -> bool:
+    """Delete mutmut's saved test stats (which tests call which function) when a function has mutants that it did
+    not have when they were collected: mutmut extends them for new tests only, so such a function would have no
+    tests and its mutants would all read "no tests". True when mutmut will collect them afresh."""
+    stats, known = ROOT / "mutants" / "mutmut-stats.json", _stats_functions_file()
+    if not stats.exists():
+        return True
+    funcs = {_function_of(n) for n in _mutant_names()}
+    if known.exists() and funcs <= set(json.loads(known.read_text())):
+        return False
+    print("    functions were mutated since the test stats were collected: collecting them again")
+    stats.unlink()
+    return True
+
+
 def _mutmut_run(globs: list[str], jobs: int) -> None:
     os.chdir(ROOT)
     os.environ.pop("PYTHONPATH", None)  # the tests must import mutants/src, never src/
@@ -131,7 +151,10 @@ def _mutmut_run(globs: list[str], jobs: int) -> None:
     real = mm.collect_or_load_stats
 
     def collect_or_load_stats(*a, **kw):
+        fresh = _drop_stale_stats()
         real(*a, **kw)
+        if fresh:
+            _stats_functions_file().write_text(json.dumps(sorted({_function_of(n) for n in _mutant_names()}), ensure_ascii=False))
         _filter_stats()
 
     mm.collect_or_load_stats = collect_or_load_stats
@@ -209,6 +232,12 @@ def _machine() -> dict[str, str]:
 
 def _verdicts() -> dict:
     return json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
+
+
+def _mutant_names() -> list[str]:
+    """Every mutant of the mutants/ folder, by mutmut's name."""
+    return [n for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta"))
+            for n in json.loads(meta.read_text()).get("exit_code_by_key", {})]
 
 
 def _function_of(mutant: str) -> str:
@@ -370,7 +399,7 @@ def _markdown(d: dict) -> str:
             "they killed then: after weakening or removing a test, rerun its module (`make mutation MUTANTS=...`).", ""]
     out += ["## Score per module", "",
             "| module | mutants | killed | survived | no tests | timeout | not checked | carried | equivalent | score | "
-            "score without equivalent | results of (UTC) |",
+            "score without equivalent | results first recorded (UTC) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
     for mod, s in d["modules"].items():
@@ -441,26 +470,33 @@ def _mutants_run(a: argparse.Namespace, names: list[str]) -> str:
         return f"{len(names)} survivors or unchecked of {of}"
     if a.changed:
         return f"{len(names)} new or changed of {of}; the rest carried"
-    return " ".join(a.globs) or "all without a result"
+    if a.globs:
+        return f"{sum(any(fnmatch.fnmatch(n, g) for g in a.globs) for n in _mutant_names())} of {of}"
+    return "all without a result"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--jobs", type=int, default=2)
-    r.add_argument("--no-record", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="The whole story: the docstring of tools/mutation.py, and README.md.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,record}")
+    r = sub.add_parser("run", help="mutate, test, then write the record",
+                       description="Run mutmut, then write benchmarks/mutation.md and .json. Without a mode: the "
+                                   "GLOBs' mutants, each again even when it has a result; without GLOBs, every mutant "
+                                   "that has no result in mutants/ (make mutation ALL=1: hours on 2 cores).")
+    r.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    r.add_argument("--no-record", action="store_true", help="leave benchmarks/mutation.md and .json as they are")
     which = r.add_mutually_exclusive_group()
-    which.add_argument("--survivors", action="store_true",
-                   help="rerun only the mutants (of GLOBs, if given) that survived the last run")
     which.add_argument("--changed", action="store_true",
-                       help="run only the mutants (of GLOBs, if given) that have no result here or in the record: those "
-                            "of functions new or changed since the record (what `make mutation` runs)")
+                       help="only the mutants (of GLOBs, if given) with no result in mutants/ and none to carry from "
+                            "the record: those of functions new or changed since it (what `make mutation` runs)")
+    which.add_argument("--survivors", action="store_true",
+                       help="only the mutants (of GLOBs, if given) that are survivors now, those with an "
+                            "'equivalent:' verdict included")
     which.add_argument("--unfinished", action="store_true",
-                   help="run only the mutants (of GLOBs, if given) in mutants/ that survived or have no result yet "
-                        "(a GLOB alone reruns every mutant it matches, killed ones too)")
-    r.add_argument("globs", nargs="*")
-    sub.add_parser("record")
+                       help="only the mutants (of GLOBs, if given) that survived or have no result, in mutants/ or "
+                            "carried from the record (to go on after a stopped run)")
+    r.add_argument("globs", nargs="*", metavar="GLOB", help="mutmut mutant names, e.g. 'vitkit.train.ema.*'")
+    sub.add_parser("record", help="rewrite the record from mutants/ as it is")
     sub.add_parser("_mutmut").add_argument("args", nargs="*")  # internal: the mutmut process itself
     sub.add_parser("_generate").add_argument("jobs", type=int)  # internal: mutmut's mutant generation alone
     a = ap.parse_args(argv)
