@@ -1,7 +1,6 @@
 """Embeddings: `vitkit features` and extract_features against the model's own forward pass."""
 
 import json
-import os
 
 import numpy as np
 import pytest

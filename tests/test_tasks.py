@@ -255,7 +255,7 @@ def test_a_torchvision_cnn_teaches(tmp_path):
     net.eval()
     assert torch.allclose(tr.task.teacher_logits(tr, x), net((x01 - mean) / std), atol=1e-5)
     tr.fit()
-    for bad, match in ((f"torchvision:resnet18", "ARCH=WEIGHTS"), (f"torchvision:nonet={tmp_path / 'r18.pth'}", "no model"),
+    for bad, match in (("torchvision:resnet18", "ARCH=WEIGHTS"), (f"torchvision:nonet={tmp_path / 'r18.pth'}", "no model"),
                        (f"torchvision:resnet34={tmp_path / 'r18.pth'}", "not a resnet34"),
                        (f"torchvision:resnet18={tmp_path / 'none.pth'}", "does not exist")):
         with pytest.raises((ValueError, FileNotFoundError), match=match):

@@ -161,9 +161,6 @@ def test_demo_trains_saves_and_classifies(tmp_path, capsys):
 
 def test_full_disk_during_a_run_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     """RELIABILITY item 22 through the CLI: ENOSPC while writing step 4's checkpoint."""
-    import errno
-    import os
-
     from vitkit.train import checkpoint as ckpt
 
     disk_full_on(monkeypatch, ckpt, ".step_00000004.pt.tmp")

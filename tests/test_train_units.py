@@ -36,7 +36,7 @@ def test_layer_wise_lr_decay_and_frozen_backbone():
     assert scale["blocks.2.attn.qkv.weight"] == 0.5 and scale["blocks.0.attn.qkv.weight"] == 0.125
     assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.0625
     opt = build_optimizer(m, "adamw", 1e-3, 0.05, layer_decay=0.5)
-    sched = WarmupCosine(opt, 1e-3, total=10, warmup=0)
+    WarmupCosine(opt, 1e-3, total=10, warmup=0)  # sets each group's lr from its lr_scale
     lrs = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
     assert math.isclose(lrs["blocks.0.mlp.fc2.weight"], 1e-3 * 0.125) and math.isclose(lrs["head.bias"], 1e-3)
     for n, p in m.named_parameters():
