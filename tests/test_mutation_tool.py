@@ -1,6 +1,7 @@
-"""tools/mutation.py's record: results of an earlier record carry over to mutants a fresh mutants/ folder did not
+"""tools/mutation.py and its record: results of an earlier record carry over to mutants a fresh mutants/ folder did not
 run, only while their function is unchanged (its fingerprint); `run --changed` (what `make mutation` runs) starts
-mutmut only for the rest; `record` in a checkout without mutants/ leaves the record alone."""
+mutmut only for the rest; `record` in a checkout without mutants/ leaves the record alone. A GLOB that matches no
+mutant, or tests that fail without a mutant, stop the run before the record is touched; a stopped run is marked so."""
 
 import importlib.util
 import json
@@ -138,3 +139,94 @@ def test_test_stats_are_collected_again_when_a_function_has_mutants_they_did_not
     assert not tool._drop_stale_stats() and stats.exists()  # every mutated function was there: they stand
     known.write_text(json.dumps(["pkg.mod.x_g"]))  # x_f got its mutants since
     assert tool._drop_stale_stats() and not stats.exists()
+
+
+def _stub_children(tool, monkeypatch, mutmut_rc=0):
+    """subprocess.call standing in for the tool's children: `_generate` succeeds, `_mutmut` returns mutmut_rc."""
+    calls = []
+
+    def call(cmd, cwd=None):
+        calls.append(cmd[cmd.index("_generate") if "_generate" in cmd else cmd.index("_mutmut"):])
+        return mutmut_rc if "_mutmut" in cmd else 0
+    monkeypatch.setattr(tool.subprocess, "call", call)
+    monkeypatch.setattr(tool, "_machine", lambda: {"Model name": "Test CPU", "CPU family": "6", "Model": "1"})
+    return calls
+
+
+def test_a_glob_that_matches_no_mutant_is_refused_before_mutmut_starts(tool, folder, monkeypatch, capsys):
+    calls = _stub_children(tool, monkeypatch)
+    tool.RECORD_JSON.write_text(json.dumps(_old()))
+    before = tool.RECORD_JSON.read_text()
+    for argv in (["run", "pkg.nothing.*"], ["run", "--changed", "pkg.mod.*", "pkg.nothing.*"],
+                 ["run", "--survivors", "pkg.nothing.*"], ["run", "--unfinished", "*x_h*"]):
+        calls.clear()
+        assert tool.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "matches no mutant" in err and "pkg.mod" in err  # the glob, and the modules there are
+        assert not any("_mutmut" in c for c in calls) and tool.RECORD_JSON.read_text() == before
+    # in a checkout without mutants/, --survivors checks its globs against the functions the record holds
+    import shutil
+
+    shutil.rmtree(tool.ROOT / "mutants")
+    assert tool._record_names() == ["pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]
+    assert tool.main(["run", "--survivors", "pkg.nothing.*"]) == 2 and "matches no mutant" in capsys.readouterr().err
+
+
+def test_a_part_runs_each_matched_mutant_and_the_record_says_which_modules(tool, folder, monkeypatch):
+    calls = _stub_children(tool, monkeypatch)
+    tool.RECORD_JSON.write_text(json.dumps(_old()))
+    assert tool.main(["run", "*x_g*"]) == 0
+    assert calls == [["_generate", "2"], ["_mutmut", "2", "*x_g*"]]  # mutmut gets the glob: x_g_1 again
+    run = json.loads(tool.RECORD_JSON.read_text())["runs"][-1]
+    assert (run["mutants"], run["modules"], run["exit_code"]) == ("1 of *x_g*", {"pkg.mod": 1}, 0)
+    md = tool.RECORD_MD.read_text()
+    assert f"| {run['date']} | `make mutation MUTANTS='*x_g*'` | 1 of *x_g* | finished |" in md
+    assert "| Test CPU (6/1) |" in md
+    # the score table's last run of pkg.mod is this run's date
+    assert any(line.startswith("| pkg.mod |") and line.endswith(f"| {run['date']} |") for line in md.splitlines())
+
+
+def test_tests_that_fail_on_the_unmutated_code_leave_the_record_alone(tool, folder, monkeypatch):
+    calls = _stub_children(tool, monkeypatch, mutmut_rc=tool.STATS_FAILED)
+    tool.RECORD_JSON.write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
+    before = tool.RECORD_JSON.read_text()
+    assert tool.main(["run", "--changed"]) == tool.STATS_FAILED
+    assert calls[-1][:2] == ["_mutmut", "2"] and tool.RECORD_JSON.read_text() == before
+    assert not tool.RECORD_MD.exists()
+
+
+def test_the_mutmut_child_explains_a_failing_stats_pass(tool, folder, monkeypatch, capsys):
+    """mutmut exits 1 with "failed to collect stats" when a test fails without a mutant; the child says what it
+    means and exits STATS_FAILED (a fake mutmut: the real one is not a dependency of `make test`)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("mutmut.__main__")
+
+    def stats(*a, **kw):
+        print("failed to collect stats. runner returned 1")
+        raise SystemExit(1)
+    fake.collect_or_load_stats = stats
+    fake._run = lambda globs, jobs: fake.collect_or_load_stats()
+    pkg = types.ModuleType("mutmut")
+    pkg.__path__ = []
+    pkg.__main__ = fake
+    monkeypatch.setitem(sys.modules, "mutmut", pkg)
+    monkeypatch.setitem(sys.modules, "mutmut.__main__", fake)
+    monkeypatch.setitem(sys.modules, "mutmut.stats", types.ModuleType("mutmut.stats"))
+    monkeypatch.chdir(tool.ROOT)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the child sets mutmut's argv, chdirs and drops PYTHONPATH
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        tool._mutmut_run([], 2)
+    assert stop.value.code == tool.STATS_FAILED
+    assert "the tests fail on the code as it is" in capsys.readouterr().err
+
+
+def test_a_stopped_run_is_recorded_as_stopped(tool, folder, monkeypatch, capsys):
+    _stub_children(tool, monkeypatch, mutmut_rc=130)
+    tool.RECORD_JSON.write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
+    assert tool.main(["run", "--changed"]) == 130
+    rec = json.loads(tool.RECORD_JSON.read_text())
+    assert rec["runs"][-1]["exit_code"] == 130 and "| stopped (exit code 130) |" in tool.RECORD_MD.read_text()
+    assert "--unfinished" in capsys.readouterr().err

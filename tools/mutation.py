@@ -16,7 +16,9 @@ record, i.e. those of functions new or changed since the record (a function's fi
 mutmut's hash of its source); ``--survivors``: only the GLOBs' mutants that survived the last run;
 ``--unfinished``: those and the ones with no result yet (to go on after a run was stopped).
 Results stay in ``mutants/`` (delete it to start over; delete ``mutants/mutmut-stats.json`` after
-changing MODULE_TESTS or the test selection).
+changing MODULE_TESTS or the test selection). A GLOB that matches no mutant is refused before anything
+runs; tests that fail on the unmutated code stop the run (exit code 3) and leave the record as it was;
+a run stopped otherwise (Ctrl-C) keeps what mutmut finished and its row in the record says "stopped".
 
 The record, ``benchmarks/mutation.md`` and ``benchmarks/mutation.json``: the command, date,
 machine, score per module and every surviving mutant with its verdict from
@@ -96,6 +98,13 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           2: "killed"}
 
 
+STATS_FAILED = 3  # the exit code of a run whose tests fail on the unmutated code
+TESTS_FAIL = ("tools/mutation.py: the tests fail on the code as it is, with no mutant applied (mutmut's first pass, "
+              "which maps each function to the tests that run it), so no mutant can be judged. Nothing was run and "
+              "the record is left as it is. `make test` shows which test fails; fix the code or the test, then "
+              "run again.")
+
+
 def module_of(key: str) -> str:
     """'vitkit.config.xǁViTConfigǁvalidate' / 'vitkit.export.onnx.x_check_onnx__mutmut_3' -> the module."""
     m = re.match(r"^(.+?)\.x[ǁ_]", key)
@@ -142,17 +151,39 @@ def _drop_stale_stats() -> bool:
     return True
 
 
+def _plain_status(mm) -> None:
+    """When the output is not a terminal (a log, a pipe), mutmut's spinner and progress counter, which redraw one
+    line with a carriage return ten times a second, print a plain line at most every 30 s instead."""
+    if sys.__stdout__.isatty():
+        return
+    import mutmut.stats as ms
+
+    last = [0.0, None]
+
+    def status(text: str, *, force_output: bool = False) -> None:
+        if text != last[1] and (force_output or time.time() - last[0] >= 30):
+            last[:] = [time.time(), text]
+            print(f"    {text}", file=sys.__stdout__, flush=True)
+    mm.print_status = ms.print_status = status
+
+
 def _mutmut_run(globs: list[str], jobs: int) -> None:
     os.chdir(ROOT)
     os.environ.pop("PYTHONPATH", None)  # the tests must import mutants/src, never src/
     sys.argv = ["mutmut", "run"]
     import mutmut.__main__ as mm
 
+    _plain_status(mm)
+
     real = mm.collect_or_load_stats
 
     def collect_or_load_stats(*a, **kw):
         fresh = _drop_stale_stats()
-        real(*a, **kw)
+        try:
+            real(*a, **kw)
+        except SystemExit:  # mutmut's "failed to collect stats": a test fails with no mutant applied
+            print(TESTS_FAIL, file=sys.stderr)
+            raise SystemExit(STATS_FAILED) from None
         if fresh:
             _stats_functions_file().write_text(json.dumps(sorted({_function_of(n) for n in _mutant_names()}), ensure_ascii=False))
         _filter_stats()
@@ -169,6 +200,7 @@ def _mutmut_generate(jobs: int) -> None:
     sys.argv = ["mutmut", "run"]
     import mutmut.__main__ as mm
 
+    _plain_status(mm)
     mm.set_mutant_under_test("mutant_generation")
     os.makedirs(ROOT / "mutants", exist_ok=True)
     t0 = time.time()
@@ -238,6 +270,30 @@ def _mutant_names() -> list[str]:
     """Every mutant of the mutants/ folder, by mutmut's name."""
     return [n for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta"))
             for n in json.loads(meta.read_text()).get("exit_code_by_key", {})]
+
+
+def _folder_codes() -> dict[str, int | None]:
+    """{mutant: mutmut's exit code for it in mutants/, None while it has no result}."""
+    return {n: c for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta"))
+            for n, c in json.loads(meta.read_text()).get("exit_code_by_key", {}).items()}
+
+
+def _record_names() -> list[str]:
+    """The mutants the record holds results for (without a mutants/ folder): mutmut numbers a function's from 1."""
+    return [f"{f}__mutmut_{i}" for f, (_, count, *_) in _old_record().get("fingerprints", {}).items()
+            for i in range(1, count + 1)]
+
+
+def _globs_match(globs: list[str], names: list[str]) -> bool:
+    """False, saying so, when a GLOB matches none of ``names``."""
+    bad = [g for g in globs if not any(fnmatch.fnmatch(n, g) for n in names)]
+    if bad:
+        mods = sorted({module_of(n) for n in names})
+        print(f"tools/mutation.py: {', '.join(map(repr, bad))} matches no mutant. A mutant's name is its module, "
+              f"then its function and number, as in 'vitkit.train.ema.*' or "
+              f"'vitkit.train.ema.xǁModelEmaǁupdate__mutmut_3'; the mutated modules are {', '.join(mods)}.",
+              file=sys.stderr)
+    return not bad
 
 
 def _function_of(mutant: str) -> str:
@@ -360,27 +416,33 @@ def _span(dates: list[str]) -> str:
 
 
 def _markdown(d: dict) -> str:
-    m = d["machine"]
     out = ["# Mutation testing: the record", "",
            "Written by `tools/mutation.py` (`make mutation`); mutmut's configuration is `[tool.mutmut]` in "
            "pyproject.toml, the module -> test-file map is `MODULE_TESTS` in tools/mutation.py, the verdicts "
-           "are tools/mutation_verdicts.json. Scores: killed (timeouts count as killed) / mutants tested; "
-           "\"no tests\" (code that no mapped test runs) counts as not killed.", "",
-           "## Runs", "", "| date (UTC) | command | mutants run | wall time |", "| --- | --- | --- | --- |"]
+           "are tools/mutation_verdicts.json. Score: killed (timeouts count as killed) / mutants tested; "
+           "\"no tests\" (code that no mapped test runs) counts as not killed. Score without equivalent: the same "
+           "with the survivors whose verdict says they are equivalent (no output can change) taken out of the "
+           "mutants tested.", "",
+           "## Runs", "",
+           "Wall time: mutmut and the record, at nice 19 (not the install of the venv). Machine: `lscpu`'s model "
+           "name, cpu family and model; each had 2 cores.", "",
+           "| date (UTC) | command | mutants run | result | wall time | machine |", "| --- | --- | --- | --- | --- | --- |"]
     for r in d["runs"]:
-        out.append(f"| {r['date']} | `{r['command']}` | {r.get('mutants') or 'all without a result'} | "
-                   f"{r['seconds'] / 60:.1f} min |")
-    out += ["", f"Machine: {m.get('Model name', '?')} (vendor {m.get('Vendor ID', '?')}, cpu family "
-                f"{m.get('CPU family', '?')}, model {m.get('Model', '?')}), {m.get('cores')} cores, Python "
-                f"{m.get('python')}, mutmut {m.get('mutmut', '?')}.", ""]
+        m = r.get("machine") or {}
+        result = "finished" if not r.get("exit_code") else f"stopped (exit code {r['exit_code']})"
+        out.append(f"| {r['date']} | `{r['command']}` | {r.get('mutants') or 'all without a result'} | {result} | "
+                   f"{r['seconds'] / 60:.1f} min | {m.get('Model name', '?')} ({m.get('CPU family', '?')}/"
+                   f"{m.get('Model', '?')}) |")
+    out.append("")
     if d.get("hand_checks"):
-        out += ["## Hand-applied mutations (issue 15's four survivors)", "",
+        out += ["## Hand-applied mutations (issue 15's four survivors; the ONNX threshold in fp32 and in fp16)", "",
                 "| mutation | test that now fails |", "| --- | --- |"]
         out += [f"| {h['mutation']} | {h['killed_by']} |" for h in d["hand_checks"]]
         out.append("")
     notes = _verdicts().get("notes", [])
     if notes:
-        out += ["## Status", ""] + [f"- {n}" for n in notes] + [""]
+        out += ["## Status", "", "The newest first, then each part of the work in the order it was done.", ""]
+        out += [f"- {n}" for n in notes] + [""]
     out += ["## What is and is not mutated", "",
             "- mutmut 3 mutates function and method bodies only: module-level constants (e.g. export/onnx.py's "
             "`FP32_ATOL`, `FP16_ATOL`) and decorated functions (`@property`: ViTConfig's `image_hw`, `grid_size`, "
@@ -399,13 +461,21 @@ def _markdown(d: dict) -> str:
             "they killed then: after weakening or removing a test, rerun its module (`make mutation MUTANTS=...`).", ""]
     out += ["## Score per module", "",
             "| module | mutants | killed | survived | no tests | timeout | not checked | carried | equivalent | score | "
-            "score without equivalent | results first recorded (UTC) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "score without equivalent | results first recorded (UTC) | last run (UTC) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
+    last_run = {}
+    for r in d["runs"]:
+        for mod in r.get("modules", {}):
+            last_run[mod] = max(last_run.get(mod, ""), r["date"])
     for mod, s in d["modules"].items():
         out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
                    f"{s['not checked']} | {s.get('carried', 0)} | {s['equivalent']} | {pct(s['score'])} | "
-                   f"{pct(s['score_without_equivalent'])} | {_span(s.get('results_of', []))} |")
+                   f"{pct(s['score_without_equivalent'])} | {_span(s.get('results_of', []))} | "
+                   f"{last_run.get(mod, '-')} |")
+    out += ["", "Results first recorded: the dates of the runs whose results the module's functions hold now (a "
+            "function rerun on unchanged code keeps its first date; the older dates are each module's last run "
+            "before functions were fingerprinted). Last run: the latest run that ran any of its mutants."]
     if d.get("earlier_modules"):
         out += ["", "Earlier results of modules that no run has checked in the current `mutants/` folder (a fresh "
                 "folder, or code changed since): the score when last run, and the survivors then, below. The "
@@ -435,11 +505,12 @@ def _markdown(d: dict) -> str:
             out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
         out.append("")
     if d["killed_after_surviving"]:
-        out += ["## Survivors of an earlier run, killed since", ""]
-        for s in d["killed_after_surviving"]:
-            out.append(f"- `{s['mutant']}`: {s['verdict']}")
-            out += ["  ```diff"] + ["  " + l for l in s["diff"].splitlines()] + ["  ```"]
-        out.append("")
+        per = Counter(module_of(s["mutant"]) for s in d["killed_after_surviving"])
+        out += ["## Survivors of an earlier run, killed since", "",
+                f"{len(d['killed_after_surviving'])} mutants survived a run and were killed by a test written after "
+                "it; each, with its diff and what killed it, is under `killed_after_surviving` in "
+                "benchmarks/mutation.json.", "", "| module | killed since |", "| --- | ---: |"]
+        out += [f"| {mod} | {n} |" for mod, n in sorted(per.items())] + [""]
     return "\n".join(out)
 
 
@@ -469,10 +540,10 @@ def _mutants_run(a: argparse.Namespace, names: list[str]) -> str:
     if a.unfinished:
         return f"{len(names)} survivors or unchecked of {of}"
     if a.changed:
-        return f"{len(names)} new or changed of {of}; the rest carried"
+        return f"{len(names) or 'none'} new or changed{' of ' + of if a.globs else ''}; the rest carried"
     if a.globs:
-        return f"{sum(any(fnmatch.fnmatch(n, g) for g in a.globs) for n in _mutant_names())} of {of}"
-    return "all without a result"
+        return f"{len(names)} of {of}"
+    return f"{len(names)} without a result"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,42 +583,64 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # run: mutmut in a child process at the lowest priority, timed
     nice = ["nice", "-n", "19"] if hasattr(os, "nice") else []
-    names = a.globs
+    me = [*nice, sys.executable, str(Path(__file__).resolve())]
     start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
+    args = names = []  # what mutmut is given, and the mutants that makes it run
+    if a.survivors or a.unfinished:
+        if not _globs_match(a.globs, _mutant_names() if (ROOT / "mutants" / "src").is_dir() else _record_names()):
+            return 2
     if a.survivors:
         old = _old_record()
         # a fresh checkout has no mutants/ yet: the record's survivors (mutmut generates the mutants first)
         listed = collect(old)["survivors"] if (ROOT / "mutants" / "src").is_dir() else old.get("survivors", [])
-        names = [s["mutant"] for s in listed if s["status"] != "not checked"
-                 and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
+        args = names = [s["mutant"] for s in listed if s["status"] != "not checked"
+                        and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
         if not names:
             print("no surviving mutants to rerun")
             return 0
         print(f"rerunning {len(names)} surviving mutant(s)")
     elif a.unfinished:
-        names = _unfinished(a.globs)
+        args = names = _unfinished(a.globs)
         if not names:
             print("every mutant has a result and none survived")
             return 0
         print(f"running {len(names)} surviving or unchecked mutant(s)")
-    elif a.changed:
-        rc = subprocess.call([*nice, sys.executable, str(Path(__file__).resolve()), "_generate", str(a.jobs)], cwd=ROOT)
+    else:  # mutmut's generation step first: the GLOBs are checked against its mutants before anything runs
+        rc = subprocess.call([*me, "_generate", str(a.jobs)], cwd=ROOT)
         if rc:
             return rc
-        statuses = collect(_old_record())["statuses"]
-        names = [n for n, st in statuses.items()
-                 if st == "not checked" and (not a.globs or any(fnmatch.fnmatch(n, g) for g in a.globs))]
-        print(f"{len(statuses) - len(names)} of {len(statuses)} mutants have a result (in mutants/ or carried from "
-              f"the record); running the {len(names)} new or changed")
+        every = _mutant_names()
+        if not _globs_match(a.globs, every):
+            return 2
+        if a.changed:
+            statuses = collect(_old_record())["statuses"]
+            args = names = [n for n, st in statuses.items()
+                            if st == "not checked" and (not a.globs or any(fnmatch.fnmatch(n, g) for g in a.globs))]
+            print(f"{len(statuses) - len(names)} of {len(statuses)} mutants have a result (in mutants/ or carried "
+                  f"from the record); running the {len(names)} new or changed")
+        elif a.globs:  # each matched mutant again, whatever its result
+            args, names = a.globs, [n for n in every if any(fnmatch.fnmatch(n, g) for g in a.globs)]
+        else:  # every mutant without a result in mutants/
+            names = [n for n, code in _folder_codes().items() if code is None]
+            print(f"running the {len(names)} of {len(every)} mutants that have no result in mutants/")
     rc = 0
-    if names or not a.changed:
-        rc = subprocess.call([*nice, sys.executable, str(Path(__file__).resolve()), "_mutmut", str(a.jobs), *names],
-                             cwd=ROOT)
+    if names:
+        try:
+            rc = subprocess.call([*me, "_mutmut", str(a.jobs), *args], cwd=ROOT)
+        except KeyboardInterrupt:  # Ctrl-C: mutmut keeps what it finished; the record shows the run as stopped
+            rc = 130
+    if rc == STATS_FAILED:
+        return rc
     run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
            "command": _command(a), "mutants": _mutants_run(a, names),
+           "modules": dict(sorted(Counter(module_of(n) for n in names).items())),
            "exit_code": rc, "machine": _machine()}
     if not a.no_record:
         write_record(run)
+    if rc:
+        print(f"tools/mutation.py: mutmut stopped with exit code {rc}; the record holds the results it finished "
+              f"(its run is marked stopped). `.venv/bin/python tools/mutation.py run --unfinished` goes on.",
+              file=sys.stderr)
     return rc
 
 
