@@ -186,13 +186,16 @@ def test_a_part_runs_each_matched_mutant_and_the_record_says_which_modules(tool,
     assert any(line.startswith("| pkg.mod |") and line.endswith(f"| {run['date']} |") for line in md.splitlines())
 
 
-def test_tests_that_fail_on_the_unmutated_code_leave_the_record_alone(tool, folder, monkeypatch):
+def test_tests_that_fail_on_the_unmutated_code_leave_the_record_alone(tool, folder, monkeypatch, capsys):
     calls = _stub_children(tool, monkeypatch, mutmut_rc=tool.STATS_FAILED)
     tool.RECORD_JSON.write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
     before = tool.RECORD_JSON.read_text()
+    monkeypatch.setitem(tool.MODULE_TESTS, "pkg.mod", ["test_mod.py", "test_more.py"])
     assert tool.main(["run", "--changed"]) == tool.STATS_FAILED
     assert calls[-1][:2] == ["_mutmut", "2"] and tool.RECORD_JSON.read_text() == before
     assert not tool.RECORD_MD.exists()
+    # the command that shows the failing test: the test files of the modules it was to mutate
+    assert "pytest -x -q tests/test_mod.py tests/test_more.py" in capsys.readouterr().err
 
 
 def test_the_mutmut_child_explains_a_failing_stats_pass(tool, folder, monkeypatch, capsys):
@@ -208,6 +211,7 @@ def test_the_mutmut_child_explains_a_failing_stats_pass(tool, folder, monkeypatc
         raise SystemExit(1)
     fake.collect_or_load_stats = stats
     fake._run = lambda globs, jobs: fake.collect_or_load_stats()
+    fake.get_mutant_runner = lambda jobs: None
     pkg = types.ModuleType("mutmut")
     pkg.__path__ = []
     pkg.__main__ = fake
@@ -230,3 +234,33 @@ def test_a_stopped_run_is_recorded_as_stopped(tool, folder, monkeypatch, capsys)
     rec = json.loads(tool.RECORD_JSON.read_text())
     assert rec["runs"][-1]["exit_code"] == 130 and "| stopped (exit code 130) |" in tool.RECORD_MD.read_text()
     assert "--unfinished" in capsys.readouterr().err
+
+
+def test_the_mutmut_child_explains_failing_clean_tests(tool, folder, monkeypatch, capfd):
+    """mutmut's other check before any mutant: the mutants' own tests, run clean, must pass (the message goes to
+    the real stderr, as mutmut has replaced sys.stderr by then)."""
+    import sys
+    import types
+
+    class Runner:
+        def run_clean_tests(self, tests):
+            return 1
+    fake = types.ModuleType("mutmut.__main__")
+    fake.collect_or_load_stats = lambda *a, **kw: None
+    fake.get_mutant_runner = lambda jobs: Runner()
+    fake._run = lambda globs, jobs: (fake.collect_or_load_stats(), fake.get_mutant_runner(jobs).run_clean_tests([]),
+                                     sys.exit(1))
+    pkg = types.ModuleType("mutmut")
+    pkg.__path__ = []
+    pkg.__main__ = fake
+    monkeypatch.setitem(sys.modules, "mutmut", pkg)
+    monkeypatch.setitem(sys.modules, "mutmut.__main__", fake)
+    monkeypatch.setitem(sys.modules, "mutmut.stats", types.ModuleType("mutmut.stats"))
+    monkeypatch.setattr(tool, "_filter_stats", lambda: None)
+    monkeypatch.chdir(tool.ROOT)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        tool._mutmut_run([], 2)
+    assert stop.value.code == tool.STATS_FAILED
+    assert "the tests fail on the code as it is" in capfd.readouterr().err

@@ -99,10 +99,9 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 
 STATS_FAILED = 3  # the exit code of a run whose tests fail on the unmutated code
-TESTS_FAIL = ("tools/mutation.py: the tests fail on the code as it is, with no mutant applied (mutmut's first pass, "
-              "which maps each function to the tests that run it), so no mutant can be judged. Nothing was run and "
-              "the record is left as it is. `make test` shows which test fails; fix the code or the test, then "
-              "run again.")
+TESTS_FAIL = ("tools/mutation.py: the tests fail on the code as it is, with no mutant applied (mutmut runs them "
+              "first, to map each function to its tests and to check they pass), so no mutant can be judged. "
+              "Nothing was run and the record is left as it is.")
 
 
 def module_of(key: str) -> str:
@@ -188,7 +187,23 @@ def _mutmut_run(globs: list[str], jobs: int) -> None:
             _stats_functions_file().write_text(json.dumps(sorted({_function_of(n) for n in _mutant_names()}), ensure_ascii=False))
         _filter_stats()
 
+    real_runner = mm.get_mutant_runner
+
+    def get_mutant_runner(*a, **kw):  # mutmut's "Failed to run clean test": the same, for the mutants' own tests
+        runner = real_runner(*a, **kw)
+        clean = runner.run_clean_tests
+
+        def run_clean_tests(*a2, **kw2):
+            code = clean(*a2, **kw2)
+            if code != 0:
+                print(f"\n{TESTS_FAIL}", file=sys.__stderr__)  # sys.stderr is mutmut's output catcher here
+                raise SystemExit(STATS_FAILED)
+            return code
+        runner.run_clean_tests = run_clean_tests
+        return runner
+
     mm.collect_or_load_stats = collect_or_load_stats
+    mm.get_mutant_runner = get_mutant_runner
     mm._run(tuple(globs), jobs)
 
 
@@ -630,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: mutmut keeps what it finished; the record shows the run as stopped
             rc = 130
     if rc == STATS_FAILED:
+        files = sorted({f for m in {module_of(n) for n in names} for f in (test_files_for(m) or [])})
+        where = " ".join(f"tests/{f}" for f in files) if files else "tests/"
+        print(f"tools/mutation.py: to see which test fails and why: .venv/bin/python -m pytest -x -q {where}",
+              file=sys.stderr)
         return rc
     run = {"date": start.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0, 1),
            "command": _command(a), "mutants": _mutants_run(a, names),
