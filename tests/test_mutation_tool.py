@@ -5,6 +5,7 @@ mutant, or tests that fail without a mutant, stop the run before the record is t
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,32 +199,38 @@ def test_tests_that_fail_on_the_unmutated_code_leave_the_record_alone(tool, fold
     assert "pytest -x -q tests/test_mod.py tests/test_more.py" in capsys.readouterr().err
 
 
-def test_the_mutmut_child_explains_a_failing_stats_pass(tool, folder, monkeypatch, capsys):
-    """mutmut exits 1 with "failed to collect stats" when a test fails without a mutant; the child says what it
-    means and exits STATS_FAILED (a fake mutmut: the real one is not a dependency of `make test`)."""
+def _run_fake_mutmut(tool, monkeypatch, **attrs):
+    """tools/mutation.py's mutmut child (`_mutmut_run`) against a stand-in mutmut.__main__ with ``attrs``; the
+    child's exit code. The real mutmut is not a dependency of `make test`."""
     import sys
     import types
 
     fake = types.ModuleType("mutmut.__main__")
-
-    def stats(*a, **kw):
-        print("failed to collect stats. runner returned 1")
-        raise SystemExit(1)
-    fake.collect_or_load_stats = stats
-    fake._run = lambda globs, jobs: fake.collect_or_load_stats()
-    fake.get_mutant_runner = lambda jobs: None
+    fake.__dict__.update(attrs)
     pkg = types.ModuleType("mutmut")
     pkg.__path__ = []
     pkg.__main__ = fake
     monkeypatch.setitem(sys.modules, "mutmut", pkg)
     monkeypatch.setitem(sys.modules, "mutmut.__main__", fake)
     monkeypatch.setitem(sys.modules, "mutmut.stats", types.ModuleType("mutmut.stats"))
+    monkeypatch.setattr(tool, "_filter_stats", lambda: None)
     monkeypatch.chdir(tool.ROOT)
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # the child sets mutmut's argv, chdirs and drops PYTHONPATH
     monkeypatch.delenv("PYTHONPATH", raising=False)
     with pytest.raises(SystemExit) as stop:
         tool._mutmut_run([], 2)
-    assert stop.value.code == tool.STATS_FAILED
+    return stop.value.code
+
+
+def test_the_mutmut_child_explains_a_failing_stats_pass(tool, folder, monkeypatch, capsys):
+    """mutmut exits 1 with "failed to collect stats" when a test fails without a mutant; the child says what it
+    means and exits STATS_FAILED."""
+    def stats(*a, **kw):
+        print("failed to collect stats. runner returned 1")
+        raise SystemExit(1)
+    code = _run_fake_mutmut(tool, monkeypatch, collect_or_load_stats=stats, get_mutant_runner=lambda jobs: None,
+                            _run=lambda globs, jobs: sys.modules["mutmut.__main__"].collect_or_load_stats())
+    assert code == tool.STATS_FAILED
     assert "the tests fail on the code as it is" in capsys.readouterr().err
 
 
@@ -239,28 +246,16 @@ def test_a_stopped_run_is_recorded_as_stopped(tool, folder, monkeypatch, capsys)
 def test_the_mutmut_child_explains_failing_clean_tests(tool, folder, monkeypatch, capfd):
     """mutmut's other check before any mutant: the mutants' own tests, run clean, must pass (the message goes to
     the real stderr, as mutmut has replaced sys.stderr by then)."""
-    import sys
-    import types
-
     class Runner:
         def run_clean_tests(self, tests):
             return 1
-    fake = types.ModuleType("mutmut.__main__")
-    fake.collect_or_load_stats = lambda *a, **kw: None
-    fake.get_mutant_runner = lambda jobs: Runner()
-    fake._run = lambda globs, jobs: (fake.collect_or_load_stats(), fake.get_mutant_runner(jobs).run_clean_tests([]),
-                                     sys.exit(1))
-    pkg = types.ModuleType("mutmut")
-    pkg.__path__ = []
-    pkg.__main__ = fake
-    monkeypatch.setitem(sys.modules, "mutmut", pkg)
-    monkeypatch.setitem(sys.modules, "mutmut.__main__", fake)
-    monkeypatch.setitem(sys.modules, "mutmut.stats", types.ModuleType("mutmut.stats"))
-    monkeypatch.setattr(tool, "_filter_stats", lambda: None)
-    monkeypatch.chdir(tool.ROOT)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    with pytest.raises(SystemExit) as stop:
-        tool._mutmut_run([], 2)
-    assert stop.value.code == tool.STATS_FAILED
+
+    def run(globs, jobs):
+        mm = sys.modules["mutmut.__main__"]
+        mm.collect_or_load_stats()
+        mm.get_mutant_runner(jobs).run_clean_tests([])
+        sys.exit(1)  # mutmut's own "Failed to run clean test", never reached
+    code = _run_fake_mutmut(tool, monkeypatch, collect_or_load_stats=lambda *a, **kw: None,
+                            get_mutant_runner=lambda jobs: Runner(), _run=run)
+    assert code == tool.STATS_FAILED
     assert "the tests fail on the code as it is" in capfd.readouterr().err
