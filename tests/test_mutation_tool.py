@@ -93,11 +93,11 @@ def test_a_result_of_this_folder_wins_over_the_record(tool, folder):
 
 def test_changed_runs_only_the_mutants_without_a_result(tool, folder, monkeypatch):
     calls = []
-    monkeypatch.setattr(tool.subprocess, "call", lambda cmd, cwd=None: calls.append(cmd) or 0)
+    monkeypatch.setattr(tool, "_child", lambda args: calls.append(args) or 0)
     monkeypatch.setattr(tool, "_machine", lambda: {})
     (tool.RECORD_JSON).write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
     assert tool.main(["run", "--changed"]) == 0
-    assert [c[c.index("_generate") if "_generate" in c else c.index("_mutmut"):] for c in calls] == [
+    assert calls == [
         ["_generate", "2"], ["_mutmut", "2", "pkg.mod.x_f__mutmut_1", "pkg.mod.x_f__mutmut_2"]]
     rec = json.loads(tool.RECORD_JSON.read_text())
     assert rec["runs"][-1]["command"] == "make mutation" and rec["runs"][-1]["mutants"].startswith("2 new or changed")
@@ -143,13 +143,13 @@ def test_test_stats_are_collected_again_when_a_function_has_mutants_they_did_not
 
 
 def _stub_children(tool, monkeypatch, mutmut_rc=0):
-    """subprocess.call standing in for the tool's children: `_generate` succeeds, `_mutmut` returns mutmut_rc."""
+    """The tool's children, stood in for: `_generate` succeeds, `_mutmut` returns mutmut_rc."""
     calls = []
 
-    def call(cmd, cwd=None):
-        calls.append(cmd[cmd.index("_generate") if "_generate" in cmd else cmd.index("_mutmut"):])
-        return mutmut_rc if "_mutmut" in cmd else 0
-    monkeypatch.setattr(tool.subprocess, "call", call)
+    def child(args):
+        calls.append(args)
+        return mutmut_rc if args[0] == "_mutmut" else 0
+    monkeypatch.setattr(tool, "_child", child)
     monkeypatch.setattr(tool, "_machine", lambda: {"Model name": "Test CPU", "CPU family": "6", "Model": "1"})
     return calls
 
@@ -164,6 +164,7 @@ def test_a_glob_that_matches_no_mutant_is_refused_before_mutmut_starts(tool, fol
         assert tool.main(argv) == 2
         err = capsys.readouterr().err
         assert "matches no mutant" in err and "pkg.mod" in err  # the glob, and the modules there are
+        assert "'pkg.mod.x_f__mutmut_1'" in err  # an example name that exists
         assert not any("_mutmut" in c for c in calls) and tool.RECORD_JSON.read_text() == before
     # in a checkout without mutants/, --survivors checks its globs against the functions the record holds
     import shutil
@@ -259,3 +260,28 @@ def test_the_mutmut_child_explains_failing_clean_tests(tool, folder, monkeypatch
                             get_mutant_runner=lambda jobs: Runner(), _run=run)
     assert code == tool.STATS_FAILED
     assert "the tests fail on the code as it is" in capfd.readouterr().err
+
+
+def test_ctrl_c_waits_for_mutmut_to_save_and_a_second_one_kills_it(tool, monkeypatch, capsys):
+    class Proc:  # a child that gets the Ctrl-C too: the first wait is interrupted, mutmut then exits by itself
+        def __init__(self, cmd, cwd=None):
+            self.cmd, self.killed, self.waits = cmd, False, 0
+
+        def wait(self):
+            self.waits += 1
+            if self.waits <= interrupts:
+                raise KeyboardInterrupt
+            return 0
+
+        def kill(self):
+            self.killed = True
+    procs = []
+    monkeypatch.setattr(tool.subprocess, "Popen", lambda cmd, cwd=None: procs.append(Proc(cmd, cwd)) or procs[-1])
+    interrupts = 1
+    assert tool._child(["_mutmut", "2"]) == 130  # stopped, though mutmut itself exited 0
+    assert not procs[-1].killed and procs[-1].cmd[-2:] == ["_mutmut", "2"]
+    assert "waiting for mutmut to save what it finished" in capsys.readouterr().err
+    interrupts = 2
+    with pytest.raises(KeyboardInterrupt):
+        tool._child(["_mutmut", "2"])
+    assert procs[-1].killed

@@ -304,10 +304,10 @@ def _globs_match(globs: list[str], names: list[str]) -> bool:
     bad = [g for g in globs if not any(fnmatch.fnmatch(n, g) for n in names)]
     if bad:
         mods = sorted({module_of(n) for n in names})
+        example = next((n for n in names if n.startswith(f"{mods[-1]}.")), "") if mods else ""
         print(f"tools/mutation.py: {', '.join(map(repr, bad))} matches no mutant. A mutant's name is its module, "
-              f"then its function and number, as in 'vitkit.train.ema.*' or "
-              f"'vitkit.train.ema.xǁModelEmaǁupdate__mutmut_3'; the mutated modules are {', '.join(mods)}.",
-              file=sys.stderr)
+              f"then its function and number, as in '{mods[-1] if mods else 'vitkit.train.ema'}.*' or "
+              f"'{example}'; the mutated modules are {', '.join(mods)}.", file=sys.stderr)
     return not bad
 
 
@@ -439,8 +439,9 @@ def _markdown(d: dict) -> str:
            "with the survivors whose verdict says they are equivalent (no output can change) taken out of the "
            "mutants tested.", "",
            "## Runs", "",
-           "Wall time: mutmut and the record, at nice 19 (not the install of the venv). Machine: `lscpu`'s model "
-           "name, cpu family and model; each had 2 cores.", "",
+           "Mutants run: those the run was given (a stopped run finished fewer). Wall time: mutmut and the "
+           "record, at nice 19 (not the install of the venv). Machine: `lscpu`'s model name, cpu family and "
+           "model; each had 2 cores.", "",
            "| date (UTC) | command | mutants run | result | wall time | machine |", "| --- | --- | --- | --- | --- | --- |"]
     for r in d["runs"]:
         m = r.get("machine") or {}
@@ -561,6 +562,26 @@ def _mutants_run(a: argparse.Namespace, names: list[str]) -> str:
     return f"{len(names)} without a result"
 
 
+def _child(args: list[str]) -> int:
+    """This tool's ``args`` subcommand in a child process at the lowest priority; its exit code. On Ctrl-C (which
+    the child gets too: mutmut then stops its workers and saves what it finished) wait for it, and report 130; a
+    second Ctrl-C kills it."""
+    nice = ["nice", "-n", "19"] if hasattr(os, "nice") else []
+    p = subprocess.Popen([*nice, sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT)
+    try:
+        return p.wait()
+    except KeyboardInterrupt:
+        print("\ntools/mutation.py: waiting for mutmut to save what it finished (Ctrl-C again to kill it)",
+              file=sys.stderr)
+        try:
+            rc = p.wait()
+        except KeyboardInterrupt:
+            p.kill()
+            p.wait()
+            raise
+        return rc or 130
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="The whole story: the docstring of tools/mutation.py, and README.md.")
@@ -597,8 +618,6 @@ def main(argv: list[str] | None = None) -> int:
         _mutmut_run(globs, int(jobs))
         return 0
     # run: mutmut in a child process at the lowest priority, timed
-    nice = ["nice", "-n", "19"] if hasattr(os, "nice") else []
-    me = [*nice, sys.executable, str(Path(__file__).resolve())]
     start, t0 = _dt.datetime.now(_dt.timezone.utc), time.time()
     args = names = []  # what mutmut is given, and the mutants that makes it run
     if a.survivors or a.unfinished:
@@ -621,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"running {len(names)} surviving or unchecked mutant(s)")
     else:  # mutmut's generation step first: the GLOBs are checked against its mutants before anything runs
-        rc = subprocess.call([*me, "_generate", str(a.jobs)], cwd=ROOT)
+        rc = _child(["_generate", str(a.jobs)])
         if rc:
             return rc
         every = _mutant_names()
@@ -640,10 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running the {len(names)} of {len(every)} mutants that have no result in mutants/")
     rc = 0
     if names:
-        try:
-            rc = subprocess.call([*me, "_mutmut", str(a.jobs), *args], cwd=ROOT)
-        except KeyboardInterrupt:  # Ctrl-C: mutmut keeps what it finished; the record shows the run as stopped
-            rc = 130
+        rc = _child(["_mutmut", str(a.jobs), *args])
     if rc == STATS_FAILED:
         files = sorted({f for m in {module_of(n) for n in names} for f in (test_files_for(m) or [])})
         where = " ".join(f"tests/{f}" for f in files) if files else "tests/"
