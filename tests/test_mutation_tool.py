@@ -240,7 +240,10 @@ def test_a_stopped_run_is_recorded_as_stopped(tool, folder, monkeypatch, capsys)
     tool.RECORD_JSON.write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
     assert tool.main(["run", "--changed"]) == 130
     rec = json.loads(tool.RECORD_JSON.read_text())
-    assert rec["runs"][-1]["exit_code"] == 130 and "| stopped (exit code 130) |" in tool.RECORD_MD.read_text()
+    md = tool.RECORD_MD.read_text()
+    assert rec["runs"][-1]["exit_code"] == 130 and "| stopped (exit code 130) |" in md
+    # a stopped run is not the module's last run
+    assert any(line.startswith("| pkg.mod |") and line.endswith("| - |") for line in md.splitlines())
     assert "--unfinished" in capsys.readouterr().err
 
 

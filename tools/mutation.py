@@ -482,7 +482,7 @@ def _markdown(d: dict) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
     last_run = {}
     for r in d["runs"]:
-        for mod in r.get("modules", {}):
+        for mod in (r.get("modules", {}) if not r.get("exit_code") else {}):  # finished runs
             last_run[mod] = max(last_run.get(mod, ""), r["date"])
     for mod, s in d["modules"].items():
         out.append(f"| {mod} | {s['total']} | {s['killed']} | {s['survived']} | {s['no tests']} | {s['timeout']} | "
@@ -491,7 +491,7 @@ def _markdown(d: dict) -> str:
                    f"{last_run.get(mod, '-')} |")
     out += ["", "Results first recorded: the dates of the runs whose results the module's functions hold now (a "
             "function rerun on unchanged code keeps its first date; the older dates are each module's last run "
-            "before functions were fingerprinted). Last run: the latest run that ran any of its mutants."]
+            "before functions were fingerprinted). Last run: the latest finished run that ran any of its mutants."]
     if d.get("earlier_modules"):
         out += ["", "Earlier results of modules that no run has checked in the current `mutants/` folder (a fresh "
                 "folder, or code changed since): the score when last run, and the survivors then, below. The "
