@@ -92,9 +92,7 @@ def test_a_result_of_this_folder_wins_over_the_record(tool, folder):
 
 
 def test_changed_runs_only_the_mutants_without_a_result(tool, folder, monkeypatch):
-    calls = []
-    monkeypatch.setattr(tool, "_child", lambda args: calls.append(args) or 0)
-    monkeypatch.setattr(tool, "_machine", lambda: {})
+    calls = _stub_children(tool, monkeypatch)
     (tool.RECORD_JSON).write_text(json.dumps(_old((("pkg.mod.x_g", ["bbb", 1, "2026-01-01 00:00"]),))))
     assert tool.main(["run", "--changed"]) == 0
     assert calls == [
@@ -203,7 +201,6 @@ def test_tests_that_fail_on_the_unmutated_code_leave_the_record_alone(tool, fold
 def _run_fake_mutmut(tool, monkeypatch, **attrs):
     """tools/mutation.py's mutmut child (`_mutmut_run`) against a stand-in mutmut.__main__ with ``attrs``; the
     child's exit code. The real mutmut is not a dependency of `make test`."""
-    import sys
     import types
 
     fake = types.ModuleType("mutmut.__main__")

@@ -281,16 +281,20 @@ def _verdicts() -> dict:
     return json.loads(VERDICTS.read_text()) if VERDICTS.exists() else {}
 
 
-def _mutant_names() -> list[str]:
-    """Every mutant of the mutants/ folder, by mutmut's name."""
-    return [n for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta"))
-            for n in json.loads(meta.read_text()).get("exit_code_by_key", {})]
-
-
 def _folder_codes() -> dict[str, int | None]:
     """{mutant: mutmut's exit code for it in mutants/, None while it has no result}."""
     return {n: c for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta"))
             for n, c in json.loads(meta.read_text()).get("exit_code_by_key", {}).items()}
+
+
+def _mutant_names() -> list[str]:
+    """Every mutant of the mutants/ folder, by mutmut's name."""
+    return list(_folder_codes())
+
+
+def _matching(names, globs: list[str]) -> list[str]:
+    """The ``names`` that match one of ``globs``; all of them without globs."""
+    return [n for n in names if not globs or any(fnmatch.fnmatch(n, g) for g in globs)]
 
 
 def _record_names() -> list[str]:
@@ -301,7 +305,7 @@ def _record_names() -> list[str]:
 
 def _globs_match(globs: list[str], names: list[str]) -> bool:
     """False, saying so, when a GLOB matches none of ``names``."""
-    bad = [g for g in globs if not any(fnmatch.fnmatch(n, g) for n in names)]
+    bad = [g for g in globs if not _matching(names, [g])]
     if bad:
         mods = sorted({module_of(n) for n in names})
         example = next((n for n in names if n.startswith(f"{mods[-1]}.")), "") if mods else ""
@@ -533,8 +537,8 @@ def _markdown(d: dict) -> str:
 def _unfinished(globs: list[str]) -> list[str]:
     """The mutants (of ``globs``, if given) that survived or have no result, here or carried from the record."""
     statuses = collect(_old_record())["statuses"]
-    return [n for n, st in statuses.items() if st in ("not checked", "survived", "no tests", "suspicious", "segfault")
-            and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
+    return _matching([n for n, st in statuses.items()
+                      if st in ("not checked", "survived", "no tests", "suspicious", "segfault")], globs)
 
 
 def _command(a: argparse.Namespace) -> str:
@@ -627,8 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         old = _old_record()
         # a fresh checkout has no mutants/ yet: the record's survivors (mutmut generates the mutants first)
         listed = collect(old)["survivors"] if (ROOT / "mutants" / "src").is_dir() else old.get("survivors", [])
-        args = names = [s["mutant"] for s in listed if s["status"] != "not checked"
-                        and (not a.globs or any(fnmatch.fnmatch(s["mutant"], g) for g in a.globs))]
+        args = names = _matching([s["mutant"] for s in listed if s["status"] != "not checked"], a.globs)
         if not names:
             print("no surviving mutants to rerun")
             return 0
@@ -648,12 +651,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if a.changed:
             statuses = collect(_old_record())["statuses"]
-            args = names = [n for n, st in statuses.items()
-                            if st == "not checked" and (not a.globs or any(fnmatch.fnmatch(n, g) for g in a.globs))]
+            args = names = _matching([n for n, st in statuses.items() if st == "not checked"], a.globs)
             print(f"{len(statuses) - len(names)} of {len(statuses)} mutants have a result (in mutants/ or carried "
                   f"from the record); running the {len(names)} new or changed")
         elif a.globs:  # each matched mutant again, whatever its result
-            args, names = a.globs, [n for n in every if any(fnmatch.fnmatch(n, g) for g in a.globs)]
+            args, names = a.globs, _matching(every, a.globs)
         else:  # every mutant without a result in mutants/
             names = [n for n, code in _folder_codes().items() if code is None]
             print(f"running the {len(names)} of {len(every)} mutants that have no result in mutants/")
